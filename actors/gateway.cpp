@@ -1,0 +1,120 @@
+// Gateway actor: model lookup and input validation, then delegation to the queue.
+#include "actors/gateway.hpp"
+
+#include <map>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "messages/errors.hpp"
+#include "messages/generate_io.hpp"
+#include "messages/kserve.hpp"
+
+namespace infergrid {
+
+namespace {
+
+struct gateway_state {
+  queue_actor queue;
+  gateway_config cfg;
+  std::map<std::string, model_info> models;
+};
+
+using gateway_pointer = gateway_actor::stateful_pointer<gateway_state>;
+
+const model_info* find_model(const gateway_state& st, const std::string& name) {
+  auto i = st.models.find(name);
+  return i == st.models.end() ? nullptr : &i->second;
+}
+
+caf::error unknown_model(const std::string& name) {
+  return make_error(errc::not_found, "no model '" + name + "'");
+}
+
+// Checks a durable job's input against its model's kind; "input" prefixes
+// the field names so the client can find them in its request.
+caf::error check_job_input(const model_info& m, const std::string& input_json) {
+  switch (m.kind) {
+    case model_kind::tensor: {
+      auto xs = decode_kserve_request(input_json);
+      if (!xs)
+        return make_error(errc::invalid_input, "input." + message_of(xs.error()));
+      if (auto problem = validate_inputs(m, *xs))
+        return make_error(errc::invalid_input, "input." + *problem);
+      return {};
+    }
+    case model_kind::generate: {
+      auto in = decode_generate_input(input_json);
+      if (!in)
+        return in.error();
+      return {};
+    }
+    case model_kind::speech:
+      return make_error(errc::invalid_input,
+                        "model: '" + m.name
+                          + "' is a speech model; durable speech jobs are not "
+                            "served by this version (kinds served: tensor, "
+                            "generate)");
+  }
+  return make_error(errc::internal, "unknown model kind");
+}
+
+gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor queue,
+                                              gateway_config cfg) {
+  auto& st = self->state;
+  st.queue = std::move(queue);
+  st.cfg = std::move(cfg);
+  for (auto& m : st.cfg.models)
+    st.models.emplace(m.name, m);
+  return {
+    [self](submit_atom, new_job& job) -> caf::result<job_record> {
+      auto& st = self->state;
+      auto m = find_model(st, job.model);
+      if (m == nullptr)
+        return unknown_model(job.model);
+      if (job.max_attempts <= 0)
+        job.max_attempts = st.cfg.default_max_attempts;
+      if (auto err = check_job_input(*m, job.input_json))
+        return err;
+      return self->delegate(st.queue, submit_atom::value, std::move(job));
+    },
+    [self](job_get_atom, int64_t id) -> caf::result<job_record> {
+      return self->delegate(self->state.queue, job_get_atom::value, id);
+    },
+    [self](infer_atom, const std::string& model, const std::string& body,
+           const std::string& request_id) -> caf::result<std::vector<tensor_data>> {
+      auto& st = self->state;
+      auto m = find_model(st, model);
+      if (m == nullptr)
+        return unknown_model(model);
+      if (m->kind != model_kind::tensor)
+        return make_error(errc::invalid_input,
+                          "model: '" + model + "' is a " + to_string(m->kind)
+                            + " model; the KServe v2 infer route serves tensor "
+                              "models (use POST /v1/jobs)");
+      auto xs = decode_kserve_request(body);
+      if (!xs)
+        return xs.error();
+      if (auto problem = validate_inputs(*m, *xs))
+        return make_error(errc::invalid_input, *problem);
+      return self->delegate(st.queue, infer_atom::value,
+                            infer_request{model, std::move(*xs), request_id});
+    },
+    [self](models_atom) -> std::vector<model_info> {
+      return self->state.cfg.models;
+    },
+    [self](stats_atom) -> caf::result<cluster_stats> {
+      return self->delegate(self->state.queue, stats_atom::value);
+    },
+  };
+}
+
+} // namespace
+
+gateway_actor spawn_gateway(caf::actor_system& sys, queue_actor queue,
+                            gateway_config cfg) {
+  return sys.spawn(gateway_behavior, std::move(queue), std::move(cfg));
+}
+
+} // namespace infergrid

@@ -1,0 +1,269 @@
+// Queue actor: admission to the job table, the interactive FIFO, dispatch.
+#include "actors/queue.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <set>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include "actors/clock.hpp"
+#include "messages/errors.hpp"
+
+namespace infergrid {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+using tensor_list = std::vector<tensor_data>;
+
+struct worker_entry {
+  std::string id;
+  worker_actor handle;
+  std::set<std::string> models;
+  bool busy = false;
+};
+
+struct pending_infer {
+  infer_request req;
+  caf::typed_response_promise<tensor_list> rp;
+  steady::time_point deadline;
+};
+
+struct queue_state {
+  queue_config cfg;
+  std::shared_ptr<persistence::job_store> store;
+  std::vector<worker_entry> workers;
+  /// Where the next dispatch round starts, so idle workers share the work.
+  std::size_t next_worker = 0;
+  std::deque<pending_infer> interactive;
+  /// Models that may have claimable durable jobs.
+  std::set<std::string> maybe_ready;
+  uint64_t ticks = 0;
+};
+
+using queue_pointer = queue_actor::stateful_pointer<queue_state>;
+
+worker_entry* find_worker(queue_state& st, const std::string& id) {
+  for (auto& w : st.workers)
+    if (w.id == id)
+      return &w;
+  return nullptr;
+}
+
+bool serves(const queue_state& st, const std::string& model) {
+  for (auto& w : st.workers)
+    if (w.models.count(model) > 0)
+      return true;
+  return false;
+}
+
+// Hands the interactive request at `pos` to `w` (marked busy in this step).
+void send_interactive(queue_pointer self, worker_entry& w, pending_infer p) {
+  w.busy = true;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(p.deadline
+                                                                    - steady::now());
+  auto timeout = std::max(left, std::chrono::milliseconds(1));
+  auto rp = p.rp;
+  self->request(w.handle, timeout, infer_atom::value, std::move(p.req))
+    .then([rp](tensor_list& out) mutable { rp.deliver(std::move(out)); },
+          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+}
+
+/// The one dispatch point: gives each idle worker the oldest interactive
+/// request it can serve, else a hint to claim durable work.
+void dispatch(queue_pointer self) {
+  auto& st = self->state;
+  auto now = steady::now();
+  // Drop expired interactive requests first: their clients have given up.
+  for (auto i = st.interactive.begin(); i != st.interactive.end();) {
+    if (i->deadline <= now) {
+      i->rp.deliver(make_error(errc::timeout, "request waited past its deadline"));
+      i = st.interactive.erase(i);
+    } else {
+      ++i;
+    }
+  }
+  auto n = st.workers.size();
+  for (std::size_t k = 0; k < n; ++k) {
+    auto& w = st.workers[(st.next_worker + k) % n];
+    if (w.busy)
+      continue;
+    auto it = std::find_if(st.interactive.begin(), st.interactive.end(),
+                           [&](const pending_infer& p) {
+                             return w.models.count(p.req.model) > 0;
+                           });
+    if (it != st.interactive.end()) {
+      auto p = std::move(*it);
+      st.interactive.erase(it);
+      send_interactive(self, w, std::move(p));
+      continue;
+    }
+    bool has_hint = std::any_of(w.models.begin(), w.models.end(), [&](auto& m) {
+      return st.maybe_ready.count(m) > 0;
+    });
+    if (has_hint) {
+      w.busy = true;
+      self->send(w.handle, work_atom::value);
+    }
+  }
+  if (n > 0)
+    st.next_worker = (st.next_worker + 1) % n;
+}
+
+queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
+                                          std::shared_ptr<persistence::job_store> store) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.store = std::move(store);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    auto i = std::find_if(st.workers.begin(), st.workers.end(), [&](auto& w) {
+      return w.handle.address() == dm.source;
+    });
+    if (i == st.workers.end())
+      return;
+    spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
+    st.workers.erase(i);
+    st.next_worker = 0;
+    // Interactive requests nobody can serve any more fail now, not at timeout.
+    for (auto p = st.interactive.begin(); p != st.interactive.end();) {
+      if (!serves(st, p->req.model)) {
+        p->rp.deliver(make_error(errc::unavailable,
+                                 "no ready worker serves model '" + p->req.model + "'"));
+        p = st.interactive.erase(p);
+      } else {
+        ++p;
+      }
+    }
+  });
+  if (st.cfg.tick)
+    self->delayed_send(self, std::chrono::milliseconds(st.cfg.settings.tick_ms),
+                       qtick_atom::value);
+  return {
+    [self](register_atom, worker_actor& handle, worker_registration& reg) {
+      auto& st = self->state;
+      if (find_worker(st, reg.worker_id) != nullptr) {
+        spdlog::warn("queue: worker {} registered twice; keeping the first",
+                     reg.worker_id);
+        return;
+      }
+      worker_entry w;
+      w.id = reg.worker_id;
+      w.handle = handle;
+      w.models.insert(reg.models.begin(), reg.models.end());
+      st.maybe_ready.insert(reg.models.begin(), reg.models.end());
+      self->monitor(handle);
+      spdlog::info("queue: worker {} ready with {} model(s)", w.id, w.models.size());
+      st.workers.push_back(std::move(w));
+      dispatch(self);
+    },
+    [self](idle_atom, const std::string& worker_id, bool found_work) {
+      auto& st = self->state;
+      auto w = find_worker(st, worker_id);
+      if (w == nullptr)
+        return;
+      w->busy = false;
+      if (!found_work)
+        for (auto& m : w->models)
+          st.maybe_ready.erase(m);
+      dispatch(self);
+    },
+    [self](submit_atom, new_job& job) -> caf::result<job_record> {
+      auto& st = self->state;
+      auto rec = st.store->enqueue(job, st.cfg.settings.max_queued, now_ms());
+      if (!rec)
+        return rec.error();
+      st.maybe_ready.insert(rec->model);
+      dispatch(self);
+      return std::move(*rec);
+    },
+    [self](job_get_atom, int64_t id) -> caf::result<job_record> {
+      auto rec = self->state.store->get(id);
+      if (!rec)
+        return rec.error();
+      if (!*rec)
+        return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+      return std::move(**rec);
+    },
+    [self](infer_atom, infer_request& req) -> caf::result<tensor_list> {
+      auto& st = self->state;
+      if (!serves(st, req.model))
+        return make_error(errc::unavailable,
+                          "no ready worker serves model '" + req.model + "'");
+      auto limit = st.cfg.settings.max_interactive;
+      if (static_cast<int64_t>(st.interactive.size()) >= limit)
+        return make_error(errc::queue_full, "interactive queue holds "
+                                              + std::to_string(st.interactive.size())
+                                              + " of " + std::to_string(limit)
+                                              + " requests");
+      auto rp = self->make_response_promise<tensor_list>();
+      auto deadline = steady::now()
+                      + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
+      st.interactive.push_back(pending_infer{std::move(req), rp, deadline});
+      dispatch(self);
+      return rp;
+    },
+    [self](stats_atom) -> caf::result<cluster_stats> {
+      auto& st = self->state;
+      cluster_stats out;
+      for (auto s : {job_state::queued, job_state::running, job_state::succeeded,
+                     job_state::failed, job_state::dead, job_state::cancelled})
+        out.jobs_by_state[to_string(s)] = 0;
+      auto counts = st.store->count_by_state();
+      if (!counts)
+        return counts.error();
+      for (auto& [state, n] : *counts)
+        out.jobs_by_state[to_string(state)] = n;
+      std::set<std::string> ready;
+      for (auto& w : st.workers) {
+        ready.insert(w.models.begin(), w.models.end());
+        if (w.busy)
+          ++out.workers_busy;
+      }
+      out.workers_total = static_cast<int32_t>(st.workers.size());
+      out.workers_ready = out.workers_total;
+      out.interactive_waiting = static_cast<int64_t>(st.interactive.size());
+      out.ready_models.assign(ready.begin(), ready.end());
+      return out;
+    },
+    [self](qtick_atom) {
+      auto& st = self->state;
+      ++st.ticks;
+      auto rescued = st.store->rescue_expired(now_ms());
+      if (!rescued)
+        spdlog::warn("queue: rescue of lapsed leases failed: {}",
+                     message_of(rescued.error()));
+      else if (*rescued > 0)
+        spdlog::info("queue: {} job(s) with lapsed leases put back", *rescued);
+      // Other writers (worker processes, restarts, delayed run_at) may have
+      // made jobs ready: let every idle worker look again.
+      for (auto& w : st.workers)
+        st.maybe_ready.insert(w.models.begin(), w.models.end());
+      dispatch(self);
+      // A passive checkpoint about every 10 s (only this connection checkpoints).
+      auto every = std::max<int64_t>(1, 10000 / std::max<int64_t>(st.cfg.settings.tick_ms, 1));
+      if (st.ticks % static_cast<uint64_t>(every) == 0) {
+        auto ok = st.store->checkpoint();
+        if (!ok)
+          spdlog::warn("queue: checkpoint failed: {}", message_of(ok.error()));
+      }
+      self->delayed_send(self, std::chrono::milliseconds(st.cfg.settings.tick_ms),
+                         qtick_atom::value);
+    },
+  };
+}
+
+} // namespace
+
+queue_actor spawn_queue(caf::actor_system& sys, queue_config cfg,
+                        std::shared_ptr<persistence::job_store> store) {
+  return sys.spawn(queue_behavior, std::move(cfg), std::move(store));
+}
+
+} // namespace infergrid

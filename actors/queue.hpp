@@ -1,0 +1,31 @@
+// The queue actor: owns the control node's job-table connection, worker
+// membership, the bounded interactive FIFO and the one dispatch step that
+// hands work to idle workers.
+#pragma once
+
+#include <memory>
+
+#include <caf/expected.hpp>
+#include <caf/fwd.hpp>
+
+#include "actors/interfaces.hpp"
+#include "messages/settings.hpp"
+#include "persistence/job_store.hpp"
+
+namespace infergrid {
+
+struct queue_config {
+  queue_settings settings;
+  /// Deadline of an interactive request waiting in the FIFO and running.
+  int64_t interactive_timeout_ms = 30000;
+  /// Arm the periodic tick (rescue of lapsed leases, wake-ups). Tests that
+  /// drive the queue by hand turn it off.
+  bool tick = true;
+};
+
+/// Spawns the queue on an already opened store (the checkpointing
+/// connection). The queue owns the store from now on.
+queue_actor spawn_queue(caf::actor_system& sys, queue_config cfg,
+                        std::shared_ptr<persistence::job_store> store);
+
+} // namespace infergrid

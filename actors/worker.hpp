@@ -1,0 +1,40 @@
+// The worker actor: one device's state machine (LOADING -> IDLE <-> BUSY, or
+// ERROR). It claims durable jobs with its own SQLite connection, renews their
+// leases, and hands every LibTorch call to its executor thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/fwd.hpp>
+
+#include "actors/interfaces.hpp"
+#include "inference/model_repository.hpp"
+#include "persistence/job_store.hpp"
+
+namespace infergrid {
+
+/// Worker states as ARCHITECTURE.md names them.
+enum class worker_phase : uint8_t { loading, idle, busy, error };
+
+std::string to_string(worker_phase p);
+
+struct worker_config {
+  std::string id;
+  /// Models to load (entries with an error are reported as failed).
+  std::vector<inference::model_entry> models;
+  /// The worker's own connection to the job table (same-host worker).
+  persistence::store_options store;
+  int64_t lease_ms = 30000;
+  int32_t intra_op_threads = 1;
+  /// Deadline of one interactive request on the executor.
+  int64_t infer_timeout_ms = 30000;
+};
+
+/// Spawns a worker. It loads its models in the background and registers with
+/// `queue` once they are warm; until then it only holds its place.
+worker_actor spawn_worker(caf::actor_system& sys, queue_feedback_actor queue,
+                          worker_config cfg);
+
+} // namespace infergrid

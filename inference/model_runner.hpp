@@ -1,0 +1,106 @@
+// A loaded TorchScript model behind a torch-free facade (pimpl). One executor
+// owns each instance; calls block the calling thread and must never run on an
+// event-based actor or an I/O thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/expected.hpp>
+
+#include "messages/model_info.hpp"
+#include "messages/tensor.hpp"
+
+namespace infergrid::inference {
+
+/// Process-wide LibTorch settings. The first call wins (std::call_once):
+/// intra-op threads, one inter-op thread, profiling executor settings.
+void configure_runtime(int intra_op_threads);
+
+/// Whether this build can use CUDA and a GPU is present.
+bool cuda_available();
+
+/// Resolves "auto" | "cpu" | "cuda" | "cuda:N" to the device a model will use;
+/// "auto" means CUDA when available, otherwise CPU. Fails with
+/// errc::unavailable when CUDA is asked for but not available.
+caf::expected<std::string> resolve_device(const std::string& requested);
+
+/// Sampling settings of a generate model (API.md job input of kind generate).
+struct generate_params {
+  std::string prompt;
+  int32_t max_tokens = 64;
+  /// 0 means greedy (argmax).
+  double temperature = 1.0;
+  /// 0 means no top-k cut.
+  int32_t top_k = 0;
+  /// 1.0 means no nucleus cut.
+  double top_p = 1.0;
+  /// Same seed, same text. Without a seed a fresh one is drawn.
+  bool has_seed = false;
+  uint64_t seed = 0;
+  /// Generation stops when the text ends with one of these (not included).
+  std::vector<std::string> stop;
+};
+
+struct generate_result {
+  std::string text;
+  int64_t tokens = 0;
+  /// "length", "stop" or "cancelled".
+  std::string finish_reason;
+};
+
+/// Called with each new piece of text; returning false cancels generation.
+using token_callback = std::function<bool(const std::string& delta)>;
+
+class model_runner {
+public:
+  ~model_runner();
+  model_runner(const model_runner&) = delete;
+  model_runner& operator=(const model_runner&) = delete;
+
+  /// Loads `dir`/model.pt onto the device resolved from info.device. Errors
+  /// (missing file, corrupt archive, CUDA absent) become errc::unavailable
+  /// with the model name and the cause.
+  static caf::expected<std::unique_ptr<model_runner>>
+  load(const model_info& info, const std::string& dir);
+
+  /// Runs three forward passes with zero inputs of representative shape
+  /// (-1 dimensions become 1) so the first real request is not slow.
+  /// Returns the duration of the first call in milliseconds.
+  caf::expected<double> warm_up();
+
+  /// Runs forward() under c10::InferenceMode. Inputs are passed in the order
+  /// of info().inputs (matched by name). A Tensor result becomes one output,
+  /// a tuple becomes several (nested tuples of tensors are flattened); they are
+  /// named after info().outputs where declared, else "output_<i>". Any
+  /// exception becomes errc::model_error (errc::oom when the cause says "out
+  /// of memory") with the model name and the cause.
+  caf::expected<std::vector<tensor_data>>
+  forward(const std::vector<tensor_data>& inputs);
+
+  /// Byte-level autoregressive generation for kind generate: the prompt's
+  /// UTF-8 bytes are the tokens; forward(tokens [1,T], state) -> (logits
+  /// [1,V], state) is called once for the prompt and once per new token.
+  /// Calls `on_token` after each token (may be empty).
+  caf::expected<generate_result> generate(const generate_params& params,
+                                          const token_callback& on_token = {});
+
+  /// Speech synthesis for kind speech: text bytes -> float PCM samples in
+  /// [-1, 1] at info().sample_rate.
+  caf::expected<std::vector<float>> synthesize(const std::string& text);
+
+  const model_info& info() const;
+
+  /// The device the model runs on, e.g. "cpu" or "cuda:0".
+  const std::string& device() const;
+
+private:
+  struct impl;
+  explicit model_runner(std::unique_ptr<impl> ptr);
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace infergrid::inference

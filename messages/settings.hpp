@@ -1,0 +1,70 @@
+// The effective configuration as plain structs. tools/config.cpp fills it from
+// configs/infergrid.yaml, the environment and flags; components take the part
+// they need. Defaults here equal configs/infergrid.yaml.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace infergrid {
+
+struct http_settings {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  /// Largest accepted request body; larger bodies get 413.
+  uint64_t max_body_bytes = 8 * 1024 * 1024;
+  /// Threads running the HTTP io_context.
+  int32_t threads = 1;
+  /// Deadline for an interactive request from arrival to answer.
+  int64_t request_timeout_ms = 30000;
+};
+
+struct queue_settings {
+  /// Durable jobs waiting (queued) before POST /v1/jobs gets 429.
+  int64_t max_queued = 10000;
+  /// Interactive requests waiting for a worker before 429.
+  int64_t max_interactive = 256;
+  /// A claim's lease; a running job whose lease lapses is put back.
+  int64_t lease_ms = 30000;
+  /// Default attempts per job.
+  int32_t max_attempts = 3;
+  /// Period of the queue actor's tick (rescue, wake-ups for other writers).
+  int64_t tick_ms = 500;
+};
+
+struct workers_settings {
+  /// Worker actors started by `serve`; 0 accepts and queues without running.
+  int32_t count = 1;
+  /// LibTorch intra-op threads per worker (workers x threads <= cores).
+  int32_t intra_op_threads = 1;
+};
+
+struct storage_settings {
+  std::string data_dir = "./data";
+  std::string models_dir = "./models";
+  /// SQLite synchronous mode: NORMAL or FULL.
+  std::string synchronous = "NORMAL";
+};
+
+struct log_settings {
+  /// trace, debug, info, warn, error, off
+  std::string level = "info";
+  /// text (human-readable) or json (one JSON object per line)
+  std::string format = "text";
+};
+
+struct shutdown_settings {
+  /// How long SIGTERM/SIGINT waits for in-flight work before exiting.
+  int64_t drain_timeout_ms = 10000;
+};
+
+struct settings {
+  http_settings http;
+  queue_settings queue;
+  workers_settings workers;
+  storage_settings storage;
+  log_settings log;
+  shutdown_settings shutdown;
+};
+
+} // namespace infergrid

@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""Black-box test of `infergrid serve`: real processes on loopback, real HTTP.
+
+Runs the job round trip, the KServe path, every error case of the foundation,
+metrics, durability across a restart with --workers 0, and SIGTERM/SIGINT
+shutdown. Polls with deadlines; never sleeps blindly.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import requests
+
+MAX_BODY = 65536
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, deadline_s, what):
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except requests.RequestException as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what} (last: {last!r})")
+
+
+class Server:
+    def __init__(self, binary, root, workers, log_name):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env["INFERGRID_HTTP__MAX_BODY_BYTES"] = str(MAX_BODY)
+        env["INFERGRID_QUEUE__TICK_MS"] = "100"
+        env["LOG_LEVEL"] = "info"
+        self.log_path = os.path.join(root, log_name)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--port", str(self.port), "--workers", str(workers),
+             "--data-dir", os.path.join(root, "data"),
+             "--models-dir", os.path.join(root, "models")],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def get(self, path, **kw):
+        return requests.get(self.url + path, timeout=10, **kw)
+
+    def post(self, path, **kw):
+        return requests.post(self.url + path, timeout=10, **kw)
+
+    def wait_healthy(self):
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.tail()}")
+            return self.get("/healthz").status_code == 200
+        wait_for(healthy, 180, "/healthz")
+
+    def wait_ready(self):
+        wait_for(lambda: self.get("/readyz").status_code == 200, 180, "/readyz")
+
+    def stop(self, sig=signal.SIGTERM, deadline_s=30):
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=deadline_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+        return rc
+
+    def tail(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-30:])
+
+
+def classifier_input(rows):
+    values = [((i * 7) % 13) / 13.0 - 0.5 for i in range(rows * 16)]
+    return {"inputs": [{"name": "x", "shape": [rows, 16], "datatype": "FP32", "data": values}]}
+
+
+def check_error(resp, status, code, field=None):
+    assert resp.status_code == status, f"expected {status}, got {resp.status_code}: {resp.text}"
+    assert resp.headers.get("X-Request-Id"), "missing X-Request-Id"
+    body = resp.json()
+    err = body["error"]
+    assert err["code"] == code, f"expected code {code}, got {body}"
+    assert isinstance(err["message"], str) and err["message"], body
+    assert isinstance(err["retryable"], bool), body
+    if field is not None:
+        assert field in err["message"], f"message should name {field!r}: {err['message']}"
+    return err
+
+
+def wait_job(server, job_id, states=("succeeded",), deadline_s=60):
+    def done():
+        r = server.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        job = r.json()
+        if job["state"] in ("failed", "dead", "cancelled") and job["state"] not in states:
+            raise AssertionError(f"job ended {job['state']}: {job}")
+        return job if job["state"] in states else None
+    return wait_for(done, deadline_s, f"job {job_id} to reach {states}")
+
+
+def job_counts(server):
+    text = server.get("/metrics").text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith('infergrid_jobs{state="'):
+            state = line.split('"')[1]
+            counts[state] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+# ---------------------------------------------------------------- test cases
+
+def test_health_and_readiness(s):
+    r = s.get("/healthz")
+    assert r.status_code == 200 and r.headers.get("X-Request-Id")
+    r = s.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json()["workers_ready"] >= 1
+    r = s.get("/healthz", headers={"X-Request-Id": "client-id-123"})
+    assert r.headers["X-Request-Id"] == "client-id-123"
+
+
+def test_job_round_trip(s):
+    r = s.post("/v1/jobs", json={"model": "classifier", "input": classifier_input(1)})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["id"].startswith("j_") and body["state"] == "queued"
+    assert isinstance(body["position"], int) and body["position"] >= 0
+    job = wait_job(s, body["id"])
+    assert job["attempts"] == 1 and job["error"] is None and job["worker"]
+    assert job["created_at"] and job["started_at"] and job["finished_at"]
+    out = job["output"]["outputs"][0]
+    assert out["name"] == "probabilities" and out["shape"] == [1, 4], out
+    assert abs(sum(out["data"]) - 1.0) < 1e-4, out
+    return out["data"]
+
+
+def test_kserve_matches_job(s):
+    job_probs = test_job_round_trip(s)
+    r = s.post("/v2/models/classifier/infer", json=classifier_input(1))
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [1, 4] and out["datatype"] == "FP32"
+    assert all(abs(a - b) < 1e-5 for a, b in zip(out["data"], job_probs)), (out, job_probs)
+    r = s.post("/v2/models/classifier/infer", json=classifier_input(3))
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [3, 4]
+    for row in range(3):
+        assert abs(sum(out["data"][row * 4:(row + 1) * 4]) - 1.0) < 1e-4
+
+
+def test_kserve_metadata(s):
+    r = s.get("/v2/models/classifier")
+    assert r.status_code == 200, r.text
+    meta = r.json()
+    assert meta["name"] == "classifier" and meta["inputs"][0]["name"] == "x"
+    assert s.get("/v2/models/classifier/ready").status_code == 200
+    r = s.get("/v1/models")
+    names = {m["name"] for m in r.json()["models"]}
+    assert {"classifier", "tinylm", "tinyspeech"} <= names, names
+
+
+def test_generate_job(s):
+    inp = {"prompt": "hello", "max_tokens": 12, "temperature": 0.8, "seed": 7}
+    ids = []
+    for _ in range(2):
+        r = s.post("/v1/jobs", json={"model": "tinylm", "input": inp})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    a, b = (wait_job(s, i)["output"] for i in ids)
+    assert a["finish_reason"] in ("length", "stop") and a["tokens"] <= 12
+    assert a["text"] == b["text"], "same seed must give the same text"
+
+
+def test_errors(s):
+    before = job_counts(s)
+    url = "/v1/jobs"
+    check_error(s.post(url, data="{not json", headers={"Content-Type": "application/json"}),
+                400, "invalid_input", "body")
+    check_error(s.post(url, json={"input": classifier_input(1)}), 400, "invalid_input", "model")
+    check_error(s.post(url, json={"model": "classifier"}), 400, "invalid_input", "input")
+    check_error(s.post(url, json={"model": "classifier", "input": classifier_input(1),
+                                  "priority": "high"}), 400, "invalid_input", "priority")
+    bad_shape = classifier_input(1)
+    bad_shape["inputs"][0]["shape"] = [1, 15]
+    bad_shape["inputs"][0]["data"] = bad_shape["inputs"][0]["data"][:15]
+    check_error(s.post(url, json={"model": "classifier", "input": bad_shape}),
+                400, "invalid_input", "inputs[0].shape")
+    bad_dtype = classifier_input(1)
+    bad_dtype["inputs"][0]["datatype"] = "INT32"
+    bad_dtype["inputs"][0]["data"] = [1] * 16
+    check_error(s.post(url, json={"model": "classifier", "input": bad_dtype}),
+                400, "invalid_input", "datatype")
+    check_error(s.post(url, json={"model": "nosuch", "input": classifier_input(1)}),
+                404, "not_found", "nosuch")
+    check_error(s.post(url, json={"model": "tinylm", "input": {"max_tokens": 3}}),
+                400, "invalid_input", "input.prompt")
+    check_error(s.get("/v1/jobs/j_999999"), 404, "not_found")
+    check_error(s.get("/v1/jobs/garbage"), 404, "not_found")
+    check_error(s.get("/no/such/route"), 404, "not_found")
+    big = {"model": "classifier", "input": classifier_input(1), "pad": "x" * (MAX_BODY + 10)}
+    check_error(s.post(url, json=big), 413, "payload_too_large")
+    # KServe path
+    infer = "/v2/models/classifier/infer"
+    check_error(s.post(infer, data="[1,", headers={"Content-Type": "application/json"}),
+                400, "invalid_input", "body")
+    check_error(s.post(infer, json={"inputs": [{"name": "x", "shape": [1, 16],
+                                                "datatype": "FP32"}]}),
+                400, "invalid_input", "inputs[0].data")
+    check_error(s.post(infer, json=bad_shape), 400, "invalid_input", "inputs[0].shape")
+    check_error(s.post(infer, json=bad_dtype), 400, "invalid_input", "datatype")
+    check_error(s.post("/v2/models/nosuch/infer", json=classifier_input(1)), 404, "not_found")
+    # Nothing was stored by any of these, and the server is still fine.
+    assert job_counts(s) == before, (before, job_counts(s))
+    assert s.get("/healthz").status_code == 200
+
+
+def test_metrics(s):
+    text = s.get("/metrics").text
+    assert "infergrid_http_requests_total{" in text
+    assert "infergrid_http_request_duration_seconds_bucket{" in text
+    assert 'le="+Inf"' in text
+    counts = job_counts(s)
+    assert counts.get("succeeded", 0) >= 1, counts
+    assert set(counts) == {"queued", "running", "succeeded", "failed", "dead", "cancelled"}
+    assert 'code="400"' in text and 'code="404"' in text
+
+
+def run_case(name, fn, *args):
+    try:
+        fn(*args)
+        print(f"PASS {name}", flush=True)
+        return True
+    except Exception:  # noqa: BLE001 - report every failure and go on
+        print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
+        return False
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="infergrid-it-") as root:
+        # 1. A normal server with one worker.
+        s = Server(args.binary, root, 1, "serve1.log")
+        try:
+            s.wait_healthy()
+            s.wait_ready()
+            for name, fn in [("health and readiness", test_health_and_readiness),
+                             ("job round trip", test_job_round_trip),
+                             ("kserve matches job", test_kserve_matches_job),
+                             ("kserve metadata", test_kserve_metadata),
+                             ("generate job", test_generate_job),
+                             ("errors", test_errors),
+                             ("metrics", test_metrics)]:
+                results.append(run_case(name, fn, s))
+        except Exception:  # noqa: BLE001
+            print(f"FAIL start-up\n{traceback.format_exc()}\n{s.tail()}", flush=True)
+            results.append(False)
+        rc = s.stop(signal.SIGTERM)
+        results.append(run_case("SIGTERM exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s.tail()}")))
+
+        # 2. No workers: accepted and queued, not ready; then a restart runs it.
+        s0 = Server(args.binary, root, 0, "serve0.log")
+        queued_id = None
+        try:
+            s0.wait_healthy()
+            def no_workers():
+                r = s0.get("/readyz")
+                _assert(r.status_code == 503, r.text)
+                _assert(r.json()["error"]["code"] == "unavailable", r.text)
+                r = s0.post("/v1/jobs", json={"model": "classifier", "input": classifier_input(2)})
+                _assert(r.status_code == 202, r.text)
+                nonlocal queued_id
+                queued_id = r.json()["id"]
+                check_error(s0.post("/v2/models/classifier/infer", json=classifier_input(1)),
+                            503, "unavailable")
+                time.sleep(0.3)  # several queue ticks: it must stay queued
+                _assert(s0.get(f"/v1/jobs/{queued_id}").json()["state"] == "queued", "not queued")
+            results.append(run_case("workers 0 accepts and queues", no_workers))
+        except Exception:  # noqa: BLE001
+            print(f"FAIL start-up (workers 0)\n{traceback.format_exc()}\n{s0.tail()}", flush=True)
+            results.append(False)
+        rc = s0.stop(signal.SIGINT)
+        results.append(run_case("SIGINT exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s0.tail()}")))
+
+        s2 = Server(args.binary, root, 1, "serve2.log")
+        def survives_restart():
+            s2.wait_healthy()
+            _assert(queued_id is not None, "no job was queued")
+            job = wait_job(s2, queued_id)
+            _assert(job["output"]["outputs"][0]["shape"] == [2, 4], job)
+        results.append(run_case("queued job survives a restart", survives_restart))
+        rc = s2.stop(signal.SIGTERM)
+        results.append(run_case("restart exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s2.tail()}")))
+
+    passed = sum(results)
+    failed = len(results) - passed
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+def _assert(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

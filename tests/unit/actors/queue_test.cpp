@@ -1,0 +1,224 @@
+#define CAF_SUITE queue
+#include "tests/unit/test_support.hpp"
+
+#include "actors/queue.hpp"
+
+#include <caf/test/dsl.hpp>
+
+#include "messages/errors.hpp"
+
+using namespace infergrid;
+
+namespace {
+
+// A worker that records what the queue gives it and answers interactive
+// requests at once with one tensor.
+struct fake_worker_state {
+  int work_messages = 0;
+  int infer_messages = 0;
+};
+
+worker_actor::behavior_type
+fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
+  return {
+    [self](work_atom) { ++self->state.work_messages; },
+    [self](infer_atom, const infer_request& req) -> std::vector<tensor_data> {
+      ++self->state.infer_messages;
+      return {make_float_tensor("echo", {1}, {static_cast<float>(req.inputs.size())})};
+    },
+    [](renew_atom, int64_t, int64_t) {},
+  };
+}
+
+struct fixture : test_coordinator_fixture<> {
+  testing::temp_dir dir;
+  queue_actor queue;
+
+  fixture() {
+    persistence::store_options opts;
+    opts.path = dir.str("infergrid.db");
+    opts.checkpointer = true;
+    auto store = persistence::job_store::open(opts);
+    CAF_REQUIRE(store);
+    queue_config cfg;
+    cfg.settings.max_queued = 3;
+    cfg.settings.max_interactive = 1;
+    cfg.tick = false;
+    queue = spawn_queue(sys, cfg, std::shared_ptr<persistence::job_store>(std::move(*store)));
+    sched.run();
+  }
+
+  ~fixture() {
+    anon_send_exit(queue, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+
+  new_job job_for(const std::string& model) {
+    new_job j;
+    j.model = model;
+    j.input_json = R"({"inputs":[]})";
+    return j;
+  }
+
+  worker_actor register_worker(const std::string& id, std::vector<std::string> models) {
+    auto w = sys.spawn(fake_worker);
+    worker_registration reg{id, std::move(models), {}};
+    inject((register_atom, worker_actor, worker_registration),
+           from(self).to(queue).with(register_atom::value, w, reg));
+    return w;
+  }
+
+  // Registers a worker and lets it find nothing on its first look, so that
+  // it is idle and the queue has no hint for its models.
+  worker_actor add_worker(const std::string& id, std::vector<std::string> models) {
+    auto w = register_worker(id, std::move(models));
+    expect((work_atom), from(queue).to(w));
+    inject((idle_atom, std::string, bool),
+           from(w).to(queue).with(idle_atom::value, id, false));
+    return w;
+  }
+
+  void submit_ok(const std::string& model) {
+    self->send(queue, submit_atom::value, job_for(model));
+    sched.run();
+    self->receive([](job_record&) {},
+                  [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
+  }
+
+  int works(const worker_actor& w) {
+    return deref<worker_actor::stateful_base<fake_worker_state>>(w).state.work_messages;
+  }
+
+  cluster_stats stats() {
+    cluster_stats out;
+    self->send(queue, stats_atom::value);
+    sched.run();
+    self->receive([&](cluster_stats& s) { out = std::move(s); },
+                  [&](caf::error& err) { CAF_FAIL("stats failed: " << message_of(err)); });
+    return out;
+  }
+};
+
+} // namespace
+
+CAF_TEST_FIXTURE_SCOPE(queue_tests, fixture)
+
+CAF_TEST(submitted jobs wait in the table without workers) {
+  self->send(queue, submit_atom::value, job_for("classifier"));
+  sched.run();
+  self->receive(
+    [&](job_record& rec) {
+      CAF_CHECK_EQUAL(rec.id, 1);
+      CAF_CHECK(rec.state == job_state::queued);
+      CAF_CHECK_EQUAL(rec.position, 0);
+    },
+    [&](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
+  auto s = stats();
+  CAF_CHECK_EQUAL(s.jobs_by_state["queued"], 1);
+  CAF_CHECK_EQUAL(s.jobs_by_state["succeeded"], 0);
+  CAF_CHECK_EQUAL(s.workers_total, 0);
+}
+
+CAF_TEST(a registering worker looks for work at once) {
+  submit_ok("classifier");
+  auto w = register_worker("w1", {"classifier"});
+  expect((work_atom), from(queue).to(w));
+  CAF_CHECK_EQUAL(works(w), 1);
+  CAF_CHECK_EQUAL(stats().workers_busy, 1);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+CAF_TEST(submits wake an idle worker without ping pong) {
+  auto w = add_worker("w1", {"classifier"});
+  CAF_CHECK_EQUAL(works(w), 1);
+  submit_ok("classifier"); // runs the scheduler: the hint reached the worker
+  CAF_CHECK_EQUAL(works(w), 2);
+  // Busy: another submit must not hand it more work.
+  submit_ok("classifier");
+  CAF_CHECK_EQUAL(works(w), 2);
+  // It found work and is idle again: the queue hands it the next hint.
+  inject((idle_atom, std::string, bool),
+         from(w).to(queue).with(idle_atom::value, std::string{"w1"}, true));
+  expect((work_atom), from(queue).to(w));
+  CAF_CHECK_EQUAL(works(w), 3);
+  // It found nothing: no further messages until new work arrives.
+  inject((idle_atom, std::string, bool),
+         from(w).to(queue).with(idle_atom::value, std::string{"w1"}, false));
+  CAF_CHECK_EQUAL(sched.run(), 0u);
+  CAF_CHECK_EQUAL(works(w), 3);
+  CAF_CHECK_EQUAL(stats().workers_busy, 0);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+CAF_TEST(workers only hear about models they serve) {
+  auto w = add_worker("w1", {"tinylm"});
+  submit_ok("classifier");
+  CAF_CHECK_EQUAL(works(w), 1);
+  submit_ok("tinylm");
+  CAF_CHECK_EQUAL(works(w), 2);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+CAF_TEST(a full job table refuses at once and writes nothing) {
+  for (int i = 0; i < 3; ++i) {
+    self->send(queue, submit_atom::value, job_for("classifier"));
+    sched.run();
+    self->receive([](job_record&) {}, [](caf::error&) { CAF_FAIL("submit failed"); });
+  }
+  self->send(queue, submit_atom::value, job_for("classifier"));
+  sched.run();
+  self->receive([](job_record&) { CAF_FAIL("fourth submit accepted"); },
+                [](caf::error& err) { CAF_CHECK(code_of(err) == errc::queue_full); });
+  CAF_CHECK_EQUAL(stats().jobs_by_state["queued"], 3);
+}
+
+CAF_TEST(interactive requests go to an idle worker and are bounded) {
+  infer_request req{"classifier", {make_float_tensor("x", {1}, {1.f})}, "r1"};
+  // Nobody serves the model: refused at once.
+  self->send(queue, infer_atom::value, req);
+  sched.run();
+  self->receive([](std::vector<tensor_data>&) { CAF_FAIL("served without a worker"); },
+                [](caf::error& err) { CAF_CHECK(code_of(err) == errc::unavailable); });
+  auto w = add_worker("w1", {"classifier"});
+  self->send(queue, infer_atom::value, req);
+  sched.run();
+  self->receive(
+    [](std::vector<tensor_data>& out) {
+      CAF_REQUIRE_EQUAL(out.size(), 1u);
+      CAF_CHECK_EQUAL(out[0].name, "echo");
+    },
+    [](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
+  // The fake worker never says idle, so it stays busy: one request may wait,
+  // the next is refused with queue_full.
+  self->send(queue, infer_atom::value, req);
+  sched.run();
+  self->send(queue, infer_atom::value, req);
+  sched.run();
+  self->receive([](std::vector<tensor_data>&) { CAF_FAIL("overflow served"); },
+                [](caf::error& err) { CAF_CHECK(code_of(err) == errc::queue_full); });
+  CAF_CHECK_EQUAL(stats().interactive_waiting, 1);
+  // Idle again: the waiting request is dispatched and answered.
+  inject((idle_atom, std::string, bool),
+         from(w).to(queue).with(idle_atom::value, std::string{"w1"}, true));
+  sched.run();
+  self->receive([](std::vector<tensor_data>& out) { CAF_CHECK_EQUAL(out.size(), 1u); },
+                [](caf::error& err) { CAF_FAIL("queued infer failed: " << message_of(err)); });
+  CAF_CHECK_EQUAL(stats().interactive_waiting, 0);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+CAF_TEST(a worker that goes down leaves the membership) {
+  auto w = add_worker("w1", {"classifier"});
+  CAF_CHECK_EQUAL(stats().workers_total, 1);
+  anon_send_exit(w, caf::exit_reason::kill);
+  sched.run();
+  auto s = stats();
+  CAF_CHECK_EQUAL(s.workers_total, 0);
+  CAF_CHECK(s.ready_models.empty());
+}
+
+CAF_TEST_FIXTURE_SCOPE_END()

@@ -1,0 +1,457 @@
+// Tests the LibTorch facade against the demo models built by make_demo_models.
+#define CAF_SUITE model_runner
+
+#include "tests/unit/test_support.hpp"
+
+#include "inference/model_runner.hpp"
+
+#include <caf/test/unit_test.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "inference/demo_models.hpp"
+#include "inference/model_repository.hpp"
+#include "messages/errors.hpp"
+
+using namespace infergrid;
+using namespace infergrid::inference;
+
+namespace {
+
+/// The value of `x`, or a test failure naming the error.
+template <class T>
+T must(caf::expected<T> x) {
+  if (!x)
+    CAF_FAIL("unexpected error: " << message_of(x.error()));
+  return std::move(*x);
+}
+
+/// The demo models of one seed in a temp dir, with their parsed configs.
+struct demo_repo {
+  testing::temp_dir tmp;
+  std::vector<std::string> names;
+  std::vector<model_entry> entries;
+
+  explicit demo_repo(uint64_t seed) {
+    configure_runtime(1);
+    auto res = make_demo_models(tmp.str(), seed);
+    if (!res)
+      CAF_FAIL("make_demo_models failed: " << message_of(res.error()));
+    names = *res;
+    entries = scan_model_repository(tmp.str());
+  }
+
+  const model_entry& entry(const std::string& name) const {
+    for (auto& e : entries)
+      if (e.info.name == name)
+        return e;
+    CAF_FAIL("no demo model " << name);
+  }
+
+  std::unique_ptr<model_runner> load(const std::string& name) const {
+    auto& e = entry(name);
+    auto runner = model_runner::load(e.info, e.dir);
+    if (!runner)
+      CAF_FAIL("cannot load " << name << ": " << message_of(runner.error()));
+    return std::move(*runner);
+  }
+};
+
+/// Built once per process (seed 42): building and saving takes a few ms.
+const demo_repo& demos() {
+  static demo_repo repo{42};
+  return repo;
+}
+
+std::vector<float> ramp(std::size_t n, float scale) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i)
+    v[i] = std::sin(static_cast<float>(i) * scale);
+  return v;
+}
+
+std::vector<float> classify(model_runner& r, int64_t batch) {
+  auto x = make_float_tensor("x", {batch, 16}, ramp(static_cast<std::size_t>(batch * 16), 0.37f));
+  auto out = r.forward({x});
+  if (!out)
+    CAF_FAIL("forward failed: " << message_of(out.error()));
+  return float_values(out->at(0));
+}
+
+std::string greedy_text(model_runner& r, const std::string& prompt, int32_t n) {
+  generate_params p;
+  p.prompt = prompt;
+  p.max_tokens = n;
+  p.temperature = 0.0;
+  auto res = r.generate(p);
+  if (!res)
+    CAF_FAIL("generate failed: " << message_of(res.error()));
+  return res->text;
+}
+
+generate_params seeded(uint64_t seed, int32_t max_tokens) {
+  generate_params p;
+  p.prompt = "Hello, ";
+  p.max_tokens = max_tokens;
+  p.temperature = 1.0;
+  p.has_seed = true;
+  p.seed = seed;
+  return p;
+}
+
+} // namespace
+
+CAF_TEST(resolve device) {
+  CAF_CHECK_EQUAL(must(resolve_device("cpu")), "cpu");
+  CAF_CHECK_EQUAL(must(resolve_device("auto")),
+                  cuda_available() ? "cuda:0" : "cpu");
+  auto bad = resolve_device("tpu");
+  CAF_REQUIRE(!bad);
+  CAF_CHECK_EQUAL(code_of(bad.error()), errc::invalid_input);
+  if (!cuda_available()) {
+    for (auto dev : {"cuda", "cuda:0", "cuda:3"}) {
+      auto res = resolve_device(dev);
+      CAF_REQUIRE(!res);
+      CAF_CHECK_EQUAL(code_of(res.error()), errc::unavailable);
+      CAF_CHECK(message_of(res.error()).find("CUDA") != std::string::npos);
+    }
+  }
+}
+
+CAF_TEST(demo models are written with valid configs) {
+  auto& repo = demos();
+  CAF_CHECK_EQUAL(repo.names, (std::vector<std::string>{"classifier", "tinylm", "tinyspeech"}));
+  CAF_REQUIRE_EQUAL(repo.entries.size(), 3u);
+  for (auto& e : repo.entries)
+    CAF_CHECK_EQUAL(e.error, "");
+  auto& clf = repo.entry("classifier").info;
+  CAF_CHECK(clf.kind == model_kind::tensor);
+  CAF_CHECK_EQUAL(clf.max_batch_size, 32);
+  CAF_CHECK_EQUAL(clf.max_queue_delay_us, 2000);
+  CAF_CHECK_EQUAL(clf.outputs.at(0).name, "probabilities");
+  auto& lm = repo.entry("tinylm").info;
+  CAF_CHECK(lm.kind == model_kind::generate);
+  CAF_CHECK_EQUAL(lm.outputs.size(), 2u);
+  auto& tts = repo.entry("tinyspeech").info;
+  CAF_CHECK(tts.kind == model_kind::speech);
+  CAF_CHECK_EQUAL(tts.sample_rate, 24000);
+}
+
+CAF_TEST(load failures are unavailable with the cause) {
+  auto& repo = demos();
+  auto info = repo.entry("classifier").info;
+  testing::temp_dir tmp;
+  auto missing = model_runner::load(info, tmp.str());
+  CAF_REQUIRE(!missing);
+  CAF_CHECK_EQUAL(code_of(missing.error()), errc::unavailable);
+  CAF_CHECK(message_of(missing.error()).find("model 'classifier': cannot load")
+            != std::string::npos);
+  std::ofstream{tmp.path() / "model.pt"} << "this is not a zip archive";
+  auto corrupt = model_runner::load(info, tmp.str());
+  CAF_REQUIRE(!corrupt);
+  CAF_CHECK_EQUAL(code_of(corrupt.error()), errc::unavailable);
+  CAF_MESSAGE("corrupt archive: " << message_of(corrupt.error()));
+  info.device = "cuda";
+  if (!cuda_available()) {
+    auto no_gpu = model_runner::load(info, repo.entry("classifier").dir);
+    CAF_REQUIRE(!no_gpu);
+    CAF_CHECK_EQUAL(code_of(no_gpu.error()), errc::unavailable);
+  }
+}
+
+CAF_TEST(classifier warm up and forward) {
+  auto runner = demos().load("classifier");
+  CAF_CHECK_EQUAL(runner->device(), cuda_available() ? "cuda:0" : "cpu");
+  auto warm = runner->warm_up();
+  CAF_REQUIRE(warm);
+  CAF_CHECK_GREATER(*warm, 0.0);
+  CAF_MESSAGE("classifier warm-up first call: " << *warm << " ms");
+  for (int64_t batch : {1, 3, 32}) {
+    auto x = make_float_tensor("x", {batch, 16},
+                               ramp(static_cast<std::size_t>(batch * 16), 0.37f));
+    auto out = runner->forward({x});
+    CAF_REQUIRE(out);
+    CAF_REQUIRE_EQUAL(out->size(), 1u);
+    auto& y = out->at(0);
+    CAF_CHECK_EQUAL(y.name, "probabilities");
+    CAF_CHECK(y.type == dtype::float32);
+    CAF_CHECK_EQUAL(y.shape, (std::vector<int64_t>{batch, 4}));
+    auto p = float_values(y);
+    CAF_REQUIRE_EQUAL(p.size(), static_cast<std::size_t>(batch * 4));
+    for (int64_t row = 0; row < batch; ++row) {
+      double sum = 0.0;
+      for (int64_t c = 0; c < 4; ++c) {
+        auto v = p[static_cast<std::size_t>(row * 4 + c)];
+        CAF_CHECK(v > 0.0f && v < 1.0f);
+        sum += v;
+      }
+      CAF_CHECK_LESS(std::abs(sum - 1.0), 1e-5);
+    }
+  }
+  // Rows are independent: row 0 of a batch equals the single-row result.
+  auto one = classify(*runner, 1);
+  auto three = classify(*runner, 3);
+  for (std::size_t i = 0; i < 4; ++i)
+    CAF_CHECK_LESS(std::abs(one[i] - three[i]), 1e-5f);
+  // The classes are not all equally likely (the weights do something).
+  CAF_CHECK_GREATER(*std::max_element(one.begin(), one.end())
+                      - *std::min_element(one.begin(), one.end()),
+                    0.01f);
+}
+
+CAF_TEST(forward errors are values) {
+  auto runner = demos().load("classifier");
+  // A wrong shape reaches the model, which raises: model_error, no crash.
+  auto bad = runner->forward({make_float_tensor("x", {2, 15}, std::vector<float>(30, 0.5f))});
+  CAF_REQUIRE(!bad);
+  CAF_CHECK_EQUAL(code_of(bad.error()), errc::model_error);
+  auto msg = message_of(bad.error());
+  CAF_CHECK_EQUAL(msg.rfind("model 'classifier': ", 0), 0u);
+  CAF_CHECK(msg.find("mat1 and mat2 shapes cannot be multiplied (2x15 and 16x32)")
+            != std::string::npos);
+  // Wrong names and inconsistent data never reach LibTorch.
+  auto unnamed = runner->forward({make_float_tensor("y", {1, 16}, std::vector<float>(16))});
+  CAF_REQUIRE(!unnamed);
+  CAF_CHECK_EQUAL(code_of(unnamed.error()), errc::invalid_input);
+  auto short_data = runner->forward({make_float_tensor("x", {4, 16}, std::vector<float>(16))});
+  CAF_REQUIRE(!short_data);
+  CAF_CHECK_EQUAL(code_of(short_data.error()), errc::invalid_input);
+  // A wrong dtype fed directly (int64 instead of float32) is a model error.
+  tensor_data ints;
+  ints.name = "x";
+  ints.type = dtype::int64;
+  ints.shape = {1, 16};
+  ints.bytes.resize(16 * sizeof(int64_t));
+  auto wrong_type = runner->forward({ints});
+  CAF_REQUIRE(!wrong_type);
+  CAF_CHECK_EQUAL(code_of(wrong_type.error()), errc::model_error);
+  // The runner still works afterwards.
+  CAF_CHECK_EQUAL(classify(*runner, 2).size(), 8u);
+  // Kind mismatches are refused.
+  auto gen = runner->generate(generate_params{});
+  CAF_REQUIRE(!gen);
+  CAF_CHECK_EQUAL(code_of(gen.error()), errc::invalid_input);
+}
+
+CAF_TEST(tinylm forward returns logits and state) {
+  auto runner = demos().load("tinylm");
+  tensor_data tokens;
+  tokens.name = "tokens";
+  tokens.type = dtype::int64;
+  tokens.shape = {2, 3};
+  std::vector<int64_t> ids{72, 105, 33, 10, 65, 66};
+  tokens.bytes.resize(ids.size() * sizeof(int64_t));
+  std::memcpy(tokens.bytes.data(), ids.data(), tokens.bytes.size());
+  auto out = runner->forward({tokens});
+  CAF_REQUIRE(out);
+  CAF_REQUIRE_EQUAL(out->size(), 2u);
+  CAF_CHECK_EQUAL(out->at(0).name, "logits");
+  CAF_CHECK_EQUAL(out->at(0).shape, (std::vector<int64_t>{2, 256}));
+  CAF_CHECK_EQUAL(out->at(1).name, "state");
+  CAF_CHECK_EQUAL(out->at(1).shape, (std::vector<int64_t>{1, 2, 64}));
+}
+
+CAF_TEST(generate is reproducible with a seed) {
+  auto runner = demos().load("tinylm");
+  auto warm = runner->warm_up();
+  CAF_REQUIRE(warm);
+  CAF_MESSAGE("tinylm warm-up first call: " << *warm << " ms");
+  auto a = runner->generate(seeded(7, 40));
+  auto b = runner->generate(seeded(7, 40));
+  auto c = runner->generate(seeded(8, 40));
+  CAF_REQUIRE(a && b && c);
+  CAF_CHECK_EQUAL(a->text, b->text);
+  CAF_CHECK_NOT_EQUAL(a->text, c->text);
+  CAF_CHECK_EQUAL(a->text.size(), 40u);
+  CAF_MESSAGE("seed 7: '" << a->text << "'");
+  // Greedy decoding equals top_k = 1 and a tiny nucleus at any temperature.
+  auto greedy = greedy_text(*runner, "Hello, ", 24);
+  auto top1 = seeded(99, 24);
+  top1.top_k = 1;
+  auto nucleus = seeded(123, 24);
+  nucleus.top_p = 1e-6;
+  CAF_CHECK_EQUAL(must(runner->generate(top1)).text, greedy);
+  CAF_CHECK_EQUAL(must(runner->generate(nucleus)).text, greedy);
+  // An empty prompt is allowed.
+  auto no_prompt = seeded(1, 5);
+  no_prompt.prompt.clear();
+  auto empty = runner->generate(no_prompt);
+  CAF_REQUIRE(empty);
+  CAF_CHECK_EQUAL(empty->tokens, 5);
+  // Bad parameters are invalid input.
+  auto bad = seeded(1, 5);
+  bad.top_p = 0.0;
+  CAF_CHECK_EQUAL(code_of(runner->generate(bad).error()), errc::invalid_input);
+}
+
+CAF_TEST(generate honours max_tokens stop and cancel) {
+  auto runner = demos().load("tinylm");
+  // max_tokens: finish "length" with exactly that many bytes, streamed whole.
+  std::string streamed;
+  int calls = 0;
+  auto res = runner->generate(seeded(3, 17), [&](const std::string& delta) {
+    streamed += delta;
+    ++calls;
+    return true;
+  });
+  CAF_REQUIRE(res);
+  CAF_CHECK_EQUAL(res->finish_reason, "length");
+  CAF_CHECK_EQUAL(res->tokens, 17);
+  CAF_CHECK_EQUAL(res->text.size(), 17u);
+  CAF_CHECK_EQUAL(streamed, res->text);
+  CAF_CHECK_GREATER(calls, 1);
+  auto zero = runner->generate(seeded(3, 0));
+  CAF_REQUIRE(zero);
+  CAF_CHECK_EQUAL(zero->text, "");
+  CAF_CHECK_EQUAL(zero->finish_reason, "length");
+  // Stop: the same seed replays the same bytes, so a stop string taken from
+  // the middle of the long text ends the text right before it.
+  auto full = runner->generate(seeded(11, 60));
+  CAF_REQUIRE(full);
+  auto stop = full->text.substr(20, 3);
+  auto pos = full->text.find(stop);
+  auto p = seeded(11, 60);
+  p.stop = {"never-matches-this", stop};
+  std::string stop_stream;
+  auto stopped = runner->generate(p, [&](const std::string& delta) {
+    stop_stream += delta;
+    return true;
+  });
+  CAF_REQUIRE(stopped);
+  CAF_CHECK_EQUAL(stopped->finish_reason, "stop");
+  CAF_CHECK_EQUAL(stopped->text, full->text.substr(0, pos));
+  CAF_CHECK_EQUAL(stopped->tokens, static_cast<int64_t>(pos + stop.size()));
+  CAF_CHECK_EQUAL(stop_stream, stopped->text);
+  // Cancel: the callback says no on its third call.
+  int seen = 0;
+  auto cancelled = runner->generate(seeded(5, 50), [&](const std::string&) {
+    return ++seen < 3;
+  });
+  CAF_REQUIRE(cancelled);
+  CAF_CHECK_EQUAL(cancelled->finish_reason, "cancelled");
+  CAF_CHECK_EQUAL(seen, 3);
+  CAF_CHECK_LESS(cancelled->tokens, 50);
+}
+
+CAF_TEST(synthesize gives samples per byte and silent spaces) {
+  auto runner = demos().load("tinyspeech");
+  CAF_CHECK_EQUAL(runner->info().sample_rate, 24000);
+  auto warm = runner->warm_up();
+  CAF_REQUIRE(warm);
+  CAF_MESSAGE("tinyspeech warm-up first call: " << *warm << " ms");
+  const std::size_t spt = 480;
+  auto pcm = runner->synthesize("ab c.");
+  CAF_REQUIRE(pcm);
+  CAF_REQUIRE_EQUAL(pcm->size(), 5 * spt);
+  auto peak = [&](std::size_t token) {
+    float m = 0.0f;
+    for (std::size_t i = token * spt; i < (token + 1) * spt; ++i)
+      m = std::max(m, std::abs((*pcm)[i]));
+    return m;
+  };
+  CAF_CHECK_GREATER(peak(0), 0.05f);
+  CAF_CHECK_GREATER(peak(1), 0.05f);
+  CAF_CHECK_EQUAL(peak(2), 0.0f); // ' '
+  CAF_CHECK_GREATER(peak(3), 0.05f);
+  CAF_CHECK_EQUAL(peak(4), 0.0f); // '.'
+  CAF_CHECK_LESS(*std::max_element(pcm->begin(), pcm->end()), 0.5f);
+  // Each token starts and ends at zero (raised-cosine envelope).
+  CAF_CHECK_LESS(std::abs((*pcm)[0]), 1e-6f);
+  CAF_CHECK_LESS(std::abs((*pcm)[spt - 1]), 1e-6f);
+  // Chunked synthesis equals whole synthesis.
+  auto ab = runner->synthesize("ab");
+  CAF_REQUIRE(ab);
+  for (std::size_t i = 0; i < ab->size(); ++i)
+    if (std::abs((*ab)[i] - (*pcm)[i]) > 1e-6f) {
+      CAF_FAIL("chunked synthesis differs at sample " << i);
+    }
+  auto empty = runner->synthesize("");
+  CAF_REQUIRE(empty);
+  CAF_CHECK_EQUAL(empty->size(), 0u);
+}
+
+CAF_TEST(same seed same models and different seed different models) {
+  demo_repo again{42};
+  demo_repo other{43};
+  auto& repo = demos();
+  auto clf_a = repo.load("classifier");
+  auto clf_b = again.load("classifier");
+  auto clf_c = other.load("classifier");
+  auto ya = classify(*clf_a, 5);
+  CAF_CHECK_EQUAL(ya, classify(*clf_b, 5));
+  CAF_CHECK_NOT_EQUAL(ya, classify(*clf_c, 5));
+  auto lm_a = repo.load("tinylm");
+  auto lm_b = again.load("tinylm");
+  auto lm_c = other.load("tinylm");
+  auto ta = greedy_text(*lm_a, "The ", 32);
+  CAF_CHECK_EQUAL(ta, greedy_text(*lm_b, "The ", 32));
+  CAF_CHECK_NOT_EQUAL(ta, greedy_text(*lm_c, "The ", 32));
+  auto tts_a = repo.load("tinyspeech");
+  auto tts_b = again.load("tinyspeech");
+  auto tts_c = other.load("tinyspeech");
+  auto pa = must(tts_a->synthesize("hello"));
+  CAF_CHECK_EQUAL(pa.size(), 5u * 480u);
+  CAF_CHECK(pa == must(tts_b->synthesize("hello")));
+  CAF_CHECK(pa != must(tts_c->synthesize("hello")));
+}
+
+CAF_TEST(separate runners run on separate threads at once) {
+  // Each executor thread owns its runner; InferenceMode is per call.
+  auto lm_a = demos().load("tinylm");
+  auto lm_b = demos().load("tinylm");
+  auto clf = demos().load("classifier");
+  auto expected_text = must(lm_a->generate(seeded(21, 48))).text;
+  auto expected_probs = classify(*clf, 8);
+  std::vector<std::string> texts(2);
+  std::vector<std::vector<float>> probs(20);
+  std::thread t1{[&] { texts[0] = must(lm_a->generate(seeded(21, 48))).text; }};
+  std::thread t2{[&] { texts[1] = must(lm_b->generate(seeded(21, 48))).text; }};
+  std::thread t3{[&] {
+    for (auto& p : probs)
+      p = classify(*clf, 8);
+  }};
+  t1.join();
+  t2.join();
+  t3.join();
+  CAF_CHECK_EQUAL(texts[0], expected_text);
+  CAF_CHECK_EQUAL(texts[1], expected_text);
+  for (auto& p : probs)
+    CAF_CHECK_EQUAL(p, expected_probs);
+}
+
+CAF_TEST(steady state latency) {
+  // Reported, not asserted (STYLE.md: no timing assertions in ctest).
+  auto clf = demos().load("classifier");
+  auto lm = demos().load("tinylm");
+  auto tts = demos().load("tinyspeech");
+  CAF_REQUIRE(clf->warm_up() && lm->warm_up() && tts->warm_up());
+  auto median_ms = [](auto&& fn, int n) {
+    std::vector<double> ms;
+    for (int i = 0; i < n; ++i) {
+      auto start = std::chrono::steady_clock::now();
+      fn();
+      ms.push_back(std::chrono::duration<double, std::milli>(
+                     std::chrono::steady_clock::now() - start)
+                     .count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  for (int64_t batch : {1, 32}) {
+    auto x = make_float_tensor("x", {batch, 16},
+                               ramp(static_cast<std::size_t>(batch * 16), 0.1f));
+    auto ms = median_ms([&] { CAF_CHECK(clf->forward({x})); }, 200);
+    CAF_MESSAGE("classifier forward B=" << batch << ": " << ms << " ms");
+  }
+  auto gen_ms = median_ms([&] { CAF_CHECK(lm->generate(seeded(1, 32))); }, 10);
+  CAF_MESSAGE("tinylm generate 32 tokens: " << gen_ms << " ms ("
+                                             << gen_ms / 32.0 << " ms/token)");
+  std::string text = "The quick brown fox jumps over the lazy dog, twice.";
+  auto tts_ms = median_ms([&] { CAF_CHECK(tts->synthesize(text)); }, 20);
+  CAF_MESSAGE("tinyspeech " << text.size() << " bytes: " << tts_ms << " ms");
+}
