@@ -39,11 +39,25 @@ std::string cause_of(const std::exception& e) {
   return e.what();
 }
 
+/// TorchScript wraps the original error in an interpreter banner and two
+/// tracebacks; its last non-empty line holds the cause ("RuntimeError: ...").
+std::string last_line(const std::string& text) {
+  auto end = text.find_last_not_of(" \t\r\n");
+  if (end == std::string::npos)
+    return text;
+  auto begin = text.find_last_of('\n', end);
+  return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+}
+
+/// The client gets the cause; the log keeps the whole text with tracebacks.
 caf::error model_failure(const std::string& model, const std::exception& e) {
   auto cause = cause_of(e);
   auto code = cause.find("out of memory") != std::string::npos ? errc::oom
                                                                : errc::model_error;
-  return make_error(code, "model '" + model + "': " + cause);
+  auto short_cause = last_line(cause);
+  if (short_cause != cause)
+    spdlog::warn("model {}: {}", model, cause);
+  return make_error(code, "model '" + model + "': " + short_cause);
 }
 
 bool to_scalar_type(dtype t, c10::ScalarType& out) {

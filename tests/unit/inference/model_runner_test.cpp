@@ -214,6 +214,9 @@ CAF_TEST(forward errors are values) {
   CAF_CHECK_EQUAL(msg.rfind("model 'classifier': ", 0), 0u);
   CAF_CHECK(msg.find("mat1 and mat2 shapes cannot be multiplied (2x15 and 16x32)")
             != std::string::npos);
+  // The client sees the cause on one line, not the interpreter's tracebacks.
+  CAF_CHECK_EQUAL(msg.find('\n'), std::string::npos);
+  CAF_CHECK_EQUAL(msg.find("Traceback"), std::string::npos);
   // Wrong names and inconsistent data never reach LibTorch.
   auto unnamed = runner->forward({make_float_tensor("y", {1, 16}, std::vector<float>(16))});
   CAF_REQUIRE(!unnamed);
