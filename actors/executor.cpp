@@ -43,16 +43,7 @@ caf::expected<std::string> run_generate_job(model_runner& m, const job_record& j
   auto in = decode_generate_input(job.input_json);
   if (!in)
     return in.error();
-  inference::generate_params params;
-  params.prompt = in->prompt;
-  params.max_tokens = in->max_tokens;
-  params.temperature = in->temperature;
-  params.top_k = in->top_k;
-  params.top_p = in->top_p;
-  params.has_seed = in->has_seed;
-  params.seed = in->seed;
-  params.stop = in->stop;
-  auto out = m.generate(params);
+  auto out = m.generate(*in);
   if (!out)
     return out.error();
   return encode_generate_output(out->text, out->tokens, out->finish_reason);

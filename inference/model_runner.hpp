@@ -11,6 +11,7 @@
 
 #include <caf/expected.hpp>
 
+#include "messages/generate_io.hpp"
 #include "messages/model_info.hpp"
 #include "messages/tensor.hpp"
 
@@ -28,22 +29,8 @@ bool cuda_available();
 /// errc::unavailable when CUDA is asked for but not available.
 caf::expected<std::string> resolve_device(const std::string& requested);
 
-/// Sampling settings of a generate model (API.md job input of kind generate).
-struct generate_params {
-  std::string prompt;
-  int32_t max_tokens = 64;
-  /// 0 means greedy (argmax).
-  double temperature = 1.0;
-  /// 0 means no top-k cut.
-  int32_t top_k = 0;
-  /// 1.0 means no nucleus cut.
-  double top_p = 1.0;
-  /// Same seed, same text. Without a seed a fresh one is drawn.
-  bool has_seed = false;
-  uint64_t seed = 0;
-  /// Generation stops when the text ends with one of these (not included).
-  std::vector<std::string> stop;
-};
+/// Sampling settings of a generate model: the decoded job input.
+using generate_params = generate_input;
 
 struct generate_result {
   std::string text;

@@ -476,6 +476,27 @@ struct job_store::impl {
     return refusal;
   }
 
+  /// Runs one fenced UPDATE (complete, renew) in a write transaction. Returns
+  /// whether a row changed: false means the lease was lost.
+  template <class... Ts>
+  caf::expected<bool> fenced_update(const std::string& op, const statement& stmt,
+                                    const Ts&... args) {
+    bool changed = false;
+    auto err = write_transaction(op, [&](caf::error&) {
+      statement_use use{stmt};
+      int rc = bind_all(use.get(), args...);
+      if (rc != SQLITE_OK)
+        return failed(rc);
+      if (rc = step(use.get()); rc != SQLITE_DONE)
+        return rc;
+      changed = sqlite3_changes(db()) > 0;
+      return SQLITE_OK;
+    });
+    if (err)
+      return err;
+    return changed;
+  }
+
   /// A read (one statement, autocommit) with the busy retry.
   template <class Body>
   caf::error read(const std::string& op, Body&& body) {
@@ -719,21 +740,8 @@ job_store::claim(const std::string& worker, const std::vector<std::string>& mode
 
 caf::expected<bool> job_store::complete(int64_t id, int64_t lease_seq,
                                         const std::string& output_json, int64_t now_ms) {
-  auto& d = *impl_;
-  bool changed = false;
-  auto err = d.write_transaction("complete", [&](caf::error&) {
-    statement_use use{d.complete_};
-    int rc = bind_all(use.get(), output_json, now_ms, id, lease_seq);
-    if (rc != SQLITE_OK)
-      return d.failed(rc);
-    if (rc = d.step(use.get()); rc != SQLITE_DONE)
-      return rc;
-    changed = sqlite3_changes(d.db()) > 0;
-    return SQLITE_OK;
-  });
-  if (err)
-    return err;
-  return changed;
+  return impl_->fenced_update("complete", impl_->complete_, output_json, now_ms, id,
+                              lease_seq);
 }
 
 caf::expected<std::optional<job_state>>
@@ -790,21 +798,7 @@ job_store::fail(int64_t id, int64_t lease_seq, const job_error& error, int64_t n
 
 caf::expected<bool> job_store::renew(int64_t id, int64_t lease_seq, int64_t lease_ms,
                                      int64_t now_ms) {
-  auto& d = *impl_;
-  bool changed = false;
-  auto err = d.write_transaction("renew", [&](caf::error&) {
-    statement_use use{d.renew_};
-    int rc = bind_all(use.get(), now_ms + lease_ms, id, lease_seq);
-    if (rc != SQLITE_OK)
-      return d.failed(rc);
-    if (rc = d.step(use.get()); rc != SQLITE_DONE)
-      return rc;
-    changed = sqlite3_changes(d.db()) > 0;
-    return SQLITE_OK;
-  });
-  if (err)
-    return err;
-  return changed;
+  return impl_->fenced_update("renew", impl_->renew_, now_ms + lease_ms, id, lease_seq);
 }
 
 caf::expected<int64_t> job_store::rescue_expired(int64_t now_ms) {
