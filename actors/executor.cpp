@@ -39,11 +39,15 @@ caf::expected<std::string> run_tensor_job(model_runner& m, const job_record& job
   return encode_kserve_response(m.info().name, job_id_string(job.id), *outputs);
 }
 
-caf::expected<std::string> run_generate_job(model_runner& m, const job_record& job) {
+caf::expected<std::string> run_generate_job(model_runner& m, const job_record& job,
+                                            const std::shared_ptr<cancel_flags>& cancels) {
   auto in = decode_generate_input(job.input_json);
   if (!in)
     return in.error();
-  auto out = m.generate(*in);
+  inference::token_callback keep_going;
+  if (cancels)
+    keep_going = [cancels, id = job.id](const std::string&) { return !cancels->raised(id); };
+  auto out = m.generate(*in, keep_going);
   if (!out)
     return out.error();
   return encode_generate_output(out->text, out->tokens, out->finish_reason);
@@ -98,7 +102,7 @@ executor_behavior(executor_actor::stateful_pointer<executor_state> self, executo
           out = run_tensor_job(m, job);
           break;
         case model_kind::generate:
-          out = run_generate_job(m, job);
+          out = run_generate_job(m, job, self->state.cfg.cancels);
           break;
         case model_kind::speech:
           out = make_error(errc::invalid_input,
@@ -107,6 +111,9 @@ executor_behavior(executor_actor::stateful_pointer<executor_state> self, executo
                                "not served by this version");
           break;
       }
+      // The run is over: a flag raised for it (cancel, timeout) is spent.
+      if (self->state.cfg.cancels)
+        self->state.cfg.cancels->clear(job.id);
       if (!out)
         return out.error();
       return std::move(*out);

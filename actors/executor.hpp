@@ -2,12 +2,14 @@
 // models and makes every blocking LibTorch call, so no event-based actor waits.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <caf/fwd.hpp>
 #include <caf/typed_actor.hpp>
 
+#include "actors/cancel_flags.hpp"
 #include "actors/interfaces.hpp"
 #include "inference/model_repository.hpp"
 
@@ -25,6 +27,9 @@ struct executor_config {
   std::string worker_id;
   std::vector<inference::model_entry> models;
   int intra_op_threads = 1;
+  /// Raised by the worker for a job to stop (cancel, timeout); generation
+  /// checks it after every token.
+  std::shared_ptr<cancel_flags> cancels;
 };
 
 /// Spawns an executor on its own thread (caf::detached). It loads nothing

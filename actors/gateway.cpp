@@ -17,6 +17,7 @@ namespace {
 
 struct gateway_state {
   queue_actor queue;
+  broker_actor broker;
   gateway_config cfg;
   std::map<std::string, model_info> models;
 };
@@ -61,9 +62,10 @@ caf::error check_job_input(const model_info& m, const std::string& input_json) {
 }
 
 gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor queue,
-                                              gateway_config cfg) {
+                                              broker_actor broker, gateway_config cfg) {
   auto& st = self->state;
   st.queue = std::move(queue);
+  st.broker = std::move(broker);
   st.cfg = std::move(cfg);
   for (auto& m : st.cfg.models)
     st.models.emplace(m.name, m);
@@ -107,14 +109,32 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
     [self](stats_atom) -> caf::result<cluster_stats> {
       return self->delegate(self->state.queue, stats_atom::value);
     },
+    [self](list_atom, job_filter& filter) -> caf::result<job_page> {
+      if (filter.limit < 1 || filter.limit > 1000)
+        return make_error(errc::invalid_input, "limit: expected 1..1000");
+      return self->delegate(self->state.queue, list_atom::value, std::move(filter));
+    },
+    [self](cancel_atom, int64_t id) -> caf::result<job_record> {
+      return self->delegate(self->state.queue, cancel_atom::value, id);
+    },
+    [self](events_atom, int64_t id, int64_t after_seq)
+      -> caf::result<std::vector<job_event>> {
+      return self->delegate(self->state.queue, events_atom::value, id, after_seq);
+    },
+    [self](subscribe_atom, int64_t id, event_subscriber_actor& who) -> caf::result<bool> {
+      return self->delegate(self->state.broker, subscribe_atom::value, id, std::move(who));
+    },
+    [self](unsub_atom, int64_t id, event_subscriber_actor& who) {
+      self->send(self->state.broker, unsub_atom::value, id, std::move(who));
+    },
   };
 }
 
 } // namespace
 
 gateway_actor spawn_gateway(caf::actor_system& sys, queue_actor queue,
-                            gateway_config cfg) {
-  return sys.spawn(gateway_behavior, std::move(queue), std::move(cfg));
+                            broker_actor broker, gateway_config cfg) {
+  return sys.spawn(gateway_behavior, std::move(queue), std::move(broker), std::move(cfg));
 }
 
 } // namespace infergrid

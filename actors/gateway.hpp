@@ -18,7 +18,8 @@ struct gateway_config {
   int32_t default_max_attempts = 3;
 };
 
+/// Job queries and commands go to `queue`; event subscriptions to `broker`.
 gateway_actor spawn_gateway(caf::actor_system& sys, queue_actor queue,
-                            gateway_config cfg);
+                            broker_actor broker, gateway_config cfg);
 
 } // namespace infergrid

@@ -32,6 +32,12 @@ using load_atom = caf::atom_constant<caf::atom("load")>;
 using qtick_atom = caf::atom_constant<caf::atom("qtick")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
 using renew_atom = caf::atom_constant<caf::atom("renew")>;
+using list_atom = caf::atom_constant<caf::atom("list")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using events_atom = caf::atom_constant<caf::atom("events")>;
+using publish_atom = caf::atom_constant<caf::atom("publish")>;
+using subscribe_atom = caf::atom_constant<caf::atom("subscribe")>;
+using unsub_atom = caf::atom_constant<caf::atom("unsub")>;
 
 /// An interactive (not durable) inference request for a tensor model.
 struct infer_request {
@@ -84,6 +90,19 @@ typename Inspector::result_type inspect(Inspector& f, cluster_stats& x) {
            x.interactive_waiting, x.ready_models);
 }
 
+/// Receives the live events of the jobs it subscribed to (an SSE stream).
+using event_subscriber_actor = caf::typed_actor<caf::reacts_to<job_event>>;
+
+/// The broker: fans job events out to subscribers without touching SQLite.
+/// Writers (queue, workers) publish what they committed.
+using broker_actor = caf::typed_actor<
+  caf::reacts_to<publish_atom, std::vector<job_event>>,
+  // Registers `subscriber` for job `id`; the answer (true) comes after the
+  // registration, so a backlog read after it cannot miss an event.
+  // errc::queue_full when the broker holds its maximum of subscribers.
+  caf::replies_to<subscribe_atom, int64_t, event_subscriber_actor>::with<bool>,
+  caf::reacts_to<unsub_atom, int64_t, event_subscriber_actor>>;
+
 /// A worker: owns one device, its models and an executor thread.
 using worker_actor = caf::typed_actor<
   // The queue saw durable work this worker may claim; the worker is busy
@@ -92,7 +111,9 @@ using worker_actor = caf::typed_actor<
   // Run one interactive request; the worker is busy until it sends idle.
   caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>,
   // Self-timer: renew the lease of (job id, lease_seq) while it runs.
-  caf::reacts_to<renew_atom, int64_t, int64_t>>;
+  caf::reacts_to<renew_atom, int64_t, int64_t>,
+  // A client cancelled this running job: stop it cooperatively.
+  caf::reacts_to<cancel_atom, int64_t>>;
 
 /// The part of the queue a worker talks to.
 using queue_feedback_actor = caf::typed_actor<
@@ -107,6 +128,9 @@ using queue_actor = queue_feedback_actor::extend<
   caf::replies_to<job_get_atom, int64_t>::with<job_record>,
   caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>,
   caf::replies_to<stats_atom>::with<cluster_stats>,
+  caf::replies_to<list_atom, job_filter>::with<job_page>,
+  caf::replies_to<cancel_atom, int64_t>::with<job_record>,
+  caf::replies_to<events_atom, int64_t, int64_t>::with<std::vector<job_event>>,
   caf::reacts_to<qtick_atom>>;
 
 /// The gateway: admission and validation in front of the queue. What http/
@@ -119,6 +143,18 @@ using gateway_actor = caf::typed_actor<
   caf::replies_to<infer_atom, std::string, std::string, std::string>::with<
     std::vector<tensor_data>>,
   caf::replies_to<models_atom>::with<std::vector<model_info>>,
-  caf::replies_to<stats_atom>::with<cluster_stats>>;
+  caf::replies_to<stats_atom>::with<cluster_stats>,
+  // GET /v1/jobs: newest first, filtered, paged.
+  caf::replies_to<list_atom, job_filter>::with<job_page>,
+  // Cancel: queued -> cancelled; running -> cancel_requested. not_found,
+  // conflict (already final).
+  caf::replies_to<cancel_atom, int64_t>::with<job_record>,
+  // (job id, after seq) -> stored events with seq > after, oldest first, at
+  // most 1000; not_found for an unknown job.
+  caf::replies_to<events_atom, int64_t, int64_t>::with<std::vector<job_event>>,
+  // Live events of a job (see broker_actor); subscribe before reading the
+  // backlog, then drop events whose seq was already sent.
+  caf::replies_to<subscribe_atom, int64_t, event_subscriber_actor>::with<bool>,
+  caf::reacts_to<unsub_atom, int64_t, event_subscriber_actor>>;
 
 } // namespace infergrid

@@ -38,6 +38,7 @@ struct pending_infer {
 struct queue_state {
   queue_config cfg;
   std::shared_ptr<persistence::job_store> store;
+  broker_actor broker;
   std::vector<worker_entry> workers;
   /// Where the next dispatch round starts, so idle workers share the work.
   std::size_t next_worker = 0;
@@ -48,6 +49,14 @@ struct queue_state {
 };
 
 using queue_pointer = queue_actor::stateful_pointer<queue_state>;
+
+// Hands the events the queue's connection committed to the broker.
+void publish_events(queue_pointer self) {
+  auto& st = self->state;
+  auto events = st.store->take_events();
+  if (!events.empty() && st.broker)
+    self->send(st.broker, publish_atom::value, std::move(events));
+}
 
 worker_entry* find_worker(queue_state& st, const std::string& id) {
   for (auto& w : st.workers)
@@ -117,10 +126,12 @@ void dispatch(queue_pointer self) {
 }
 
 queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
-                                          std::shared_ptr<persistence::job_store> store) {
+                                          std::shared_ptr<persistence::job_store> store,
+                                          broker_actor broker) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.store = std::move(store);
+  st.broker = std::move(broker);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
     auto i = std::find_if(st.workers.begin(), st.workers.end(), [&](auto& w) {
@@ -129,6 +140,16 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     if (i == st.workers.end())
       return;
     spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
+    // Its running jobs go back at once (attempt counted), not at lease expiry.
+    auto requeued = st.store->requeue_worker(i->id, now_ms());
+    if (!requeued)
+      spdlog::error("queue: cannot requeue the jobs of worker {}: {}", i->id,
+                    message_of(requeued.error()));
+    else if (*requeued > 0)
+      spdlog::info("queue: {} job(s) of worker {} put back", *requeued, i->id);
+    publish_events(self);
+    for (auto& m : i->models)
+      st.maybe_ready.insert(m);
     st.workers.erase(i);
     st.next_worker = 0;
     // Interactive requests nobody can serve any more fail now, not at timeout.
@@ -141,6 +162,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         ++p;
       }
     }
+    dispatch(self);
   });
   if (st.cfg.tick)
     self->delayed_send(self, std::chrono::milliseconds(st.cfg.settings.tick_ms),
@@ -179,8 +201,11 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
       auto rec = st.store->enqueue(job, st.cfg.settings.max_queued, now_ms());
       if (!rec)
         return rec.error();
-      st.maybe_ready.insert(rec->model);
-      dispatch(self);
+      publish_events(self);
+      if (rec->created) {
+        st.maybe_ready.insert(rec->model);
+        dispatch(self);
+      }
       return std::move(*rec);
     },
     [self](job_get_atom, int64_t id) -> caf::result<job_record> {
@@ -232,10 +257,46 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
       out.ready_models.assign(ready.begin(), ready.end());
       return out;
     },
+    [self](list_atom, const job_filter& filter) -> caf::result<job_page> {
+      auto page = self->state.store->list(filter);
+      if (!page)
+        return page.error();
+      return std::move(*page);
+    },
+    [self](cancel_atom, int64_t id) -> caf::result<job_record> {
+      auto& st = self->state;
+      auto rec = st.store->cancel(id, now_ms());
+      if (!rec)
+        return rec.error();
+      if (!*rec)
+        return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+      publish_events(self);
+      auto& job = **rec;
+      // A running job stops cooperatively: tell its worker now; the lease
+      // heartbeat is the fallback.
+      if (job.state == job_state::running)
+        if (auto w = find_worker(st, job.worker))
+          self->send(w->handle, cancel_atom::value, id);
+      return std::move(job);
+    },
+    [self](events_atom, int64_t id, int64_t after_seq)
+      -> caf::result<std::vector<job_event>> {
+      auto& st = self->state;
+      auto job = st.store->get(id);
+      if (!job)
+        return job.error();
+      if (!*job)
+        return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+      auto events = st.store->events_after(id, after_seq, 1000);
+      if (!events)
+        return events.error();
+      return std::move(*events);
+    },
     [self](qtick_atom) {
       auto& st = self->state;
       ++st.ticks;
       auto rescued = st.store->rescue_expired(now_ms());
+      publish_events(self);
       if (!rescued)
         spdlog::warn("queue: rescue of lapsed leases failed: {}",
                      message_of(rescued.error()));
@@ -262,8 +323,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
 } // namespace
 
 queue_actor spawn_queue(caf::actor_system& sys, queue_config cfg,
-                        std::shared_ptr<persistence::job_store> store) {
-  return sys.spawn(queue_behavior, std::move(cfg), std::move(store));
+                        std::shared_ptr<persistence::job_store> store,
+                        broker_actor broker) {
+  return sys.spawn(queue_behavior, std::move(cfg), std::move(store), std::move(broker));
 }
 
 } // namespace infergrid

@@ -24,8 +24,10 @@ struct queue_config {
 };
 
 /// Spawns the queue on an already opened store (the checkpointing
-/// connection). The queue owns the store from now on.
+/// connection). The queue owns the store from now on and publishes the job
+/// events it commits to `broker` (may be a null handle).
 queue_actor spawn_queue(caf::actor_system& sys, queue_config cfg,
-                        std::shared_ptr<persistence::job_store> store);
+                        std::shared_ptr<persistence::job_store> store,
+                        broker_actor broker = {});
 
 } // namespace infergrid

@@ -35,7 +35,9 @@ namespace {
 struct worker_state {
   worker_config cfg;
   queue_feedback_actor queue;
+  broker_actor broker;
   executor_actor exec;
+  std::shared_ptr<cancel_flags> cancels = std::make_shared<cancel_flags>();
   std::unique_ptr<persistence::job_store> store;
   std::vector<std::string> models;
   worker_phase phase = worker_phase::loading;
@@ -53,6 +55,16 @@ void transition(worker_pointer self, worker_phase next) {
   spdlog::debug("worker {}: {} -> {}", st.cfg.id, to_string(st.phase),
                 to_string(next));
   st.phase = next;
+}
+
+// Hands the events this worker's connection committed to the broker.
+void publish_events(worker_pointer self) {
+  auto& st = self->state;
+  if (!st.store)
+    return;
+  auto events = st.store->take_events();
+  if (!events.empty() && st.broker)
+    self->send(st.broker, publish_atom::value, std::move(events));
 }
 
 // Ends the current piece of work and tells the queue (the one dispatch point).
@@ -91,6 +103,7 @@ void finish_job(worker_pointer self, const job_record& job, caf::expected<std::s
                    job_id_string(job.id), job.attempts, err.code, err.message,
                    to_string(**next));
   }
+  publish_events(self);
   become_idle(self, true);
 }
 
@@ -102,6 +115,7 @@ void claim_and_run(worker_pointer self) {
   }
   transition(self, worker_phase::busy);
   auto claimed = st.store->claim(st.cfg.id, st.models, 1, st.cfg.lease_ms, now_ms());
+  publish_events(self);
   if (!claimed) {
     spdlog::warn("worker {}: claim failed: {}", st.cfg.id,
                  message_of(claimed.error()));
@@ -126,19 +140,23 @@ void claim_and_run(worker_pointer self) {
     .then(
       [self, job](std::string& output) { finish_job(self, job, std::move(output)); },
       [self, job](caf::error& err) {
-        if (err == caf::sec::request_timeout)
+        if (err == caf::sec::request_timeout) {
+          // Stop a generation loop that is still running on the executor.
+          self->state.cancels->raise(job.id);
           err = make_error(errc::timeout, "job exceeded its timeout_ms of "
                                             + std::to_string(job.timeout_ms));
+        }
         finish_job(self, job, std::move(err));
       });
 }
 
 worker_actor::behavior_type worker_behavior(worker_pointer self,
                                             queue_feedback_actor queue,
-                                            worker_config cfg) {
+                                            broker_actor broker, worker_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.queue = std::move(queue);
+  st.broker = std::move(broker);
   auto store = persistence::job_store::open(st.cfg.store);
   if (!store) {
     spdlog::error("worker {}: cannot open the job store: {}", st.cfg.id,
@@ -147,7 +165,7 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
   } else {
     st.store = std::move(*store);
   }
-  executor_config ecfg{st.cfg.id, st.cfg.models, st.cfg.intra_op_threads};
+  executor_config ecfg{st.cfg.id, st.cfg.models, st.cfg.intra_op_threads, st.cancels};
   st.exec = spawn_executor(self->system(), std::move(ecfg));
   self->link_to(st.exec);
   spdlog::info("worker {}: LOADING {} model(s)", st.cfg.id, st.cfg.models.size());
@@ -189,16 +207,27 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
           });
       return rp;
     },
+    [self](cancel_atom, int64_t job_id) {
+      auto& st = self->state;
+      if (st.job_id != job_id)
+        return;
+      spdlog::info("worker {}: cancel of {} requested; stopping it", st.cfg.id,
+                   job_id_string(job_id));
+      st.cancels->raise(job_id);
+    },
     [self](renew_atom, int64_t job_id, int64_t lease_seq) {
       auto& st = self->state;
       if (st.job_id != job_id || st.lease_seq != lease_seq || !st.store)
         return; // that job is over; the timer stops here
-      auto ok = st.store->renew(job_id, lease_seq, st.cfg.lease_ms, now_ms());
-      if (ok && !*ok) {
+      auto status = st.store->renew(job_id, lease_seq, st.cfg.lease_ms, now_ms());
+      if (status && !status->held) {
         spdlog::warn("worker {}: lease of {} was lost while running", st.cfg.id,
                      job_id_string(job_id));
+        st.cancels->raise(job_id); // its result would be dropped anyway
         return;
       }
+      if (status && status->cancel_requested)
+        st.cancels->raise(job_id);
       auto renew_every = std::chrono::milliseconds(std::max<int64_t>(st.cfg.lease_ms / 3, 1));
       self->delayed_send(self, renew_every, renew_atom::value, job_id, lease_seq);
     },
@@ -208,8 +237,8 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
 } // namespace
 
 worker_actor spawn_worker(caf::actor_system& sys, queue_feedback_actor queue,
-                          worker_config cfg) {
-  return sys.spawn(worker_behavior, std::move(queue), std::move(cfg));
+                          broker_actor broker, worker_config cfg) {
+  return sys.spawn(worker_behavior, std::move(queue), std::move(broker), std::move(cfg));
 }
 
 } // namespace infergrid

@@ -33,8 +33,9 @@ struct worker_config {
 };
 
 /// Spawns a worker. It loads its models in the background and registers with
-/// `queue` once they are warm; until then it only holds its place.
+/// `queue` once they are warm; until then it only holds its place. Job events
+/// it commits go to `broker` (may be a null handle).
 worker_actor spawn_worker(caf::actor_system& sys, queue_feedback_actor queue,
-                          worker_config cfg);
+                          broker_actor broker, worker_config cfg);
 
 } // namespace infergrid

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <ctime>
@@ -42,7 +43,9 @@ caf::error invalid(std::string message) {
   return make_error(errc::invalid_input, std::move(message));
 }
 
-std::string percent_decode(std::string_view x) {
+// "%41" -> "A"; a '%' without two hex digits stays as is. In a query
+// (`plus_is_space`), '+' is a space as in HTML forms.
+std::string percent_decode(std::string_view x, bool plus_is_space = false) {
   auto hex = [](char c) -> int {
     if (c >= '0' && c <= '9')
       return c - '0';
@@ -55,6 +58,10 @@ std::string percent_decode(std::string_view x) {
   std::string out;
   out.reserve(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
+    if (plus_is_space && x[i] == '+') {
+      out += ' ';
+      continue;
+    }
     if (x[i] == '%' && i + 2 < x.size()) {
       int hi = hex(x[i + 1]);
       int lo = hex(x[i + 2]);
@@ -102,6 +109,76 @@ caf::error read_int(const json& body, const char* field, int64_t lo, int64_t hi,
     return invalid(std::string{field} + ": " + range_text);
   out = v;
   return {};
+}
+
+// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+// days_from_civil).
+int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const auto yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+
+unsigned days_in_month(int64_t y, unsigned m) {
+  static constexpr unsigned days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  return m == 2 && leap ? 29 : days[m - 1];
+}
+
+// A non-negative decimal integer of at most 18 digits (no sign, no spaces).
+bool parse_count(std::string_view x, int64_t& out) {
+  if (x.empty() || x.size() > 18)
+    return false;
+  int64_t v = 0;
+  for (char c : x) {
+    if (c < '0' || c > '9')
+      return false;
+    v = v * 10 + (c - '0');
+  }
+  out = v;
+  return true;
+}
+
+// Number of UTF-8 code points (continuation bytes not counted).
+std::size_t utf8_length(const std::string& x) {
+  return static_cast<std::size_t>(std::count_if(x.begin(), x.end(), [](char c) {
+    return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  }));
+}
+
+json job_object(const job_record& job) {
+  json out{{"id", job_id_string(job.id)},   {"model", job.model},
+           {"state", to_string(job.state)}, {"priority", job.priority},
+           {"attempts", job.attempts},      {"max_attempts", job.max_attempts}};
+  out["position"]
+      = job.state == job_state::queued && job.position >= 0 ? json(job.position) : json();
+  // NaN compares false: null.
+  out["progress"] = job.progress >= 0 ? json(job.progress) : json();
+  out["eta_ms"] = job.eta_ms >= 0 ? json(job.eta_ms) : json();
+  out["cancel_requested"] = job.cancel_requested;
+  out["created_at"] = time_or_null(job.created_at_ms);
+  out["run_at"] = time_or_null(job.run_at_ms);
+  out["started_at"] = time_or_null(job.started_at_ms);
+  out["finished_at"] = time_or_null(job.finished_at_ms);
+  out["worker"] = job.worker.empty() ? json() : json(job.worker);
+  out["idempotency_key"] = job.idempotency_key.empty() ? json() : json(job.idempotency_key);
+  if (job.output_json.empty()) {
+    out["output"] = nullptr;
+  } else {
+    auto parsed = json::parse(job.output_json, nullptr, false);
+    // Stored output is ours and always JSON; never lose it if it is not.
+    out["output"] = parsed.is_discarded() ? json(job.output_json) : parsed;
+  }
+  if (job.has_error)
+    out["error"] = json{{"code", job.error.code},
+                        {"message", job.error.message},
+                        {"retryable", job.error.retryable}};
+  else
+    out["error"] = nullptr;
+  return out;
 }
 
 } // namespace
@@ -207,45 +284,71 @@ route_match match_route(std::string_view method, std::string_view target) {
   }
   auto n = seg.size();
   auto is = [&](std::size_t i, std::string_view x) { return i < n && seg[i] == x; };
-  route_id id = route_id::none;
+  // The methods a path serves, each with its route.
+  struct method_route {
+    std::string_view method;
+    route_id id;
+  };
+  std::vector<method_route> methods;
   const char* pattern = nullptr;
-  const char* allowed = "GET";
   std::string_view param;
+  auto get = [&](route_id id, const char* p) {
+    methods = {{"GET", id}};
+    pattern = p;
+  };
+  auto post = [&](route_id id, const char* p) {
+    methods = {{"POST", id}};
+    pattern = p;
+  };
+  bool job_path = n >= 3 && is(0, "v1") && is(1, "jobs") && !seg[2].empty();
   if (n == 1 && is(0, "healthz")) {
-    id = route_id::healthz, pattern = "/healthz";
+    get(route_id::healthz, "/healthz");
   } else if (n == 1 && is(0, "readyz")) {
-    id = route_id::readyz, pattern = "/readyz";
+    get(route_id::readyz, "/readyz");
   } else if (n == 1 && is(0, "metrics")) {
-    id = route_id::metrics, pattern = "/metrics";
+    get(route_id::metrics, "/metrics");
   } else if (n == 3 && is(0, "v2") && is(1, "health") && is(2, "live")) {
-    id = route_id::health_live, pattern = "/v2/health/live";
+    get(route_id::health_live, "/v2/health/live");
   } else if (n == 3 && is(0, "v2") && is(1, "health") && is(2, "ready")) {
-    id = route_id::health_ready, pattern = "/v2/health/ready";
+    get(route_id::health_ready, "/v2/health/ready");
   } else if (n == 2 && is(0, "v1") && is(1, "jobs")) {
-    id = route_id::jobs_submit, pattern = "/v1/jobs", allowed = "POST";
-  } else if (n == 3 && is(0, "v1") && is(1, "jobs") && !seg[2].empty()) {
-    id = route_id::job_get, pattern = "/v1/jobs/{id}", param = seg[2];
+    methods = {{"GET", route_id::jobs_list}, {"POST", route_id::jobs_submit}};
+    pattern = "/v1/jobs";
+  } else if (job_path && n == 3) {
+    get(route_id::job_get, "/v1/jobs/{id}");
+    param = seg[2];
+  } else if (job_path && n == 4 && is(3, "cancel")) {
+    post(route_id::job_cancel, "/v1/jobs/{id}/cancel");
+    param = seg[2];
+  } else if (job_path && n == 4 && is(3, "events")) {
+    get(route_id::job_events, "/v1/jobs/{id}/events");
+    param = seg[2];
   } else if (n == 2 && is(0, "v1") && is(1, "models")) {
-    id = route_id::models_list, pattern = "/v1/models";
+    get(route_id::models_list, "/v1/models");
   } else if (n >= 3 && n <= 4 && is(0, "v2") && is(1, "models") && !seg[2].empty()) {
     param = seg[2];
-    if (n == 3) {
-      id = route_id::model_metadata, pattern = "/v2/models/{m}";
-    } else if (is(3, "ready")) {
-      id = route_id::model_ready, pattern = "/v2/models/{m}/ready";
-    } else if (is(3, "infer")) {
-      id = route_id::model_infer, pattern = "/v2/models/{m}/infer";
-      allowed = "POST";
-    }
+    if (n == 3)
+      get(route_id::model_metadata, "/v2/models/{m}");
+    else if (is(3, "ready"))
+      get(route_id::model_ready, "/v2/models/{m}/ready");
+    else if (is(3, "infer"))
+      post(route_id::model_infer, "/v2/models/{m}/infer");
   }
-  if (id == route_id::none)
+  if (methods.empty())
     return m;
   m.pattern = pattern;
   m.param = percent_decode(param);
-  if (method == allowed)
-    m.id = id;
-  else
-    m.allow = allowed;
+  for (auto& x : methods) {
+    if (x.method == method) {
+      m.id = x.id;
+      return m;
+    }
+  }
+  for (auto& x : methods) {
+    if (!m.allow.empty())
+      m.allow += ", ";
+    m.allow += x.method;
+  }
   return m;
 }
 
@@ -299,6 +402,50 @@ std::string iso8601_utc(int64_t unix_ms) {
   return buf;
 }
 
+bool parse_iso8601_utc(std::string_view x, int64_t& unix_ms) {
+  // YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z
+  if (x.size() < 20 || x.size() > 30)
+    return false;
+  auto digits = [&](std::size_t pos, std::size_t len, int64_t& out) {
+    return parse_count(x.substr(pos, len), out);
+  };
+  int64_t year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+  if (!digits(0, 4, year) || x[4] != '-' || !digits(5, 2, month) || x[7] != '-'
+      || !digits(8, 2, day) || x[10] != 'T' || !digits(11, 2, hour) || x[13] != ':'
+      || !digits(14, 2, minute) || x[16] != ':' || !digits(17, 2, second))
+    return false;
+  int64_t ms = 0;
+  std::size_t pos = 19;
+  if (x[pos] == '.') {
+    std::size_t begin = ++pos;
+    while (pos < x.size() && x[pos] >= '0' && x[pos] <= '9') {
+      if (pos - begin < 3)
+        ms = ms * 10 + (x[pos] - '0');
+      ++pos;
+    }
+    auto n = pos - begin;
+    if (n == 0 || n > 9)
+      return false;
+    for (; n < 3; ++n)
+      ms *= 10;
+  }
+  if (pos + 1 != x.size() || x[pos] != 'Z')
+    return false;
+  if (year < 1970 || month < 1 || month > 12 || day < 1
+      || day > days_in_month(year, static_cast<unsigned>(month)) || hour > 23
+      || minute > 59 || second > 59)
+    return false;
+  auto days
+      = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
+  unix_ms = ((days * 24 + hour) * 60 + minute) * 60'000 + second * 1000 + ms;
+  return true;
+}
+
+int64_t unix_now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
 std::size_t json_depth(std::string_view text) {
   std::size_t depth = 0;
   std::size_t deepest = 0;
@@ -335,6 +482,10 @@ std::size_t json_depth(std::string_view text) {
 }
 
 caf::expected<new_job> parse_job_request(const std::string& body) {
+  return parse_job_request(body, unix_now_ms());
+}
+
+caf::expected<new_job> parse_job_request(const std::string& body, int64_t now_ms) {
   if (json_depth(body) > max_json_depth)
     return invalid("body: nested deeper than " + std::to_string(max_json_depth)
                    + " levels");
@@ -345,10 +496,11 @@ caf::expected<new_job> parse_job_request(const std::string& body) {
     return invalid("body: expected a JSON object");
   for (auto& [key, value] : doc.items()) {
     static constexpr std::string_view known[]
-        = {"model", "input", "priority", "max_attempts", "timeout_ms"};
+        = {"model",      "input",           "priority", "max_attempts",
+           "timeout_ms", "idempotency_key", "delay_ms", "run_at"};
     if (std::find(std::begin(known), std::end(known), key) != std::end(known))
       continue;
-    if (key == "idempotency_key" || key == "callback_url")
+    if (key == "callback_url")
       return invalid(key + ": not supported yet");
     return invalid(clip(key) + ": unknown field");
   }
@@ -384,7 +536,218 @@ caf::expected<new_job> parse_job_request(const std::string& body) {
                  "must be between 0 and " + std::to_string(INT64_MAX), timeout_ms))
     return err;
   job.timeout_ms = timeout_ms;
+  if (auto key = doc.find("idempotency_key"); key != doc.end() && !key->is_null()) {
+    if (!key->is_string())
+      return invalid("idempotency_key: expected a string");
+    job.idempotency_key = key->get<std::string>();
+    auto n = utf8_length(job.idempotency_key);
+    if (n < 1 || n > 256)
+      return invalid("idempotency_key: must be 1 to 256 characters");
+    for (unsigned char c : job.idempotency_key)
+      if (c < 0x20 || c == 0x7f)
+        return invalid("idempotency_key: must not contain control characters");
+  }
+  auto run_at = doc.find("run_at");
+  bool has_run_at = run_at != doc.end() && !run_at->is_null();
+  auto delay = doc.find("delay_ms");
+  if (has_run_at && delay != doc.end() && !delay->is_null())
+    return invalid("run_at: not allowed together with delay_ms");
+  int64_t delay_ms = 0;
+  if (auto err = read_int(doc, "delay_ms", 0, max_delay_ms,
+                          "must be between 0 and " + std::to_string(max_delay_ms)
+                              + " (30 days)",
+                          delay_ms))
+    return err;
+  if (delay_ms > 0)
+    job.run_at_ms = now_ms + delay_ms;
+  if (has_run_at) {
+    static constexpr const char* shape
+        = "run_at: expected a UTC time like 2026-11-22T10:00:00Z or "
+          "2026-11-22T10:00:00.000Z";
+    if (!run_at->is_string())
+      return invalid(shape);
+    int64_t ms = 0;
+    if (!parse_iso8601_utc(run_at->get<std::string>(), ms))
+      return invalid(shape);
+    if (ms > now_ms + max_delay_ms)
+      return invalid("run_at: must be at most 30 days from now");
+    // A time in the past runs now; 0 (the epoch itself) also means now.
+    job.run_at_ms = ms;
+  }
   return job;
+}
+
+std::vector<std::pair<std::string, std::string>> parse_query(std::string_view target) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto q = target.find('?');
+  if (q == std::string_view::npos)
+    return out;
+  auto query = target.substr(q + 1);
+  // A fragment never reaches a server, but do not treat it as a value.
+  query = query.substr(0, query.find('#'));
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto piece = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (piece.empty())
+      continue;
+    auto eq = piece.find('=');
+    if (eq == std::string_view::npos)
+      out.emplace_back(percent_decode(piece, true), std::string{});
+    else
+      out.emplace_back(percent_decode(piece.substr(0, eq), true),
+                       percent_decode(piece.substr(eq + 1), true));
+  }
+  return out;
+}
+
+namespace {
+
+// "a: unknown query parameter" / "a, b: unknown query parameters".
+caf::error unknown_params(const std::vector<std::string>& names) {
+  std::string text;
+  for (auto& name : names) {
+    if (!text.empty())
+      text += ", ";
+    text += clip(name);
+  }
+  return invalid(text + (names.size() == 1 ? ": unknown query parameter"
+                                           : ": unknown query parameters"));
+}
+
+} // namespace
+
+caf::expected<job_filter> parse_job_filter(std::string_view target) {
+  job_filter filter;
+  std::vector<std::string> unknown;
+  bool seen_model = false;
+  bool seen_limit = false;
+  bool seen_after = false;
+  auto once = [](bool& seen, const std::string& name) -> caf::error {
+    if (seen)
+      return invalid(name + ": given more than once");
+    seen = true;
+    return {};
+  };
+  for (auto& [name, value] : parse_query(target)) {
+    if (name == "state") {
+      std::string_view rest = value;
+      while (!rest.empty()) {
+        auto comma = rest.find(',');
+        auto item = std::string{rest.substr(0, comma)};
+        rest = comma == std::string_view::npos ? std::string_view{}
+                                               : rest.substr(comma + 1);
+        if (item.empty())
+          continue;
+        job_state st;
+        if (!job_state_from_string(item, st))
+          return invalid("state: unknown state '" + clip(item)
+                         + "' (expected queued, running, succeeded, failed, dead or "
+                           "cancelled)");
+        if (std::find(filter.states.begin(), filter.states.end(), st)
+            == filter.states.end())
+          filter.states.push_back(st);
+      }
+    } else if (name == "model") {
+      if (auto err = once(seen_model, name))
+        return err;
+      filter.model = value;
+    } else if (name == "limit") {
+      if (auto err = once(seen_limit, name))
+        return err;
+      int64_t limit = 0;
+      if (!parse_count(value, limit) || limit < 1 || limit > 1000)
+        return invalid("limit: must be an integer between 1 and 1000");
+      filter.limit = static_cast<int32_t>(limit);
+    } else if (name == "after") {
+      if (auto err = once(seen_after, name))
+        return err;
+      int64_t id = 0;
+      if (!parse_job_id(value, id))
+        return invalid("after: expected a job id like j_123");
+      filter.before_id = id;
+    } else if (std::find(unknown.begin(), unknown.end(), name) == unknown.end()) {
+      unknown.push_back(name);
+    }
+  }
+  if (!unknown.empty())
+    return unknown_params(unknown);
+  return filter;
+}
+
+caf::expected<int64_t> parse_events_after(std::string_view target,
+                                          std::optional<std::string_view> last_event_id) {
+  std::optional<int64_t> from_query;
+  std::vector<std::string> unknown;
+  for (auto& [name, value] : parse_query(target)) {
+    if (name == "after") {
+      if (from_query)
+        return invalid("after: given more than once");
+      int64_t n = 0;
+      if (!parse_count(value, n))
+        return invalid("after: expected an event sequence number (an integer >= 0)");
+      from_query = n;
+    } else if (std::find(unknown.begin(), unknown.end(), name) == unknown.end()) {
+      unknown.push_back(name);
+    }
+  }
+  if (!unknown.empty())
+    return unknown_params(unknown);
+  // EventSource sends the id of the last event it saw when it reconnects;
+  // that is newer than the `after` of the URL it reconnects to.
+  if (last_event_id && !last_event_id->empty()) {
+    int64_t n = 0;
+    if (!parse_count(*last_event_id, n))
+      return invalid("Last-Event-ID: expected an event sequence number (an integer >= 0)");
+    return n;
+  }
+  return from_query.value_or(0);
+}
+
+std::string sse_frame(const job_event& ev) {
+  std::string out;
+  out.reserve(ev.data_json.size() + ev.kind.size() + 48);
+  out += "id: ";
+  out += std::to_string(ev.seq);
+  out += '\n';
+  std::string kind;
+  for (char c : ev.kind)
+    if (c != '\n' && c != '\r')
+      kind += c;
+  if (!kind.empty()) {
+    out += "event: ";
+    out += kind;
+    out += '\n';
+  }
+  // Every line of the data gets its own field; the client joins them with
+  // "\n" again. Compact JSON has a single line.
+  std::string_view rest = ev.data_json;
+  for (;;) {
+    auto nl = rest.find_first_of("\r\n");
+    out += "data: ";
+    out += rest.substr(0, nl);
+    out += '\n';
+    if (nl == std::string_view::npos)
+      break;
+    if (rest[nl] == '\r' && nl + 1 < rest.size() && rest[nl + 1] == '\n')
+      ++nl;
+    rest = rest.substr(nl + 1);
+  }
+  out += '\n';
+  return out;
+}
+
+bool is_final_event(const job_event& ev) {
+  if (ev.kind != "status" || json_depth(ev.data_json) > max_json_depth)
+    return false;
+  auto doc = json::parse(ev.data_json, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object())
+    return false;
+  auto state = doc.find("state");
+  if (state == doc.end() || !state->is_string())
+    return false;
+  job_state st;
+  return job_state_from_string(state->get<std::string>(), st) && is_final(st);
 }
 
 caf::expected<std::string> parse_infer_id(const std::string& body) {
@@ -429,7 +792,8 @@ reply ready_reply(const cluster_stats& stats) {
 reply job_created_reply(const job_record& job) {
   auto id = job_id_string(job.id);
   auto r = json_reply(
-      202, json{{"id", id},
+      job.created ? 202 : 200,
+      json{{"id", id},
                 {"state", to_string(job.state)},
                 {"position", job.position >= 0 ? json(job.position) : json()}});
   r.headers.emplace_back("Location", "/v1/jobs/" + id);
@@ -437,30 +801,15 @@ reply job_created_reply(const job_record& job) {
 }
 
 std::string job_json(const job_record& job) {
-  json out{{"id", job_id_string(job.id)},   {"model", job.model},
-           {"state", to_string(job.state)}, {"priority", job.priority},
-           {"attempts", job.attempts},      {"max_attempts", job.max_attempts}};
-  out["position"]
-      = job.state == job_state::queued && job.position >= 0 ? json(job.position) : json();
-  out["progress"] = nullptr;
-  out["created_at"] = time_or_null(job.created_at_ms);
-  out["started_at"] = time_or_null(job.started_at_ms);
-  out["finished_at"] = time_or_null(job.finished_at_ms);
-  out["worker"] = job.worker.empty() ? json() : json(job.worker);
-  if (job.output_json.empty()) {
-    out["output"] = nullptr;
-  } else {
-    auto parsed = json::parse(job.output_json, nullptr, false);
-    // Stored output is ours and always JSON; never lose it if it is not.
-    out["output"] = parsed.is_discarded() ? json(job.output_json) : parsed;
-  }
-  if (job.has_error)
-    out["error"] = json{{"code", job.error.code},
-                        {"message", job.error.message},
-                        {"retryable", job.error.retryable}};
-  else
-    out["error"] = nullptr;
-  return dump(out);
+  return dump(job_object(job));
+}
+
+reply jobs_page_reply(const job_page& page) {
+  auto jobs = json::array();
+  for (auto& job : page.jobs)
+    jobs.push_back(job_object(job));
+  json next = page.next_before_id > 0 ? json(job_id_string(page.next_before_id)) : json();
+  return json_reply(200, json{{"jobs", std::move(jobs)}, {"next", std::move(next)}});
 }
 
 reply job_reply(const job_record& job) {

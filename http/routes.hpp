@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -22,7 +23,8 @@ struct reply {
   unsigned status = 200;
   std::string content_type = "application/json";
   std::string body;
-  /// Extra headers (Location, Retry-After, Allow).
+  /// Extra headers (Location, Retry-After, Allow). An empty content_type
+  /// sends none (204).
   std::vector<std::pair<std::string, std::string>> headers;
   /// For the log line of an error response; empty on success.
   std::string error_code;
@@ -56,7 +58,10 @@ enum class route_id {
   health_ready,
   metrics,
   jobs_submit,
+  jobs_list,
   job_get,
+  job_cancel,
+  job_events,
   models_list,
   model_metadata,
   model_ready,
@@ -66,13 +71,14 @@ enum class route_id {
 struct route_match {
   route_id id = route_id::none;
   /// Route template for metrics ("/v1/jobs/{id}"); "unmatched" if none.
+  /// One template may serve several methods ("/v1/jobs": GET and POST).
   std::string pattern = "unmatched";
   /// The path parameter ({id} or {m}), percent-decoded.
   std::string param;
   /// The path without query string.
   std::string path;
   /// Set when the path is known but the method is not allowed on it: the
-  /// methods that are (for the `Allow` header); `id` stays none.
+  /// methods that are ("GET, POST", for the `Allow` header); `id` stays none.
   std::string allow;
 };
 
@@ -91,6 +97,17 @@ std::string make_request_id();
 /// Unix milliseconds as "2024-05-01T12:00:00.123Z".
 std::string iso8601_utc(int64_t unix_ms);
 
+/// Parses exactly "YYYY-MM-DDTHH:MM:SSZ" or "YYYY-MM-DDTHH:MM:SS.fffZ" (1-9
+/// fraction digits, truncated to ms), UTC only, years 1970-9999, calendar
+/// checked (no Feb 30, no second 60). Returns false for anything else.
+bool parse_iso8601_utc(std::string_view text, int64_t& unix_ms);
+
+/// The wall clock as Unix milliseconds.
+int64_t unix_now_ms();
+
+/// The latest start a job may ask for: 30 days ahead (`delay_ms`, `run_at`).
+constexpr int64_t max_delay_ms = int64_t{30} * 24 * 3600 * 1000;
+
 /// Deepest nesting of arrays/objects in `text` (strings skipped). Callers
 /// reject deep documents before parsing: recursive consumers of JSON would
 /// otherwise overflow the stack.
@@ -100,8 +117,45 @@ std::size_t json_depth(std::string_view text);
 constexpr std::size_t max_json_depth = 64;
 
 /// Parses and checks a POST /v1/jobs body. Fails with invalid_input and a
-/// message naming the field ("priority: expected an integer").
+/// message naming the field ("priority: expected an integer"). `now_ms` is
+/// the clock that `delay_ms` and the bound on `run_at` count from.
+caf::expected<new_job> parse_job_request(const std::string& body, int64_t now_ms);
+
+/// parse_job_request at unix_now_ms().
 caf::expected<new_job> parse_job_request(const std::string& body);
+
+/// The query of `target` as (name, value) pairs in order, both
+/// percent-decoded ("+" is a space); "a" without "=" has an empty value,
+/// empty pieces ("a=1&&b=2") are skipped.
+std::vector<std::pair<std::string, std::string>> parse_query(std::string_view target);
+
+/// The filter of GET /v1/jobs?state=queued,running&model=m&limit=50&after=j_9.
+/// `state` is a comma-separated list of state names (repeatable); `limit`
+/// 1..1000 (default 100); `after` a job id: the page starts below it. Any
+/// other parameter, or one of model/limit/after given twice, is an error
+/// naming the parameter.
+caf::expected<job_filter> parse_job_filter(std::string_view target);
+
+/// The sequence number an event stream resumes after: the Last-Event-ID
+/// header when present and non-empty, else the `after` query parameter, else
+/// 0. Both must be non-negative integers; other query parameters are errors.
+caf::expected<int64_t> parse_events_after(std::string_view target,
+                                          std::optional<std::string_view> last_event_id);
+
+/// Events per events_atom answer at most (actors/interfaces.hpp): a full page
+/// means there may be more.
+constexpr std::size_t events_page_max = 1000;
+
+/// One Server-Sent Events frame: "id: <seq>\nevent: <kind>\ndata: <json>\n\n"
+/// (one data line per line of data_json; CR/LF removed from the kind).
+std::string sse_frame(const job_event& ev);
+
+/// The comment written when a stream has been quiet for a while.
+constexpr std::string_view sse_keepalive = ": keep-alive\n\n";
+
+/// True for a "status" event whose data names a final state ({"state":
+/// "succeeded"|"failed"|"dead"|"cancelled"}): nothing follows it.
+bool is_final_event(const job_event& ev);
 
 /// Checks a KServe v2 request body is a JSON object (the gateway checks the
 /// rest) and returns its "id" field, or "" when it has none.
@@ -112,8 +166,12 @@ caf::expected<std::string> parse_infer_id(const std::string& body);
 reply health_reply();
 reply live_reply();
 reply ready_reply(const cluster_stats& stats);
+/// 202 for a new job, 200 (same body) when the idempotency key returned an
+/// existing one (job.created false); Location names the job.
 reply job_created_reply(const job_record& job);
 reply job_reply(const job_record& job);
+/// {"jobs": [job...], "next": "j_N" | null}
+reply jobs_page_reply(const job_page& page);
 reply infer_reply(const std::string& model, const std::string& id,
                   const std::vector<tensor_data>& outputs);
 reply model_metadata_reply(const std::vector<model_info>& models,

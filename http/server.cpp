@@ -1,11 +1,16 @@
 // The Beast HTTP/1.1 server: a listener, one session per connection on its
 // own strand, and the bridge to the gateway through one-shot requester actors
-// (caf-0.17-notes.md §6.1). No I/O thread ever waits on an actor.
+// (caf-0.17-notes.md §6.1). No I/O thread ever waits on an actor. Event
+// streams (SSE) get a per-connection subscriber actor that posts each live
+// event to the connection's strand (§6.2).
 #include "http/server.hpp"
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -20,11 +25,15 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/send.hpp>
+#include <caf/typed_event_based_actor.hpp>
 
 #include <spdlog/spdlog.h>
 
@@ -52,6 +61,15 @@ constexpr auto linger_deadline = std::chrono::seconds(2);
 
 /// Added to request_timeout_ms for the HTTP layer's own actor deadline.
 constexpr auto timeout_grace = std::chrono::milliseconds(250);
+
+/// An event stream with nothing to send writes a comment this often, so
+/// that proxies keep it open and a gone client is noticed.
+constexpr auto sse_keepalive_interval = std::chrono::seconds(15);
+
+/// Live events a stream holds for a client that does not keep up (or while
+/// its backlog is written); one more closes the stream, and the client
+/// resumes with Last-Event-ID.
+constexpr std::size_t sse_max_pending = 1024;
 
 constexpr const char* metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -144,11 +162,15 @@ public:
   using executor_type = beast::tcp_stream::executor_type;
 
   session(tcp::socket&& socket, std::shared_ptr<shared_state> state, uint64_t id)
-      : stream_(std::move(socket)), state_(std::move(state)), id_(id) {}
+      : stream_(std::move(socket)),
+        keepalive_timer_(stream_.get_executor()),
+        state_(std::move(state)),
+        id_(id) {}
 
   ~session() {
     if (busy_)
       state_->in_flight.fetch_sub(1);
+    stream_cleanup();
   }
 
   executor_type executor() {
@@ -160,18 +182,24 @@ public:
                    beast::bind_front_handler(&session::do_read, shared_from_this()));
   }
 
-  /// The server stopped accepting: close now if between requests, otherwise
-  /// after the current answer.
+  /// The server stopped accepting: close now if between requests or on an
+  /// event stream, otherwise after the current answer.
   void on_stop_accepting() {
+    if (sse_ && sse_->streaming && !sse_->ended && !closed_)
+      return end_stream("server stopping");
     if (!busy_ && !closed_ && buffer_.size() == 0 && (!parser_ || !parser_->got_some()))
       finish();
   }
+
+  /// A live event from the subscriber of stream `sid` (on the strand).
+  void on_live_event(uint64_t sid, job_event ev);
 
   /// Sends `r` as the answer to the current request. Only call while busy.
   void respond(reply r);
 
   /// Requests `xs...` from the gateway through a one-shot actor and calls
-  /// `on_ok(session&, T&)` or `on_err(session&, caf::error&)` on the strand.
+  /// `on_ok(session&, T&)` or `on_err(session&, caf::error&)` on the strand
+  /// while the current request is unanswered.
   template <class T, class OnOk, class OnErr, class... Ts>
   void ask_or(OnOk on_ok, OnErr on_err, Ts... xs);
 
@@ -196,6 +224,16 @@ public:
   }
 
 private:
+  /// ask_or without the guard: the callbacks run on the strand whenever the
+  /// answer comes, as long as the session exists.
+  template <class T, class OnOk, class OnErr, class... Ts>
+  void ask_raw(OnOk on_ok, OnErr on_err, Ts... xs);
+
+  /// ask_or for an event stream whose header is out: the callbacks run while
+  /// the stream is open.
+  template <class T, class OnOk, class OnErr, class... Ts>
+  void ask_stream(OnOk on_ok, OnErr on_err, Ts... xs);
+
   template <class F>
   void guarded(F&& f) {
     try {
@@ -358,6 +396,7 @@ private:
   }
 
   void finish() {
+    stream_cleanup();
     if (closed_)
       return;
     closed_ = true;
@@ -367,7 +406,66 @@ private:
     state_->remove(id_);
   }
 
+  // -- event streams (GET /v1/jobs/{id}/events) -----------------------------
+
+  /// One job's event stream. A stream whose header went out ends the
+  /// connection; one refused before that leaves it open for the next request.
+  struct event_stream {
+    /// Tells this stream's posts from those of an earlier one.
+    uint64_t id = 0;
+    int64_t job = 0;
+    /// Highest seq written or queued; anything at or below it is dropped.
+    int64_t last_seq = 0;
+    event_subscriber_actor sub;
+    /// The job was final when the stream opened: end after the backlog.
+    bool final_at_open = false;
+    /// The header is being written or was written.
+    bool streaming = false;
+    /// Every stored event is queued; live ones may follow.
+    bool backlog_done = false;
+    /// A backlog page is being fetched.
+    bool fetching = false;
+    /// A final status event is queued: close after writing it.
+    bool ending = false;
+    /// Unsubscribed, the subscriber gone: everything else is dropped.
+    bool ended = false;
+    /// An async_write (header or frames) is out.
+    bool writing = false;
+    /// Live events that arrived while they could not be written yet.
+    std::vector<job_event> live;
+    /// Frames for the next write, and those of the write that is out.
+    std::string pending;
+    std::string out;
+    uint64_t keepalive_gen = 0;
+    std::array<char, 1024> discard{};
+    bhttp::response<bhttp::empty_body> head;
+    std::optional<bhttp::response_serializer<bhttp::empty_body>> serializer;
+  };
+
+  bool stream_current(uint64_t sid) const {
+    return !closed_ && sse_ && sse_->id == sid && !sse_->ended;
+  }
+
+  void open_events(int64_t job, int64_t after);
+  void events_subscribed();
+  void events_job_known(const job_record& rec);
+  void events_first_page(std::vector<job_event>& events);
+  void events_next_page(std::vector<job_event>& events);
+  void events_answer(reply r);
+  void start_stream();
+  void on_stream_head(beast::error_code ec, std::size_t);
+  void on_stream_write(beast::error_code ec, std::size_t);
+  void watch_disconnect();
+  void append_events(std::vector<job_event>& events);
+  void pump();
+  void arm_keepalive();
+  void end_stream(const char* why);
+  void stream_cleanup();
+
   beast::tcp_stream stream_;
+  asio::steady_timer keepalive_timer_;
+  std::unique_ptr<event_stream> sse_;
+  uint64_t next_stream_id_ = 0;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bhttp::response<bhttp::empty_body> continue_;
@@ -403,30 +501,53 @@ void gate::post(const std::weak_ptr<session>& weak, F&& f) {
 }
 
 template <class T, class OnOk, class OnErr, class... Ts>
-void session::ask_or(OnOk on_ok, OnErr on_err, Ts... xs) {
+void session::ask_raw(OnOk on_ok, OnErr on_err, Ts... xs) {
   std::weak_ptr<session> weak = weak_from_this();
   auto g = state_->gate_ptr;
   auto gw = state_->gateway;
   auto timeout = state_->actor_timeout;
-  auto gen = generation_;
   auto body = [=](caf::event_based_actor* self) mutable {
     self->request(gw, timeout, std::move(xs)...)
         .then(
             [=](T& result) {
-              g->post(weak, [on_ok, gen, r = std::move(result)](session& s) mutable {
-                s.resume(gen, [&] { on_ok(s, r); });
+              g->post(weak, [on_ok, r = std::move(result)](session& s) mutable {
+                on_ok(s, r);
               });
             },
             [=](caf::error& err) {
-              g->post(weak, [on_err, gen, err](session& s) mutable {
-                s.resume(gen, [&] { on_err(s, err); });
-              });
+              g->post(weak, [on_err, err](session& s) mutable { on_err(s, err); });
             });
   };
   // The closure travels as a spawn argument: for a spawn without arguments
   // CAF 0.17 dereferences a null argument tuple (UBSan reports it).
   state_->sys.spawn([](caf::event_based_actor* self, decltype(body) run) { run(self); },
                     std::move(body));
+}
+
+template <class T, class OnOk, class OnErr, class... Ts>
+void session::ask_or(OnOk on_ok, OnErr on_err, Ts... xs) {
+  auto gen = generation_;
+  ask_raw<T>(
+      [on_ok, gen](session& s, T& r) { s.resume(gen, [&] { on_ok(s, r); }); },
+      [on_err, gen](session& s, caf::error& err) {
+        s.resume(gen, [&] { on_err(s, err); });
+      },
+      std::move(xs)...);
+}
+
+template <class T, class OnOk, class OnErr, class... Ts>
+void session::ask_stream(OnOk on_ok, OnErr on_err, Ts... xs) {
+  auto sid = sse_->id;
+  ask_raw<T>(
+      [on_ok, sid](session& s, T& r) {
+        if (s.stream_current(sid))
+          s.guarded([&] { on_ok(s, r); });
+      },
+      [on_err, sid](session& s, caf::error& err) {
+        if (s.stream_current(sid))
+          s.guarded([&] { on_err(s, err); });
+      },
+      std::move(xs)...);
 }
 
 void session::respond(reply r) {
@@ -439,13 +560,16 @@ void session::respond(reply r) {
   res_.version(version_);
   res_.result(r.status);
   res_.set(bhttp::field::server, "infergrid");
-  res_.set(bhttp::field::content_type, r.content_type);
+  if (!r.content_type.empty())
+    res_.set(bhttp::field::content_type, r.content_type);
   res_.set("X-Request-Id", request_id_);
   for (auto& [name, value] : r.headers)
     res_.set(name, value);
   res_.keep_alive(keep);
   res_.body() = std::move(r.body);
-  res_.prepare_payload();
+  // A 204 carries neither a body nor a Content-Length.
+  if (r.status != 204)
+    res_.prepare_payload();
   state_->metrics.observe(route_.pattern, method_label(method_), r.status, seconds);
   auto ms = seconds * 1000.0;
   if (r.status >= 500 && r.status != 503 && r.status != 504)
@@ -505,14 +629,36 @@ void session::dispatch_request() {
           [](session& s, job_record& rec) { s.respond(job_created_reply(rec)); },
           submit_atom::value, std::move(*job));
     }
-    case route_id::job_get: {
+    case route_id::jobs_list: {
+      auto filter = parse_job_filter(target_);
+      if (!filter)
+        return respond(error_reply(filter.error()));
+      return ask<job_page>(
+          [](session& s, job_page& page) { s.respond(jobs_page_reply(page)); },
+          list_atom::value, std::move(*filter));
+    }
+    case route_id::job_get:
+    case route_id::job_cancel:
+    case route_id::job_events: {
       int64_t id = 0;
       if (!parse_job_id(route_.param, id))
         return respond(
             error_reply(errc::not_found, "no job '" + clip(route_.param, 64) + "'"));
-      return ask<job_record>(
-          [](session& s, job_record& rec) { s.respond(job_reply(rec)); },
-          job_get_atom::value, id);
+      if (route_.id == route_id::job_get)
+        return ask<job_record>(
+            [](session& s, job_record& rec) { s.respond(job_reply(rec)); },
+            job_get_atom::value, id);
+      if (route_.id == route_id::job_cancel)
+        return ask<job_record>(
+            [](session& s, job_record& rec) { s.respond(job_reply(rec)); },
+            cancel_atom::value, id);
+      std::optional<std::string_view> last_event_id;
+      if (auto i = req.find("Last-Event-ID"); i != req.end())
+        last_event_id.emplace(i->value().data(), i->value().size());
+      auto after = parse_events_after(target_, last_event_id);
+      if (!after)
+        return respond(error_reply(after.error()));
+      return open_events(id, *after);
     }
     case route_id::models_list:
       return ask<std::vector<model_info>>(
@@ -549,6 +695,307 @@ void session::dispatch_request() {
     }
   }
   respond(error_reply(errc::internal, "unhandled route"));
+}
+
+// -- event streams -----------------------------------------------------------
+//
+// Opening (the request is in flight, answers go through ask_or):
+//   1. spawn the subscriber; 2. subscribe it at the gateway and wait for the
+//   answer, so no event committed after this point can be missed; 3. read the
+//   job (unknown: 404; final: no live event will come); 4. read the backlog
+//   after `after`. Live events that arrive meanwhile wait in `live`.
+// Streaming (the header is out, the request no longer counts as in flight):
+//   the backlog is written a page at a time (a full page fetches the next),
+//   then the live events, in seq order, each seq at most once. One write at
+//   a time; frames queued meanwhile go out together with the next one.
+
+/// The subscriber of one stream: posts each event to the connection's strand.
+event_subscriber_actor::behavior_type event_subscriber(event_subscriber_actor::pointer,
+                                                       std::shared_ptr<gate> g,
+                                                       std::weak_ptr<session> weak,
+                                                       uint64_t sid) {
+  return {
+      [g, weak, sid](const job_event& ev) {
+        g->post(weak, [sid, ev](session& s) mutable { s.on_live_event(sid, std::move(ev)); });
+      },
+  };
+}
+
+reply shutting_down_reply() {
+  return error_reply(errc::unavailable, "the server is shutting down");
+}
+
+void session::open_events(int64_t job, int64_t after) {
+  stream_cleanup(); // an earlier stream of this connection, refused
+  auto st = std::make_unique<event_stream>();
+  st->id = ++next_stream_id_;
+  st->job = job;
+  st->last_seq = after;
+  st->sub = state_->sys.spawn(event_subscriber, state_->gate_ptr, weak_from_this(), st->id);
+  auto sub = st->sub;
+  sse_ = std::move(st);
+  ask_or<bool>(
+      [](session& s, bool& ok) {
+        if (!s.sse_ || s.sse_->ended)
+          return;
+        if (!ok)
+          return s.events_answer(
+              error_reply(errc::unavailable, "cannot subscribe to the job's events"));
+        s.events_subscribed();
+      },
+      [](session& s, caf::error& err) {
+        s.events_answer(gateway_error_reply(err, s.state_->actor_timeout.count()));
+      },
+      subscribe_atom::value, job, std::move(sub));
+}
+
+void session::events_subscribed() {
+  if (!state_->accepting.load())
+    return events_answer(shutting_down_reply());
+  ask_or<job_record>(
+      [](session& s, job_record& rec) {
+        if (s.sse_ && !s.sse_->ended)
+          s.events_job_known(rec);
+      },
+      [](session& s, caf::error& err) {
+        s.events_answer(gateway_error_reply(err, s.state_->actor_timeout.count()));
+      },
+      job_get_atom::value, sse_->job);
+}
+
+void session::events_job_known(const job_record& rec) {
+  // Events are stored with the change they describe: a job final now has
+  // all of its events in the backlog.
+  sse_->final_at_open = is_final(rec.state);
+  ask_or<std::vector<job_event>>(
+      [](session& s, std::vector<job_event>& events) {
+        if (s.sse_ && !s.sse_->ended)
+          s.events_first_page(events);
+      },
+      [](session& s, caf::error& err) {
+        s.events_answer(gateway_error_reply(err, s.state_->actor_timeout.count()));
+      },
+      events_atom::value, sse_->job, sse_->last_seq);
+}
+
+void session::events_first_page(std::vector<job_event>& events) {
+  if (!state_->accepting.load())
+    return events_answer(shutting_down_reply());
+  auto& st = *sse_;
+  auto before = st.last_seq;
+  append_events(events);
+  bool more = events.size() >= events_page_max && st.last_seq > before && !st.ending;
+  if (!more) {
+    st.backlog_done = true;
+    if (st.final_at_open && !st.ending) {
+      // Finished and the client has seen all of it: 204 tells EventSource
+      // not to reconnect.
+      if (st.pending.empty()) {
+        reply r;
+        r.status = 204;
+        r.content_type.clear();
+        return events_answer(std::move(r));
+      }
+      st.ending = true;
+    }
+  }
+  start_stream();
+}
+
+void session::events_next_page(std::vector<job_event>& events) {
+  auto& st = *sse_;
+  st.fetching = false;
+  auto before = st.last_seq;
+  append_events(events);
+  bool more = events.size() >= events_page_max && st.last_seq > before && !st.ending;
+  if (!more) {
+    st.backlog_done = true;
+    if (st.final_at_open)
+      st.ending = true;
+  }
+  pump();
+}
+
+void session::events_answer(reply r) {
+  stream_cleanup();
+  respond(std::move(r));
+}
+
+void session::start_stream() {
+  auto& st = *sse_;
+  st.streaming = true;
+  st.writing = true;
+  auto& h = st.head;
+  h.version(version_);
+  h.result(bhttp::status::ok);
+  h.set(bhttp::field::server, "infergrid");
+  h.set(bhttp::field::content_type, "text/event-stream");
+  h.set(bhttp::field::cache_control, "no-cache");
+  h.set("X-Accel-Buffering", "no"); // proxies: do not buffer the stream
+  h.set("X-Request-Id", request_id_);
+  // The body ends when the connection does: no Content-Length, no chunks.
+  h.keep_alive(false);
+  auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
+  state_->metrics.observe(route_.pattern, method_label(method_), 200, seconds);
+  spdlog::info("{} {} {} -> 200 {:.2f}ms event stream of {} after {}", request_id_,
+               method_, clip(target_), seconds * 1000.0, job_id_string(st.job),
+               st.last_seq);
+  stream_.expires_after(io_deadline);
+  st.serializer.emplace(h);
+  bhttp::async_write_header(
+      stream_, *st.serializer,
+      beast::bind_front_handler(&session::on_stream_head, shared_from_this()));
+}
+
+void session::on_stream_head(beast::error_code ec, std::size_t) {
+  // From now on the stream is not a request in flight: shutdown closes it.
+  if (busy_) {
+    busy_ = false;
+    state_->in_flight.fetch_sub(1);
+  }
+  sse_->writing = false;
+  guarded([&] {
+    if (closed_ || sse_->ended)
+      return;
+    if (ec)
+      return end_stream("write failed");
+    watch_disconnect();
+    arm_keepalive();
+    pump();
+  });
+}
+
+void session::on_stream_write(beast::error_code ec, std::size_t) {
+  sse_->writing = false;
+  guarded([&] {
+    if (closed_ || sse_->ended)
+      return;
+    if (ec)
+      return end_stream(ec == beast::error::timeout ? "client not reading" : "write failed");
+    arm_keepalive();
+    pump();
+  });
+}
+
+void session::watch_disconnect() {
+  // A client sends nothing on an event stream; a read that completes means
+  // it closed (or sent bytes we drop). Raw socket: no tcp_stream timeout.
+  stream_.socket().async_read_some(
+      asio::buffer(sse_->discard), [self = shared_from_this()](beast::error_code ec,
+                                                               std::size_t) {
+        if (self->closed_ || !self->sse_ || self->sse_->ended)
+          return;
+        if (ec)
+          return self->end_stream("client closed");
+        self->watch_disconnect();
+      });
+}
+
+void session::append_events(std::vector<job_event>& events) {
+  auto& st = *sse_;
+  for (auto& ev : events) {
+    if (st.ending)
+      break;
+    if (ev.seq <= st.last_seq)
+      continue;
+    st.pending += sse_frame(ev);
+    st.last_seq = ev.seq;
+    if (is_final_event(ev))
+      st.ending = true;
+  }
+}
+
+void session::pump() {
+  auto& st = *sse_;
+  if (closed_ || st.ended || !st.streaming || st.writing)
+    return;
+  if (st.backlog_done && !st.live.empty()) {
+    std::sort(st.live.begin(), st.live.end(),
+              [](const job_event& x, const job_event& y) { return x.seq < y.seq; });
+    append_events(st.live);
+    st.live.clear();
+  }
+  if (!st.pending.empty()) {
+    st.out.clear();
+    st.out.swap(st.pending);
+    st.writing = true;
+    stream_.expires_after(io_deadline);
+    asio::async_write(stream_, asio::buffer(st.out),
+                      beast::bind_front_handler(&session::on_stream_write,
+                                                shared_from_this()));
+    return;
+  }
+  if (st.ending)
+    return end_stream("job finished");
+  if (!st.backlog_done && !st.fetching) {
+    st.fetching = true;
+    ask_stream<std::vector<job_event>>(
+        [](session& s, std::vector<job_event>& events) { s.events_next_page(events); },
+        [](session& s, caf::error& err) {
+          spdlog::warn("{} event stream of {}: backlog: {}", s.request_id_,
+                       job_id_string(s.sse_->job), message_of(err));
+          s.end_stream("backlog failed");
+        },
+        events_atom::value, st.job, st.last_seq);
+  }
+}
+
+void session::arm_keepalive() {
+  auto gen = ++sse_->keepalive_gen;
+  keepalive_timer_.expires_after(sse_keepalive_interval);
+  keepalive_timer_.async_wait([self = shared_from_this(), gen](beast::error_code ec) {
+    if (ec || self->closed_ || !self->sse_ || self->sse_->ended
+        || gen != self->sse_->keepalive_gen)
+      return;
+    auto& st = *self->sse_;
+    // While a write is out, its completion arms the next one.
+    if (!st.writing && st.pending.empty())
+      st.pending = std::string{sse_keepalive};
+    self->guarded([&] { self->pump(); });
+  });
+}
+
+void session::on_live_event(uint64_t sid, job_event ev) {
+  if (!stream_current(sid) || ev.job_id != sse_->job)
+    return;
+  guarded([&] {
+    auto& st = *sse_;
+    if (st.ending || ev.seq <= st.last_seq)
+      return;
+    if (st.live.size() >= sse_max_pending) {
+      if (!st.streaming)
+        return events_answer(error_reply(
+            errc::unavailable, "too many events while the stream opened; retry"));
+      spdlog::warn("{} event stream of {}: {} events pending, closing", request_id_,
+                   job_id_string(st.job), st.live.size());
+      return end_stream("client too slow");
+    }
+    st.live.push_back(std::move(ev));
+    pump();
+  });
+}
+
+void session::end_stream(const char* why) {
+  if (sse_ && !sse_->ended)
+    spdlog::info("{} event stream of {} ended: {} (last id {})", request_id_,
+                 job_id_string(sse_->job), why, sse_->last_seq);
+  finish();
+}
+
+void session::stream_cleanup() {
+  if (!sse_ || sse_->ended)
+    return;
+  auto& st = *sse_;
+  st.ended = true;
+  st.live.clear();
+  st.pending.clear();
+  ++st.keepalive_gen;
+  keepalive_timer_.cancel();
+  if (st.sub) {
+    caf::anon_send(state_->gateway, unsub_atom::value, st.job, st.sub);
+    caf::anon_send_exit(st.sub, caf::exit_reason::user_shutdown);
+    st.sub = nullptr;
+  }
 }
 
 } // namespace

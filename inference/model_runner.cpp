@@ -10,6 +10,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -17,6 +18,14 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/version.h>
+
+// Every CUDA-specific include of the project lives here, compiled only when
+// CMake found a CUDA LibTorch (libtorch-notes.md §4.3).
+#ifdef INFERGRID_WITH_CUDA
+#  include <c10/cuda/CUDACachingAllocator.h>
+#  include <cuda_runtime_api.h>
+#endif
 
 #include "messages/errors.hpp"
 
@@ -39,6 +48,48 @@ std::string cause_of(const std::exception& e) {
   return e.what();
 }
 
+/// LibTorch prints its warnings (TORCH_WARN) to stderr, past the log format,
+/// and some repeat on every call: with CUDA, cuDNN's "RNN module weights are
+/// not part of single contiguous chunk of memory" came once per GRU step. This
+/// handler logs each distinct message once, through spdlog. Thread-local in
+/// LibTorch, so every entry point below installs it with a warning_guard.
+class log_once_warning_handler : public c10::WarningHandler {
+public:
+#if TORCH_VERSION_MAJOR >= 2
+  void process(const c10::Warning& warning) override {
+    log(warning.msg());
+  }
+#else
+  void process(const c10::SourceLocation&, const std::string& msg, bool) override {
+    log(msg);
+  }
+#endif
+
+private:
+  void log(const std::string& msg) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (seen_.size() >= 256 || !seen_.insert(msg).second)
+      return;
+    spdlog::warn("libtorch: {} (logged once)", msg);
+  }
+
+  std::mutex mtx_;
+  std::set<std::string> seen_;
+};
+
+/// Never destroyed: LibTorch threads may still warn during static destruction.
+c10::WarningHandler* warning_handler() {
+  static auto* handler = new log_once_warning_handler;
+  return handler;
+}
+
+// The guard moved from c10::Warning (1.x) to c10::WarningUtils (2.x).
+#if TORCH_VERSION_MAJOR >= 2
+using warning_guard = c10::WarningUtils::WarningHandlerGuard;
+#else
+using warning_guard = c10::Warning::WarningHandlerGuard;
+#endif
+
 /// TorchScript wraps the original error in an interpreter banner and two
 /// tracebacks; its last non-empty line holds the cause ("RuntimeError: ...").
 std::string last_line(const std::string& text) {
@@ -49,16 +100,62 @@ std::string last_line(const std::string& text) {
   return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
 }
 
+/// Out of memory: eager code throws c10::OutOfMemoryError, but an OOM inside
+/// a TorchScript forward arrives re-wrapped as std::runtime_error, so the
+/// message is checked too (libtorch-notes.md §4.4).
+bool is_oom(const std::exception& e, const std::string& cause) {
+  return dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr
+         || cause.find("out of memory") != std::string::npos;
+}
+
+/// Hands the caching allocator's unused blocks back to the driver after a
+/// CUDA OOM, so the next request (or another model on the GPU) can have them.
+void release_cached_gpu_memory() {
+#ifdef INFERGRID_WITH_CUDA
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+  } catch (const std::exception& e) {
+    spdlog::warn("inference: emptying the CUDA cache failed: {}", cause_of(e));
+  }
+#endif
+}
+
 /// The client gets the cause; the log keeps the whole text with tracebacks.
-caf::error model_failure(const std::string& model, const std::exception& e) {
+caf::error model_failure(const std::string& model, const std::exception& e,
+                         bool on_cuda) {
   auto cause = cause_of(e);
-  auto code = cause.find("out of memory") != std::string::npos ? errc::oom
-                                                               : errc::model_error;
+  auto oom = is_oom(e, cause);
+  if (oom && on_cuda)
+    release_cached_gpu_memory();
   auto short_cause = last_line(cause);
   if (short_cause != cause)
     spdlog::warn("model {}: {}", model, cause);
-  return make_error(code, "model '" + model + "': " + short_cause);
+  return make_error(oom ? errc::oom : errc::model_error,
+                    "model '" + model + "': " + short_cause);
 }
+
+#ifdef INFERGRID_WITH_CUDA
+/// One log line per visible GPU: what "auto" and "cuda:N" will run on.
+void log_cuda_devices() {
+  if (!torch::cuda::is_available()) {
+    spdlog::info("inference: CUDA build, but no CUDA GPU is visible; "
+                 "device \"auto\" means cpu");
+    return;
+  }
+  auto count = static_cast<int>(torch::cuda::device_count());
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+      spdlog::info("inference: cuda:{} present (no properties)", i);
+      continue;
+    }
+    spdlog::info("inference: cuda:{} is {} (sm_{}{}, {:.1f} GiB), cuDNN {}", i,
+                 prop.name, prop.major, prop.minor,
+                 static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0),
+                 torch::cuda::cudnn_is_available() ? "available" : "absent");
+  }
+}
+#endif
 
 bool to_scalar_type(dtype t, c10::ScalarType& out) {
   switch (t) {
@@ -272,11 +369,20 @@ void configure_runtime(int intra_op_threads) {
                  "profiling executor {}",
                  at::get_num_threads(), at::get_num_interop_threads(),
                  torch::jit::getProfilingMode() ? "on" : "off");
+#ifdef INFERGRID_WITH_CUDA
+    log_cuda_devices();
+#endif
   });
 }
 
 bool cuda_available() {
+#ifdef INFERGRID_WITH_CUDA
   return torch::cuda::is_available();
+#else
+  // Without the CUDA build, "auto" must agree with "cuda" (refused below),
+  // whatever the linked LibTorch could do.
+  return false;
+#endif
 }
 
 caf::expected<std::string> resolve_device(const std::string& requested) {
@@ -410,6 +516,7 @@ model_runner::load(const model_info& info, const std::string& dir) {
   if (!std::filesystem::is_regular_file(path, ec))
     return p->fail(errc::unavailable, "cannot load " + path + ": no such file");
   try {
+    warning_guard warnings{warning_handler()};
     p->device = torch::Device{p->device_name};
     p->module = torch::jit::load(path, p->device);
     p->module.eval();
@@ -422,6 +529,7 @@ model_runner::load(const model_info& info, const std::string& dir) {
 caf::expected<double> model_runner::warm_up() {
   auto& d = *impl_;
   try {
+    warning_guard warnings{warning_handler()};
     c10::InferenceMode guard;
     double first_ms = 0.0;
     for (int i = 0; i < 3; ++i) {
@@ -458,7 +566,7 @@ caf::expected<double> model_runner::warm_up() {
     }
     return first_ms;
   } catch (const std::exception& e) {
-    return model_failure(d.info.name, e);
+    return model_failure(d.info.name, e, d.device.is_cuda());
   }
 }
 
@@ -490,6 +598,7 @@ model_runner::forward(const std::vector<tensor_data>& inputs) {
                       + " bytes do not fill shape " + shape_string(x->shape)
                       + " of " + to_string(x->type));
   try {
+    warning_guard warnings{warning_handler()};
     c10::InferenceMode guard;
     std::vector<c10::IValue> args;
     args.reserve(ordered.size());
@@ -497,7 +606,7 @@ model_runner::forward(const std::vector<tensor_data>& inputs) {
       args.emplace_back(d.place(to_torch(*x)));
     return d.run(std::move(args));
   } catch (const std::exception& e) {
-    return model_failure(d.info.name, e);
+    return model_failure(d.info.name, e, d.device.is_cuda());
   }
 }
 
@@ -532,6 +641,7 @@ model_runner::generate(const generate_params& params, const token_callback& on_t
     return !on_token || on_token(delta);
   };
   try {
+    warning_guard warnings{warning_handler()};
     c10::InferenceMode guard;
     std::vector<int64_t> prompt;
     for (unsigned char c : params.prompt)
@@ -568,7 +678,7 @@ model_runner::generate(const generate_params& params, const token_callback& on_t
         logits = d.lm_step(d.token_tensor({token}), state);
     }
   } catch (const std::exception& e) {
-    return model_failure(d.info.name, e);
+    return model_failure(d.info.name, e, d.device.is_cuda());
   }
   // Flush what was held back (the stop string itself is already cut off).
   // Generation is over, so the callback's answer no longer changes anything.
@@ -584,6 +694,7 @@ caf::expected<std::vector<float>> model_runner::synthesize(const std::string& te
   if (text.empty())
     return std::vector<float>{};
   try {
+    warning_guard warnings{warning_handler()};
     c10::InferenceMode guard;
     std::vector<int64_t> ids;
     ids.reserve(text.size());
@@ -607,7 +718,7 @@ caf::expected<std::vector<float>> model_runner::synthesize(const std::string& te
     }
     return samples;
   } catch (const std::exception& e) {
-    return model_failure(d.info.name, e);
+    return model_failure(d.info.name, e, d.device.is_cuda());
   }
 }
 

@@ -21,7 +21,8 @@ namespace infergrid::inference {
 /// intra-op threads, one inter-op thread, profiling executor settings.
 void configure_runtime(int intra_op_threads);
 
-/// Whether this build can use CUDA and a GPU is present.
+/// Whether this build can use CUDA (INFERGRID_WITH_CUDA, docs/gpu.md) and a
+/// GPU is present. Always false in a CPU-only build.
 bool cuda_available();
 
 /// Resolves "auto" | "cpu" | "cuda" | "cuda:N" to the device a model will use;
@@ -64,7 +65,9 @@ public:
   /// a tuple becomes several (nested tuples of tensors are flattened); they are
   /// named after info().outputs where declared, else "output_<i>". Any
   /// exception becomes errc::model_error (errc::oom when the cause says "out
-  /// of memory") with the model name and the cause.
+  /// of memory"; on CUDA the allocator's cached blocks are then released)
+  /// with the model name and the cause. LibTorch warnings go to the log once
+  /// per distinct message.
   caf::expected<std::vector<tensor_data>>
   forward(const std::vector<tensor_data>& inputs);
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <caf/meta/type_name.hpp>
 
@@ -45,12 +46,17 @@ struct new_job {
   int32_t max_attempts = 3;
   /// 0: no per-job timeout.
   int64_t timeout_ms = 0;
+  /// Empty: none. The same key with the same model and input returns the
+  /// existing job; with another model or input it is a conflict.
+  std::string idempotency_key;
+  /// Earliest start (Unix ms); 0: now. Delayed jobs wait in state queued.
+  int64_t run_at_ms = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, new_job& x) {
   return f(caf::meta::type_name("new_job"), x.model, x.input_json, x.priority,
-           x.max_attempts, x.timeout_ms);
+           x.max_attempts, x.timeout_ms, x.idempotency_key, x.run_at_ms);
 }
 
 /// One row of the job table. Times are Unix milliseconds; 0 means "not yet".
@@ -77,6 +83,16 @@ struct job_record {
   int64_t finished_at_ms = 0;
   /// Jobs ahead of this one for its model while queued; -1 otherwise.
   int64_t position = -1;
+  /// Estimated ms until it finishes, from recent throughput; -1 unknown.
+  int64_t eta_ms = -1;
+  /// Set by a cancel of a running job; the worker stops cooperatively.
+  bool cancel_requested = false;
+  std::string idempotency_key;
+  int64_t run_at_ms = 0;
+  /// Latest progress in [0, 1] reported by the worker; -1 none.
+  double progress = -1;
+  /// False when enqueue returned an existing job (idempotency key).
+  bool created = true;
 };
 
 template <class Inspector>
@@ -85,7 +101,56 @@ typename Inspector::result_type inspect(Inspector& f, job_record& x) {
            x.priority, x.attempts, x.max_attempts, x.timeout_ms, x.input_json,
            x.output_json, x.has_error, x.error, x.worker, x.lease_seq,
            x.lease_until_ms, x.created_at_ms, x.started_at_ms,
-           x.finished_at_ms, x.position);
+           x.finished_at_ms, x.position, x.eta_ms, x.cancel_requested,
+           x.idempotency_key, x.run_at_ms, x.progress, x.created);
+}
+
+/// One row of job_events: written in the same transaction as the change it
+/// describes; `seq` grows across all jobs and is the SSE event id.
+struct job_event {
+  int64_t seq = 0;
+  int64_t job_id = 0;
+  /// "status" (state change), "progress" or "data" (a streamed piece).
+  std::string kind;
+  /// JSON object: for status {"state", "attempt", "error"?}; for progress
+  /// {"progress"}; for data whatever the model streams (e.g. {"delta"}).
+  std::string data_json;
+  int64_t time_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, job_event& x) {
+  return f(caf::meta::type_name("job_event"), x.seq, x.job_id, x.kind,
+           x.data_json, x.time_ms);
+}
+
+/// Which jobs GET /v1/jobs lists: newest first, a page at a time.
+struct job_filter {
+  /// Empty: every state.
+  std::vector<job_state> states;
+  /// Empty: every model.
+  std::string model;
+  /// Cursor: only jobs with id < before_id; 0 starts at the newest.
+  int64_t before_id = 0;
+  /// Page size, 1..1000.
+  int32_t limit = 100;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, job_filter& x) {
+  return f(caf::meta::type_name("job_filter"), x.states, x.model, x.before_id,
+           x.limit);
+}
+
+struct job_page {
+  std::vector<job_record> jobs;
+  /// Cursor of the next page (pass as before_id); 0 when this is the last.
+  int64_t next_before_id = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, job_page& x) {
+  return f(caf::meta::type_name("job_page"), x.jobs, x.next_before_id);
 }
 
 /// External id of a job: "j_" followed by the row id.

@@ -5,10 +5,14 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <cstddef>
+#include <deque>
 #include <random>
+#include <set>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include <sqlite3.h>
@@ -72,6 +76,68 @@ SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
        length(input) AS input_bytes, length(output) AS output_bytes
 FROM jobs;
 )sql",
+    // Version 2: cancel requests, idempotency keys, progress, the event log
+    // (one row per state change, progress report or streamed piece), the
+    // indexes behind list() and throughput(), and the number of queued jobs
+    // kept by triggers (the capacity check used to count jobs_ready on every
+    // enqueue: O(queue depth) under the write lock). No new index holds
+    // `state` for every row: each claim and completion would then rewrite two
+    // more index pages (that halved claim+complete throughput).
+    R"sql(
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+ALTER TABLE jobs ADD COLUMN progress REAL;
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
+  WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_by_model ON jobs (model, id);
+CREATE INDEX jobs_ended ON jobs (state, id)
+  WHERE state IN ('failed', 'dead', 'cancelled');
+CREATE INDEX jobs_succeeded ON jobs (model, finished_at)
+  WHERE state = 'succeeded';
+CREATE TABLE queue_stats (
+  id     INTEGER PRIMARY KEY CHECK (id = 1),
+  queued INTEGER NOT NULL
+);
+INSERT INTO queue_stats (id, queued)
+  VALUES (1, (SELECT count(*) FROM jobs WHERE state = 'queued'));
+CREATE TRIGGER jobs_queued_insert AFTER INSERT ON jobs
+  WHEN new.state = 'queued'
+BEGIN
+  UPDATE queue_stats SET queued = queued + 1 WHERE id = 1;
+END;
+CREATE TRIGGER jobs_queued_update AFTER UPDATE OF state ON jobs
+  WHEN (old.state = 'queued') != (new.state = 'queued')
+BEGIN
+  UPDATE queue_stats
+    SET queued = queued + CASE WHEN new.state = 'queued' THEN 1 ELSE -1 END
+    WHERE id = 1;
+END;
+CREATE TRIGGER jobs_queued_delete AFTER DELETE ON jobs
+  WHEN old.state = 'queued'
+BEGIN
+  UPDATE queue_stats SET queued = queued - 1 WHERE id = 1;
+END;
+CREATE TABLE job_events (
+  seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id     INTEGER NOT NULL REFERENCES jobs (id),
+  kind       TEXT    NOT NULL CHECK (kind IN ('status','progress','data')),
+  data       TEXT    NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX job_events_job ON job_events (job_id, seq);
+DROP VIEW IF EXISTS jobs_readable;
+CREATE VIEW jobs_readable AS
+SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
+       cancel_requested, progress, idempotency_key,
+       strftime('%Y-%m-%d %H:%M:%f', created_at / 1000.0, 'unixepoch') AS created,
+       strftime('%Y-%m-%d %H:%M:%f', run_at / 1000.0, 'unixepoch') AS run_at,
+       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%d %H:%M:%f', lease_until / 1000.0, 'unixepoch') AS lease_until,
+       strftime('%Y-%m-%d %H:%M:%f', finished_at / 1000.0, 'unixepoch') AS finished,
+       timeout_ms, error_code, error_message,
+       length(input) AS input_bytes, length(output) AS output_bytes
+FROM jobs;
+)sql",
 };
 
 constexpr int schema_version
@@ -82,21 +148,43 @@ constexpr int schema_version
 #define INFERGRID_JOB_COLUMNS                                                            \
   "id, model, state, priority, attempts, max_attempts, timeout_ms, input, "              \
   "output, error_code, error_message, error_retryable, worker, lease_seq, "              \
-  "lease_until, created_at, started_at, finished_at"
+  "lease_until, created_at, started_at, finished_at, cancel_requested, "                 \
+  "idempotency_key, run_at, progress"
 
-constexpr int job_column_count = 18;
+constexpr int job_column_count = 22;
+
+/// Window of the recent throughput behind a queued job's ETA, and how long
+/// one connection reuses a computed rate (counting a busy minute of
+/// successes costs a range scan over up to that many index entries).
+constexpr int64_t eta_window_ms = 60'000;
+constexpr int64_t rate_cache_ms = 1'000;
+
+/// Events a connection keeps for take_events() before dropping the oldest.
+constexpr std::size_t max_buffered_events = 100'000;
+
+/// Largest data_json add_event() stores.
+constexpr std::size_t max_event_bytes = 1 << 20;
 
 // -- statements ---------------------------------------------------------------
 
-// INDEXED BY: with sqlite_stat1 statistics (PRAGMA optimize, ANALYZE) and
-// many queued rows the planner would rather scan the whole table.
-const char* const sql_count_queued
-    = "SELECT count(*) FROM jobs INDEXED BY jobs_ready WHERE state = 'queued'";
+// Kept by the jobs_queued_* triggers in the same statement as the change.
+const char* const sql_count_queued = "SELECT queued FROM queue_stats WHERE id = 1";
+
+// INDEXED BY, here and below: with sqlite_stat1 statistics (PRAGMA
+// optimize, ANALYZE) and many queued rows the planner would rather scan the
+// whole table; it also fails loudly at open if an index is missing.
+
+const char* const sql_find_key
+    = "SELECT id, model, input FROM jobs INDEXED BY jobs_idempotency "
+      "WHERE idempotency_key = ?1";
 
 const char* const sql_insert
     = "INSERT INTO jobs (model, state, priority, attempts, max_attempts, "
-      "timeout_ms, input, run_at, created_at) "
-      "VALUES (?1, 'queued', ?2, 0, ?3, ?4, ?5, ?6, ?6)";
+      "timeout_ms, input, run_at, created_at, idempotency_key) "
+      "VALUES (?1, 'queued', ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+const char* const sql_insert_event
+    = "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4)";
 
 // Position = queued jobs of the same model that a claim takes first. Two
 // counts keep both halves range scans over jobs_ready.
@@ -110,24 +198,37 @@ const char* const sql_get
       " ELSE -1 END "
       "FROM jobs j WHERE j.id = ?1";
 
+/// One row without its position (list() computes positions per model).
+const char* const sql_row = "SELECT " INFERGRID_JOB_COLUMNS " FROM jobs WHERE id = ?1";
+
+// The claim: two statements inside one BEGIN IMMEDIATE. First the next
+// ready jobs of each model, an index range that stops after n rows (with
+// `model IN (SELECT value FROM json_each(?))` the planner read every queued
+// row of those models and sorted them: O(queue depth) under the write
+// lock); then, after merging in code, one UPDATE of the chosen ids.
+const char* const sql_ready = "SELECT id, priority FROM jobs INDEXED BY jobs_ready "
+                              "WHERE state = 'queued' AND model = ?1 AND run_at <= ?2 "
+                              "ORDER BY priority DESC, id LIMIT ?3";
+
 const char* const sql_claim
     = "UPDATE jobs SET state = 'running', worker = ?1, attempts = attempts + 1, "
-      "lease_seq = lease_seq + 1, lease_until = ?2, started_at = ?3 "
-      "WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_ready "
-      "WHERE state = 'queued' AND run_at <= ?3 "
-      "AND model IN (SELECT value FROM json_each(?4)) "
-      "ORDER BY priority DESC, id LIMIT ?5) "
+      "lease_seq = lease_seq + 1, lease_until = ?2, started_at = ?3, progress = NULL "
+      "WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued' "
       "RETURNING " INFERGRID_JOB_COLUMNS;
 
+// A cancel requested meanwhile turns the success into cancelled and drops
+// the output.
 const char* const sql_complete
-    = "UPDATE jobs SET state = 'succeeded', output = ?1, finished_at = ?2, "
+    = "UPDATE jobs SET "
+      "state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'succeeded' END, "
+      "output = CASE WHEN cancel_requested THEN NULL ELSE ?1 END, finished_at = ?2, "
       "lease_until = NULL, error_code = NULL, error_message = NULL, "
       "error_retryable = NULL "
-      "WHERE id = ?3 AND state = 'running' AND lease_seq = ?4";
+      "WHERE id = ?3 AND state = 'running' AND lease_seq = ?4 "
+      "RETURNING state, attempts";
 
-const char* const sql_lease_attempts
-    = "SELECT attempts, max_attempts FROM jobs "
-      "WHERE id = ?1 AND state = 'running' AND lease_seq = ?2";
+const char* const sql_lease = "SELECT attempts, max_attempts, cancel_requested FROM jobs "
+                              "WHERE id = ?1 AND state = 'running' AND lease_seq = ?2";
 
 const char* const sql_fail
     = "UPDATE jobs SET state = ?1, error_code = ?2, error_message = ?3, "
@@ -136,22 +237,124 @@ const char* const sql_fail
       "WHERE id = ?7 AND state = 'running' AND lease_seq = ?8";
 
 const char* const sql_renew = "UPDATE jobs SET lease_until = ?1 "
-                              "WHERE id = ?2 AND state = 'running' AND lease_seq = ?3";
+                              "WHERE id = ?2 AND state = 'running' AND lease_seq = ?3 "
+                              "RETURNING cancel_requested";
 
-const char* const sql_rescue_dead
-    = "UPDATE jobs SET state = 'dead', lease_until = NULL, finished_at = ?1, "
-      "error_code = 'worker_lost', "
-      "error_message = 'lease expired on worker ' || coalesce(worker, '?') "
-      "|| ' after the last attempt', error_retryable = 1 "
+const char* const sql_finish_cancelled
+    = "UPDATE jobs SET state = 'cancelled', finished_at = ?1, lease_until = NULL, "
+      "output = NULL, error_code = NULL, error_message = NULL, error_retryable = NULL "
+      "WHERE id = ?2 AND state = 'running' AND lease_seq = ?3 "
+      "RETURNING attempts";
+
+const char* const sql_cancel_queued
+    = "UPDATE jobs SET state = 'cancelled', finished_at = ?1, error_code = NULL, "
+      "error_message = NULL, error_retryable = NULL "
+      "WHERE id = ?2 AND state = 'queued' "
+      "RETURNING attempts";
+
+const char* const sql_cancel_running
+    = "UPDATE jobs SET cancel_requested = 1 "
+      "WHERE id = ?1 AND state = 'running' AND cancel_requested = 0 "
+      "RETURNING attempts";
+
+const char* const sql_set_progress
+    = "UPDATE jobs SET progress = ?1 "
+      "WHERE id = ?2 AND state = 'running' AND lease_seq = ?3";
+
+// json_valid first: json_type() raises an error on malformed text.
+const char* const sql_check_json
+    = "SELECT json_valid(?1), CASE WHEN json_valid(?1) THEN json_type(?1) END, "
+      "CASE WHEN json_valid(?1) THEN json_type(?1, '$.progress') END, "
+      "CASE WHEN json_valid(?1) THEN json_extract(?1, '$.progress') END";
+
+const char* const sql_events_after
+    = "SELECT seq, job_id, kind, data, created_at FROM job_events "
+      "WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+
+// list(): ids first, newest first, from the index that fits the filter
+// (one query per state, merged in code), then the rows of one page. Queued
+// and running jobs are few (bounded by max_queued and the workers), so
+// sorting them is cheap; failed, dead and cancelled jobs have a partial
+// index; succeeded ones are the bulk and come in id order from the table or
+// from jobs_by_model. (The IN term of jobs_ended is repeated because the
+// planner only uses a partial index whose WHERE appears in the query.)
+const char* const sql_list_all
+    = "SELECT id FROM jobs WHERE id < ?1 ORDER BY id DESC LIMIT ?2";
+
+const char* const sql_list_model
+    = "SELECT id FROM jobs INDEXED BY jobs_by_model "
+      "WHERE model = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3";
+
+const char* const sql_list_queued
+    = "SELECT id FROM jobs INDEXED BY jobs_ready "
+      "WHERE state = 'queued' AND id < ?1 ORDER BY id DESC LIMIT ?2";
+
+const char* const sql_list_queued_model
+    = "SELECT id FROM jobs INDEXED BY jobs_ready "
+      "WHERE state = 'queued' AND model = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3";
+
+const char* const sql_list_running
+    = "SELECT id FROM jobs INDEXED BY jobs_leased "
+      "WHERE state = 'running' AND id < ?1 AND (?2 = '' OR model = ?2) "
+      "ORDER BY id DESC LIMIT ?3";
+
+const char* const sql_list_succeeded
+    = "SELECT id FROM jobs NOT INDEXED "
+      "WHERE state = 'succeeded' AND id < ?1 ORDER BY id DESC LIMIT ?2";
+
+const char* const sql_list_succeeded_model
+    = "SELECT id FROM jobs INDEXED BY jobs_by_model "
+      "WHERE model = ?1 AND state = 'succeeded' AND id < ?2 ORDER BY id DESC LIMIT ?3";
+
+const char* const sql_list_ended
+    = "SELECT id FROM jobs INDEXED BY jobs_ended "
+      "WHERE state IN ('failed', 'dead', 'cancelled') AND state = ?1 "
+      "AND id < ?2 AND (?3 = '' OR model = ?3) "
+      "ORDER BY id DESC LIMIT ?4";
+
+/// The queued jobs of a model in claim order (positions for a list page).
+const char* const sql_queued_order
+    = "SELECT id FROM jobs INDEXED BY jobs_ready "
+      "WHERE state = 'queued' AND model = ?1 ORDER BY priority DESC, id";
+
+const char* const sql_throughput
+    = "SELECT count(*) FROM jobs INDEXED BY jobs_succeeded "
+      "WHERE state = 'succeeded' AND model = ?1 AND finished_at > ?2 "
+      "AND finished_at <= ?3";
+
+/// Puts back a running job whose worker is gone (`who` names it in the
+/// error): queued at ?1 while attempts remain, else dead; cancelled without
+/// an error when a cancel was requested (nobody needs the result).
+#define INFERGRID_LOST_SET(who)                                                          \
+  "state = CASE WHEN cancel_requested THEN 'cancelled' "                                 \
+  "WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "                        \
+  "run_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN run_at "         \
+  "ELSE ?1 END, "                                                                        \
+  "finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ?1 "        \
+  "ELSE finished_at END, "                                                               \
+  "lease_until = NULL, "                                                                 \
+  "error_code = CASE WHEN cancel_requested THEN NULL ELSE 'worker_lost' END, "           \
+  "error_message = CASE WHEN cancel_requested THEN NULL ELSE " who                       \
+  " || CASE WHEN attempts >= max_attempts THEN ' after the last attempt' ELSE '' END "   \
+  "END, "                                                                                \
+  "error_retryable = CASE WHEN cancel_requested THEN NULL ELSE 1 END "
+
+#define INFERGRID_LOST_RETURNING                                                         \
+  "RETURNING id, state, attempts, error_code, error_message, error_retryable"
+
+// clang-format off
+const char* const sql_rescue
+    = "UPDATE jobs INDEXED BY jobs_leased SET "
+      INFERGRID_LOST_SET("'lease expired on worker ' || coalesce(worker, '?')")
       "WHERE state = 'running' AND lease_until < ?1 "
-      "AND attempts >= max_attempts";
+      INFERGRID_LOST_RETURNING;
 
-const char* const sql_rescue_requeue
-    = "UPDATE jobs SET state = 'queued', run_at = ?1, lease_until = NULL, "
-      "error_code = 'worker_lost', "
-      "error_message = 'lease expired on worker ' || coalesce(worker, '?'), "
-      "error_retryable = 1 "
-      "WHERE state = 'running' AND lease_until < ?1";
+const char* const sql_requeue_worker
+    = "UPDATE jobs INDEXED BY jobs_leased SET "
+      INFERGRID_LOST_SET("'worker ' || coalesce(worker, '?') || ' is gone'")
+      "WHERE state = 'running' AND worker = ?2 "
+      INFERGRID_LOST_RETURNING;
+// clang-format on
 
 const char* const sql_count_by_state = "SELECT state, count(*) FROM jobs GROUP BY state";
 
@@ -214,6 +417,10 @@ int bind_one(sqlite3_stmt* s, int i, int64_t x) {
   return sqlite3_bind_int64(s, i, x);
 }
 
+int bind_one(sqlite3_stmt* s, int i, double x) {
+  return sqlite3_bind_double(s, i, x);
+}
+
 int bind_one(sqlite3_stmt* s, int i, const std::string& x) {
   if (x.size() > static_cast<std::size_t>(INT_MAX))
     return SQLITE_TOOBIG;
@@ -222,6 +429,10 @@ int bind_one(sqlite3_stmt* s, int i, const std::string& x) {
 
 int bind_one(sqlite3_stmt* s, int i, const std::optional<int64_t>& x) {
   return x ? sqlite3_bind_int64(s, i, *x) : sqlite3_bind_null(s, i);
+}
+
+int bind_one(sqlite3_stmt* s, int i, const std::optional<std::string>& x) {
+  return x ? bind_one(s, i, *x) : sqlite3_bind_null(s, i);
 }
 
 template <class... Ts>
@@ -271,44 +482,117 @@ bool read_record(sqlite3_stmt* s, job_record& out) {
   out.created_at_ms = column_int(s, 15);
   out.started_at_ms = column_int(s, 16);
   out.finished_at_ms = column_int(s, 17);
+  out.cancel_requested = column_int(s, 18) != 0;
+  out.idempotency_key = column_text(s, 19);
+  out.run_at_ms = column_int(s, 20);
+  out.progress
+      = sqlite3_column_type(s, 21) == SQLITE_NULL ? -1.0 : sqlite3_column_double(s, 21);
   out.position = -1;
+  out.eta_ms = -1;
   return true;
 }
 
-/// `models` as a JSON array of strings for json_each().
-std::string to_json_array(const std::vector<std::string>& models) {
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out = "[";
-  for (std::size_t i = 0; i < models.size(); ++i) {
-    if (i > 0)
-      out += ',';
-    out += '"';
-    for (unsigned char c : models[i]) {
-      switch (c) {
-        case '"':
-          out += "\\\"";
-          break;
-        case '\\':
-          out += "\\\\";
-          break;
-        default:
-          if (c < 0x20) {
-            out += "\\u00";
-            out += hex[c >> 4];
-            out += hex[c & 0xf];
-          } else {
-            out += static_cast<char>(c);
-          }
-      }
-    }
-    out += '"';
+/// Length of the well-formed UTF-8 sequence at `s[i]`, or 0 when it is not
+/// one (overlong forms, surrogates and code points past U+10FFFF included).
+std::size_t utf8_length(const std::string& s, std::size_t i) {
+  auto at = [&](std::size_t k) -> unsigned {
+    return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u;
+  };
+  auto cont = [](unsigned c) { return c >= 0x80 && c <= 0xbf; };
+  unsigned c = at(0);
+  if (c >= 0xc2 && c <= 0xdf)
+    return cont(at(1)) ? 2 : 0;
+  if (c >= 0xe0 && c <= 0xef) {
+    unsigned lo = c == 0xe0 ? 0xa0 : 0x80;
+    unsigned hi = c == 0xed ? 0x9f : 0xbf;
+    return at(1) >= lo && at(1) <= hi && cont(at(2)) ? 3 : 0;
   }
-  out += ']';
+  if (c >= 0xf0 && c <= 0xf4) {
+    unsigned lo = c == 0xf0 ? 0x90 : 0x80;
+    unsigned hi = c == 0xf4 ? 0x8f : 0xbf;
+    return at(1) >= lo && at(1) <= hi && cont(at(2)) && cont(at(3)) ? 4 : 0;
+  }
+  return 0;
+}
+
+/// Appends `text` as a JSON string literal; bytes that are not well-formed
+/// UTF-8 become U+FFFD so that the result is always valid JSON.
+void append_json_string(std::string& out, const std::string& text) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out += '"';
+  for (std::size_t i = 0; i < text.size();) {
+    auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x80) {
+      auto n = utf8_length(text, i);
+      if (n == 0) {
+        out += "\\ufffd";
+        ++i;
+      } else {
+        out.append(text, i, n);
+        i += n;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out += hex[c >> 4];
+          out += hex[c & 0xf];
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
+}
+
+/// The data of a "status" event: {"state", "attempt", "error"?,
+/// "cancel_requested"?}.
+std::string status_json(job_state state, int32_t attempt, const job_error* error,
+                        bool cancel_requested) {
+  std::string out = "{\"state\":";
+  append_json_string(out, to_string(state));
+  out += ",\"attempt\":";
+  out += std::to_string(attempt);
+  if (error != nullptr) {
+    out += ",\"error\":{\"code\":";
+    append_json_string(out, error->code);
+    out += ",\"message\":";
+    append_json_string(out, error->message);
+    out += ",\"retryable\":";
+    out += error->retryable ? "true" : "false";
+    out += '}';
+  }
+  if (cancel_requested)
+    out += ",\"cancel_requested\":true";
+  out += '}';
   return out;
 }
 
 caf::error storage_error(const std::string& op, const std::string& what) {
   return make_error(errc::storage_error, op + ": " + what);
+}
+
+int64_t wall_clock_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
 } // namespace
@@ -324,26 +608,62 @@ struct job_store::impl {
     }
   };
 
+  /// A throughput computed at `at_ms`, reused for rate_cache_ms.
+  struct cached_rate {
+    int64_t at_ms = 0;
+    double per_s = 0;
+  };
+
   connection conn_;
   store_options opts_;
   std::minstd_rand rng_{std::random_device{}()};
   /// SQLite's message for the last failing call, captured before a rollback
   /// overwrites it.
   std::string last_error_;
+  /// Events written by the current transaction attempt; they move to
+  /// `events_` only once its COMMIT succeeded.
+  std::vector<job_event> pending_;
+  /// Committed events not yet taken (at most max_buffered_events).
+  std::deque<job_event> events_;
+  /// Events dropped from `events_` since the last take_events().
+  int64_t dropped_events_ = 0;
+  /// Recent throughput per model for ETAs (bounded: cleared past 1024).
+  std::unordered_map<std::string, cached_rate> rates_;
 
   statement begin_;
+  statement begin_read_;
   statement commit_;
   statement rollback_;
   statement count_queued_;
+  statement find_key_;
   statement insert_;
+  statement insert_event_;
   statement get_;
+  statement row_;
+  statement ready_;
   statement claim_;
   statement complete_;
-  statement lease_attempts_;
+  statement lease_;
   statement fail_;
   statement renew_;
-  statement rescue_dead_;
-  statement rescue_requeue_;
+  statement finish_cancelled_;
+  statement cancel_queued_;
+  statement cancel_running_;
+  statement set_progress_;
+  statement check_json_;
+  statement events_after_;
+  statement list_all_;
+  statement list_model_;
+  statement list_queued_;
+  statement list_queued_model_;
+  statement list_running_;
+  statement list_succeeded_;
+  statement list_succeeded_model_;
+  statement list_ended_;
+  statement queued_order_;
+  statement throughput_;
+  statement rescue_;
+  statement requeue_worker_;
   statement count_by_state_;
 
   explicit impl(store_options opts) : opts_(std::move(opts)) {}
@@ -367,6 +687,17 @@ struct job_store::impl {
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
       return failed(rc);
     return rc;
+  }
+
+  /// Steps `s` to its end, calling `on_row()` (returning an SQLite code) for
+  /// every row; SQLITE_OK or the first error.
+  template <class OnRow>
+  int each_row(sqlite3_stmt* s, OnRow&& on_row) {
+    int rc;
+    while ((rc = step(s)) == SQLITE_ROW)
+      if (int row_rc = on_row(); row_rc != SQLITE_OK)
+        return row_rc;
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
   }
 
   /// Runs a statement without result rows; SQLITE_OK or an error code.
@@ -417,6 +748,18 @@ struct job_store::impl {
     }
   }
 
+  /// The fault-injection seam (store_options::fault_hook): the code the hook
+  /// returns for `step` of `op`, handled like SQLite's own.
+  int inject(const std::string& op, const char* step_name) {
+    if (!opts_.fault_hook)
+      return SQLITE_OK;
+    int rc = opts_.fault_hook(op, step_name);
+    if (rc != SQLITE_OK)
+      last_error_
+          = std::string{sqlite3_errstr(rc)} + " (injected before " + step_name + ")";
+    return rc;
+  }
+
   /// Calls `attempt()` (returning an SQLite result code) until it returns
   /// something other than a busy code or the retry budget is spent, sleeping
   /// 50-250 us between tries and doubling that up to ~5 ms. Turns failures
@@ -451,12 +794,16 @@ struct job_store::impl {
   /// Runs `body(refusal)` inside BEGIN IMMEDIATE ... COMMIT with the busy
   /// retry. The body returns SQLITE_OK or the code of a failed call; setting
   /// `refusal` rolls back and returns it without retrying. Nothing stays
-  /// half-written: every failure rolls back.
+  /// half-written: every failure rolls back. Events the body wrote reach
+  /// take_events() only when the COMMIT succeeded.
   template <class Body>
   caf::error write_transaction(const std::string& op, Body&& body) {
     caf::error refusal;
     auto err = with_busy_retry(op, [&] {
-      int rc = run(begin_);
+      pending_.clear();
+      int rc = inject(op, "begin");
+      if (rc == SQLITE_OK)
+        rc = run(begin_);
       if (rc != SQLITE_OK) {
         rollback_if_open();
         return rc;
@@ -464,10 +811,15 @@ struct job_store::impl {
       refusal = caf::error{};
       rc = body(refusal);
       if (rc == SQLITE_OK && !refusal) {
-        rc = run(commit_);
+        rc = inject(op, "commit");
         if (rc == SQLITE_OK)
+          rc = run(commit_);
+        if (rc == SQLITE_OK) {
+          publish_pending();
           return rc;
+        }
       }
+      pending_.clear();
       rollback_if_open();
       return refusal ? SQLITE_OK : rc;
     });
@@ -476,25 +828,20 @@ struct job_store::impl {
     return refusal;
   }
 
-  /// Runs one fenced UPDATE (complete, renew) in a write transaction. Returns
-  /// whether a row changed: false means the lease was lost.
-  template <class... Ts>
-  caf::expected<bool> fenced_update(const std::string& op, const statement& stmt,
-                                    const Ts&... args) {
-    bool changed = false;
-    auto err = write_transaction(op, [&](caf::error&) {
-      statement_use use{stmt};
-      int rc = bind_all(use.get(), args...);
+  /// Several reads in one snapshot (a deferred BEGIN that never writes, so
+  /// it never needs the write lock), with the busy retry.
+  template <class Body>
+  caf::error read_transaction(const std::string& op, Body&& body) {
+    return with_busy_retry(op, [&] {
+      int rc = run(begin_read_);
+      if (rc == SQLITE_OK)
+        rc = body();
+      if (rc == SQLITE_OK)
+        rc = run(commit_);
       if (rc != SQLITE_OK)
-        return failed(rc);
-      if (rc = step(use.get()); rc != SQLITE_DONE)
-        return rc;
-      changed = sqlite3_changes(db()) > 0;
-      return SQLITE_OK;
+        rollback_if_open();
+      return rc;
     });
-    if (err)
-      return err;
-    return changed;
   }
 
   /// A read (one statement, autocommit) with the busy retry.
@@ -503,11 +850,110 @@ struct job_store::impl {
     return with_busy_retry(op, std::forward<Body>(body));
   }
 
-  /// Reads job `id` with its position into `out` (nullopt if there is no
-  /// such row).
-  int load(int64_t id, std::optional<job_record>& out) {
+  // -- events ---------------------------------------------------------------
+
+  /// Inserts one job_events row in the open transaction and remembers it for
+  /// take_events().
+  int add_event(int64_t job_id, const std::string& kind, std::string data,
+                int64_t now_ms) {
+    {
+      statement_use use{insert_event_};
+      int rc = bind_all(use.get(), job_id, kind, data, now_ms);
+      if (rc != SQLITE_OK)
+        return failed(rc);
+      if (rc = step(use.get()); rc != SQLITE_DONE)
+        return rc;
+    }
+    job_event ev;
+    ev.seq = sqlite3_last_insert_rowid(db());
+    ev.job_id = job_id;
+    ev.kind = kind;
+    ev.data_json = std::move(data);
+    ev.time_ms = now_ms;
+    pending_.push_back(std::move(ev));
+    return SQLITE_OK;
+  }
+
+  int status_event(int64_t job_id, job_state state, int32_t attempt,
+                   const job_error* error, int64_t now_ms,
+                   bool cancel_requested = false) {
+    return add_event(job_id, "status",
+                     status_json(state, attempt, error, cancel_requested), now_ms);
+  }
+
+  /// Moves the events of a committed transaction to the take_events()
+  /// buffer, dropping the oldest beyond max_buffered_events.
+  void publish_pending() {
+    for (auto& ev : pending_)
+      events_.push_back(std::move(ev));
+    pending_.clear();
+    if (events_.size() > max_buffered_events) {
+      auto excess = events_.size() - max_buffered_events;
+      if (dropped_events_ == 0)
+        spdlog::warn("job_store: over {} events on {} not taken; dropping the oldest",
+                     max_buffered_events, opts_.path);
+      dropped_events_ += static_cast<int64_t>(excess);
+      events_.erase(events_.begin(),
+                    events_.begin() + static_cast<std::ptrdiff_t>(excess));
+    }
+  }
+
+  /// Reads the RETURNING id, state, attempts, error_code, error_message,
+  /// error_retryable rows of a lost-worker UPDATE and writes their status
+  /// events. `changed` counts the rows.
+  int lost_worker_update(const statement& stmt, int64_t now_ms, const std::string* worker,
+                         int64_t& changed) {
+    struct row {
+      int64_t id;
+      job_state state;
+      int32_t attempts;
+      bool has_error;
+      job_error error;
+    };
+    std::vector<row> rows;
+    {
+      statement_use use{stmt};
+      int rc = worker != nullptr ? bind_all(use.get(), now_ms, *worker)
+                                 : bind_all(use.get(), now_ms);
+      if (rc != SQLITE_OK)
+        return failed(rc);
+      rc = each_row(use.get(), [&] {
+        row r;
+        r.id = column_int(use.get(), 0);
+        if (!job_state_from_string(column_text(use.get(), 1), r.state)) {
+          last_error_ = "job " + std::to_string(r.id) + " has an unknown state";
+          return SQLITE_CORRUPT;
+        }
+        r.attempts = column_int32(use.get(), 2);
+        r.has_error = sqlite3_column_type(use.get(), 3) != SQLITE_NULL;
+        r.error.code = column_text(use.get(), 3);
+        r.error.message = column_text(use.get(), 4);
+        r.error.retryable = column_int(use.get(), 5) != 0;
+        rows.push_back(std::move(r));
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    // RETURNING order is arbitrary; events go out by id.
+    std::sort(rows.begin(), rows.end(),
+              [](const row& x, const row& y) { return x.id < y.id; });
+    for (auto& r : rows)
+      if (int rc = status_event(r.id, r.state, r.attempts,
+                                r.has_error ? &r.error : nullptr, now_ms);
+          rc != SQLITE_OK)
+        return rc;
+    changed = static_cast<int64_t>(rows.size());
+    return SQLITE_OK;
+  }
+
+  // -- reads ----------------------------------------------------------------
+
+  /// Reads job `id` into `out` (nullopt if there is no such row), with its
+  /// position when `with_position` (the row statement skips that count).
+  int load(int64_t id, std::optional<job_record>& out, bool with_position = true) {
     out.reset();
-    statement_use use{get_};
+    statement_use use{with_position ? get_ : row_};
     if (int rc = bind_all(use.get(), id); rc != SQLITE_OK)
       return failed(rc);
     int rc = step(use.get());
@@ -520,10 +966,63 @@ struct job_store::impl {
       last_error_ = "job " + std::to_string(id) + " has an unknown state";
       return SQLITE_CORRUPT;
     }
-    rec.position = column_int(use.get(), job_column_count);
+    if (with_position)
+      rec.position = column_int(use.get(), job_column_count);
     out = std::move(rec);
     return SQLITE_OK;
   }
+
+  /// Successes of `model` with finished_at in (now - window, now].
+  int count_succeeded(const std::string& model, int64_t window_ms, int64_t now_ms,
+                      int64_t& out) {
+    statement_use use{throughput_};
+    int rc = bind_all(use.get(), model, now_ms - window_ms, now_ms);
+    if (rc != SQLITE_OK)
+      return failed(rc);
+    if (rc = step(use.get()); rc != SQLITE_ROW)
+      return rc == SQLITE_DONE ? SQLITE_INTERNAL : rc;
+    out = column_int(use.get(), 0);
+    return SQLITE_OK;
+  }
+
+  /// Jobs of `model` per second over the last eta_window_ms, reusing a rate
+  /// computed less than rate_cache_ms ago.
+  int recent_rate(const std::string& model, int64_t now_ms, double& out) {
+    auto i = rates_.find(model);
+    if (i != rates_.end() && now_ms >= i->second.at_ms
+        && now_ms - i->second.at_ms < rate_cache_ms) {
+      out = i->second.per_s;
+      return SQLITE_OK;
+    }
+    int64_t n = 0;
+    if (int rc = count_succeeded(model, eta_window_ms, now_ms, n); rc != SQLITE_OK)
+      return rc;
+    out = static_cast<double>(n) * 1000.0 / static_cast<double>(eta_window_ms);
+    if (rates_.size() >= 1024)
+      rates_.clear();
+    rates_[model] = cached_rate{now_ms, out};
+    return SQLITE_OK;
+  }
+
+  /// Sets the ETA of a queued job with a known position: (position + 1) jobs
+  /// at the recent rate, and not before its run_at.
+  int set_eta(job_record& rec, int64_t now_ms) {
+    rec.eta_ms = -1;
+    if (rec.state != job_state::queued || rec.position < 0)
+      return SQLITE_OK;
+    double rate = 0;
+    if (int rc = recent_rate(rec.model, now_ms, rate); rc != SQLITE_OK)
+      return rc;
+    if (rate <= 0)
+      return SQLITE_OK;
+    double per_job_ms = 1000.0 / rate;
+    double eta = static_cast<double>(rec.position + 1) * per_job_ms;
+    double wait = static_cast<double>(rec.run_at_ms - now_ms) + per_job_ms;
+    rec.eta_ms = std::llround(std::max(eta, wait));
+    return SQLITE_OK;
+  }
+
+  // -- schema ---------------------------------------------------------------
 
   /// Applies every migration the file lacks, one transaction each.
   caf::error migrate() {
@@ -572,15 +1071,35 @@ struct job_store::impl {
   int prepare_all() {
     std::pair<const char*, statement*> all[] = {
         {sql_count_queued, &count_queued_},
+        {sql_find_key, &find_key_},
         {sql_insert, &insert_},
+        {sql_insert_event, &insert_event_},
         {sql_get, &get_},
+        {sql_row, &row_},
+        {sql_ready, &ready_},
         {sql_claim, &claim_},
         {sql_complete, &complete_},
-        {sql_lease_attempts, &lease_attempts_},
+        {sql_lease, &lease_},
         {sql_fail, &fail_},
         {sql_renew, &renew_},
-        {sql_rescue_dead, &rescue_dead_},
-        {sql_rescue_requeue, &rescue_requeue_},
+        {sql_finish_cancelled, &finish_cancelled_},
+        {sql_cancel_queued, &cancel_queued_},
+        {sql_cancel_running, &cancel_running_},
+        {sql_set_progress, &set_progress_},
+        {sql_check_json, &check_json_},
+        {sql_events_after, &events_after_},
+        {sql_list_all, &list_all_},
+        {sql_list_model, &list_model_},
+        {sql_list_queued, &list_queued_},
+        {sql_list_queued_model, &list_queued_model_},
+        {sql_list_running, &list_running_},
+        {sql_list_succeeded, &list_succeeded_},
+        {sql_list_succeeded_model, &list_succeeded_model_},
+        {sql_list_ended, &list_ended_},
+        {sql_queued_order, &queued_order_},
+        {sql_throughput, &throughput_},
+        {sql_rescue, &rescue_},
+        {sql_requeue_worker, &requeue_worker_},
         {sql_count_by_state, &count_by_state_},
     };
     for (auto& [sql, stmt] : all)
@@ -642,6 +1161,8 @@ caf::expected<std::unique_ptr<job_store>> job_store::open(const store_options& o
     return err;
   if (int rc = d.prepare("BEGIN IMMEDIATE", d.begin_); rc != SQLITE_OK)
     return storage_error(op, d.last_error_);
+  if (int rc = d.prepare("BEGIN", d.begin_read_); rc != SQLITE_OK)
+    return storage_error(op, d.last_error_);
   if (int rc = d.prepare("COMMIT", d.commit_); rc != SQLITE_OK)
     return storage_error(op, d.last_error_);
   if (int rc = d.prepare("ROLLBACK", d.rollback_); rc != SQLITE_OK)
@@ -664,9 +1185,52 @@ caf::expected<job_record> job_store::enqueue(const new_job& job, int64_t max_que
     return make_error(errc::invalid_input, "enqueue: max_attempts must be at least 1");
   if (job.timeout_ms < 0)
     return make_error(errc::invalid_input, "enqueue: timeout_ms must not be negative");
+  if (job.run_at_ms < 0)
+    return make_error(errc::invalid_input, "enqueue: run_at_ms must not be negative");
   auto& d = *impl_;
+  int64_t run_at = job.run_at_ms > 0 ? job.run_at_ms : now_ms;
+  std::optional<std::string> key;
+  if (!job.idempotency_key.empty())
+    key = job.idempotency_key;
   std::optional<job_record> result;
   auto err = d.write_transaction("enqueue", [&](caf::error& refusal) {
+    result.reset();
+    // A stored key answers before the capacity check: a retried request
+    // gets its job even when the queue has filled up meanwhile.
+    if (key) {
+      int64_t existing = 0;
+      bool same_body = false;
+      {
+        statement_use use{d.find_key_};
+        int rc = bind_all(use.get(), *key);
+        if (rc != SQLITE_OK)
+          return d.failed(rc);
+        rc = d.step(use.get());
+        if (rc == SQLITE_ROW) {
+          existing = column_int(use.get(), 0);
+          same_body = column_text(use.get(), 1) == job.model
+                      && column_text(use.get(), 2) == job.input_json;
+        } else if (rc != SQLITE_DONE) {
+          return rc;
+        }
+      }
+      if (existing > 0 && !same_body) {
+        refusal = make_error(errc::conflict,
+                             "idempotency_key '" + *key + "' belongs to job "
+                                 + job_id_string(existing) + " with another body");
+        return SQLITE_OK;
+      }
+      if (existing > 0) {
+        if (int rc = d.load(existing, result, false); rc != SQLITE_OK)
+          return rc;
+        if (!result) {
+          d.last_error_ = "job " + std::to_string(existing) + " vanished";
+          return SQLITE_INTERNAL;
+        }
+        result->created = false;
+        return SQLITE_OK;
+      }
+    }
     int64_t queued = 0;
     {
       statement_use use{d.count_queued_};
@@ -683,15 +1247,19 @@ caf::expected<job_record> job_store::enqueue(const new_job& job, int64_t max_que
     }
     {
       statement_use use{d.insert_};
-      int rc
-          = bind_all(use.get(), job.model, int64_t{job.priority},
-                     int64_t{job.max_attempts}, job.timeout_ms, job.input_json, now_ms);
+      int rc = bind_all(use.get(), job.model, int64_t{job.priority},
+                        int64_t{job.max_attempts}, job.timeout_ms, job.input_json, run_at,
+                        now_ms, key);
       if (rc != SQLITE_OK)
         return d.failed(rc);
       if (rc = d.step(use.get()); rc != SQLITE_DONE)
         return rc;
     }
-    if (int rc = d.load(sqlite3_last_insert_rowid(d.db()), result); rc != SQLITE_OK)
+    auto id = sqlite3_last_insert_rowid(d.db());
+    if (int rc = d.status_event(id, job_state::queued, 0, nullptr, now_ms);
+        rc != SQLITE_OK)
+      return rc;
+    if (int rc = d.load(id, result, false); rc != SQLITE_OK)
       return rc;
     if (!result) {
       d.last_error_ = "inserted row vanished";
@@ -701,6 +1269,24 @@ caf::expected<job_record> job_store::enqueue(const new_job& job, int64_t max_que
   });
   if (err)
     return err;
+  // Position and ETA are reads after the commit, outside the write lock
+  // (counting the jobs ahead is O(queue depth)); they see the job as it is
+  // by then. The job is stored: a failing read only loses them (an error
+  // here would make the client enqueue again).
+  auto created = result->created;
+  auto after = d.read("enqueue", [&] {
+    std::optional<job_record> fresh;
+    if (int rc = d.load(result->id, fresh); rc != SQLITE_OK)
+      return rc;
+    if (fresh) {
+      result = std::move(fresh);
+      result->created = created;
+    }
+    return d.set_eta(*result, now_ms);
+  });
+  if (after)
+    spdlog::warn("job_store: job {} is stored but its position is unknown: {}",
+                 result->id, message_of(after));
   return std::move(*result);
 }
 
@@ -711,37 +1297,101 @@ job_store::claim(const std::string& worker, const std::vector<std::string>& mode
   if (n <= 0 || models.empty())
     return result;
   auto& d = *impl_;
-  auto models_json = to_json_array(models);
+  std::set<std::string> unique_models{models.begin(), models.end()};
   auto err = d.write_transaction("claim", [&](caf::error&) {
     result.clear();
-    statement_use use{d.claim_};
-    int rc
-        = bind_all(use.get(), worker, now_ms + lease_ms, now_ms, models_json, int64_t{n});
-    if (rc != SQLITE_OK)
-      return d.failed(rc);
-    while ((rc = d.step(use.get())) == SQLITE_ROW) {
-      job_record rec;
-      if (!read_record(use.get(), rec)) {
-        d.last_error_ = "a claimed job has an unknown state";
-        return SQLITE_CORRUPT;
-      }
-      result.push_back(std::move(rec));
+    // (priority, id) of the next ready jobs of every model, best first.
+    std::vector<std::pair<int64_t, int64_t>> ready;
+    for (auto& model : unique_models) {
+      statement_use use{d.ready_};
+      int rc = bind_all(use.get(), model, now_ms, int64_t{n});
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      rc = d.each_row(use.get(), [&] {
+        ready.emplace_back(column_int(use.get(), 1), column_int(use.get(), 0));
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
     }
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    if (ready.empty())
+      return SQLITE_OK;
+    std::sort(ready.begin(), ready.end(), [](const auto& x, const auto& y) {
+      return x.first != y.first ? x.first > y.first : x.second < y.second;
+    });
+    if (ready.size() > static_cast<std::size_t>(n))
+      ready.resize(static_cast<std::size_t>(n));
+    std::string ids = "[";
+    for (auto& [priority, id] : ready) {
+      if (ids.size() > 1)
+        ids += ',';
+      ids += std::to_string(id);
+    }
+    ids += ']';
+    {
+      statement_use use{d.claim_};
+      int rc = bind_all(use.get(), worker, now_ms + lease_ms, now_ms, ids);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      rc = d.each_row(use.get(), [&] {
+        job_record rec;
+        if (!read_record(use.get(), rec)) {
+          d.last_error_ = "a claimed job has an unknown state";
+          return SQLITE_CORRUPT;
+        }
+        result.push_back(std::move(rec));
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    // RETURNING yields rows in no particular order.
+    std::sort(result.begin(), result.end(), [](const auto& x, const auto& y) {
+      return x.priority != y.priority ? x.priority > y.priority : x.id < y.id;
+    });
+    for (auto& rec : result)
+      if (int rc = d.status_event(rec.id, rec.state, rec.attempts, nullptr, now_ms);
+          rc != SQLITE_OK)
+        return rc;
+    return SQLITE_OK;
   });
   if (err)
     return err;
-  // RETURNING yields rows in no particular order.
-  std::sort(result.begin(), result.end(), [](const auto& x, const auto& y) {
-    return x.priority != y.priority ? x.priority > y.priority : x.id < y.id;
-  });
   return result;
 }
 
 caf::expected<bool> job_store::complete(int64_t id, int64_t lease_seq,
                                         const std::string& output_json, int64_t now_ms) {
-  return impl_->fenced_update("complete", impl_->complete_, output_json, now_ms, id,
-                              lease_seq);
+  auto& d = *impl_;
+  bool changed = false;
+  auto err = d.write_transaction("complete", [&](caf::error&) {
+    changed = false;
+    job_state state = job_state::succeeded;
+    int32_t attempts = 0;
+    {
+      statement_use use{d.complete_};
+      int rc = bind_all(use.get(), output_json, now_ms, id, lease_seq);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      rc = d.each_row(use.get(), [&] {
+        if (!job_state_from_string(column_text(use.get(), 0), state)) {
+          d.last_error_ = "job " + std::to_string(id) + " has an unknown state";
+          return SQLITE_CORRUPT;
+        }
+        attempts = column_int32(use.get(), 1);
+        changed = true;
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    if (!changed)
+      return SQLITE_OK; // lease lost
+    return d.status_event(id, state, attempts, nullptr, now_ms);
+  });
+  if (err)
+    return err;
+  return changed;
 }
 
 caf::expected<std::optional<job_state>>
@@ -752,8 +1402,9 @@ job_store::fail(int64_t id, int64_t lease_seq, const job_error& error, int64_t n
     result.reset();
     int32_t attempts = 0;
     int32_t max_attempts = 0;
+    bool cancel_requested = false;
     {
-      statement_use use{d.lease_attempts_};
+      statement_use use{d.lease_};
       int rc = bind_all(use.get(), id, lease_seq);
       if (rc != SQLITE_OK)
         return d.failed(rc);
@@ -764,11 +1415,16 @@ job_store::fail(int64_t id, int64_t lease_seq, const job_error& error, int64_t n
         return rc;
       attempts = column_int32(use.get(), 0);
       max_attempts = column_int32(use.get(), 1);
+      cancel_requested = column_int(use.get(), 2) != 0;
     }
     job_state next;
     std::optional<int64_t> run_at;
     std::optional<int64_t> finished_at;
-    if (!error.retryable) {
+    if (cancel_requested) {
+      // Nobody waits for a retry: the job ends cancelled, without an error.
+      next = job_state::cancelled;
+      finished_at = now_ms;
+    } else if (!error.retryable) {
       next = job_state::failed;
       finished_at = now_ms;
     } else if (attempts < max_attempts) {
@@ -779,26 +1435,371 @@ job_store::fail(int64_t id, int64_t lease_seq, const job_error& error, int64_t n
       finished_at = now_ms;
     }
     auto state_name = to_string(next);
-    statement_use use{d.fail_};
-    int rc
-        = bind_all(use.get(), state_name, error.code, error.message,
-                   int64_t{error.retryable ? 1 : 0}, run_at, finished_at, id, lease_seq);
-    if (rc != SQLITE_OK)
-      return d.failed(rc);
-    if (rc = d.step(use.get()); rc != SQLITE_DONE)
-      return rc;
-    if (sqlite3_changes(d.db()) > 0)
-      result = next;
-    return SQLITE_OK;
+    std::optional<std::string> code;
+    std::optional<std::string> message;
+    std::optional<int64_t> retryable;
+    if (!cancel_requested) {
+      code = error.code;
+      message = error.message;
+      retryable = error.retryable ? 1 : 0;
+    }
+    {
+      statement_use use{d.fail_};
+      int rc = bind_all(use.get(), state_name, code, message, retryable, run_at,
+                        finished_at, id, lease_seq);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      if (rc = d.step(use.get()); rc != SQLITE_DONE)
+        return rc;
+      if (sqlite3_changes(d.db()) == 0)
+        return SQLITE_OK;
+    }
+    result = next;
+    return d.status_event(id, next, attempts, cancel_requested ? nullptr : &error,
+                          now_ms);
   });
   if (err)
     return err;
   return result;
 }
 
-caf::expected<bool> job_store::renew(int64_t id, int64_t lease_seq, int64_t lease_ms,
-                                     int64_t now_ms) {
-  return impl_->fenced_update("renew", impl_->renew_, now_ms + lease_ms, id, lease_seq);
+caf::expected<lease_status> job_store::renew(int64_t id, int64_t lease_seq,
+                                             int64_t lease_ms, int64_t now_ms) {
+  auto& d = *impl_;
+  lease_status result;
+  auto err = d.write_transaction("renew", [&](caf::error&) {
+    result = lease_status{};
+    statement_use use{d.renew_};
+    int rc = bind_all(use.get(), now_ms + lease_ms, id, lease_seq);
+    if (rc != SQLITE_OK)
+      return d.failed(rc);
+    return d.each_row(use.get(), [&] {
+      result.held = true;
+      result.cancel_requested = column_int(use.get(), 0) != 0;
+      return SQLITE_OK;
+    });
+  });
+  if (err)
+    return err;
+  return result;
+}
+
+caf::expected<bool> job_store::finish_cancelled(int64_t id, int64_t lease_seq,
+                                                int64_t now_ms) {
+  auto& d = *impl_;
+  bool changed = false;
+  auto err = d.write_transaction("finish_cancelled", [&](caf::error&) {
+    changed = false;
+    int32_t attempts = 0;
+    {
+      statement_use use{d.finish_cancelled_};
+      int rc = bind_all(use.get(), now_ms, id, lease_seq);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      rc = d.each_row(use.get(), [&] {
+        attempts = column_int32(use.get(), 0);
+        changed = true;
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    if (!changed)
+      return SQLITE_OK; // lease lost
+    return d.status_event(id, job_state::cancelled, attempts, nullptr, now_ms);
+  });
+  if (err)
+    return err;
+  return changed;
+}
+
+caf::expected<std::optional<job_record>> job_store::cancel(int64_t id, int64_t now_ms) {
+  auto& d = *impl_;
+  std::optional<job_record> result;
+  auto err = d.write_transaction("cancel", [&](caf::error& refusal) {
+    // Rows only: the result is never queued, so it has no position.
+    if (int rc = d.load(id, result, false); rc != SQLITE_OK || !result)
+      return rc;
+    if (is_final(result->state)) {
+      refusal = make_error(errc::conflict, "job " + job_id_string(id) + " is already "
+                                               + to_string(result->state));
+      return SQLITE_OK;
+    }
+    bool queued = result->state == job_state::queued;
+    // A running job whose cancel was already requested stays as it is.
+    if (!queued && result->cancel_requested)
+      return SQLITE_OK;
+    bool changed = false;
+    int32_t attempts = 0;
+    {
+      statement_use use{queued ? d.cancel_queued_ : d.cancel_running_};
+      int rc = queued ? bind_all(use.get(), now_ms, id) : bind_all(use.get(), id);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      rc = d.each_row(use.get(), [&] {
+        attempts = column_int32(use.get(), 0);
+        changed = true;
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    if (!changed) {
+      d.last_error_ = "job " + std::to_string(id) + " changed inside a transaction";
+      return SQLITE_INTERNAL;
+    }
+    int rc = queued ? d.status_event(id, job_state::cancelled, attempts, nullptr, now_ms)
+                    : d.status_event(id, job_state::running, attempts, nullptr, now_ms,
+                                     true);
+    if (rc != SQLITE_OK)
+      return rc;
+    return d.load(id, result, false);
+  });
+  if (err)
+    return err;
+  return result;
+}
+
+caf::expected<bool> job_store::add_event(int64_t id, int64_t lease_seq,
+                                         const std::string& kind,
+                                         const std::string& data_json, int64_t now_ms) {
+  bool progress = kind == "progress";
+  if (!progress && kind != "data")
+    return make_error(errc::invalid_input,
+                      "add_event: kind must be progress or data, not '" + kind + "'");
+  if (data_json.size() > max_event_bytes)
+    return make_error(errc::invalid_input, "add_event: data is larger than "
+                                               + std::to_string(max_event_bytes)
+                                               + " bytes");
+  auto& d = *impl_;
+  // Validated by SQLite's JSON functions (no table read, no snapshot).
+  bool object = false;
+  bool number = false;
+  double value = 0;
+  auto err = d.read("add_event", [&] {
+    statement_use use{d.check_json_};
+    int rc = bind_all(use.get(), data_json);
+    if (rc != SQLITE_OK)
+      return d.failed(rc);
+    if (rc = d.step(use.get()); rc != SQLITE_ROW)
+      return rc == SQLITE_DONE ? SQLITE_INTERNAL : rc;
+    object = column_int(use.get(), 0) != 0 && column_text(use.get(), 1) == "object";
+    auto type = column_text(use.get(), 2);
+    number = type == "integer" || type == "real";
+    value = sqlite3_column_double(use.get(), 3);
+    return SQLITE_OK;
+  });
+  if (err)
+    return err;
+  if (!object)
+    return make_error(errc::invalid_input, "add_event: data must be a JSON object");
+  if (progress && (!number || !(value >= 0.0 && value <= 1.0)))
+    return make_error(
+        errc::invalid_input,
+        "add_event: progress event needs {\"progress\": p} with p in [0, 1]");
+  bool held = false;
+  err = d.write_transaction("add_event", [&](caf::error&) {
+    held = false;
+    if (progress) {
+      statement_use use{d.set_progress_};
+      int rc = bind_all(use.get(), value, id, lease_seq);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      if (rc = d.step(use.get()); rc != SQLITE_DONE)
+        return rc;
+      held = sqlite3_changes(d.db()) > 0;
+    } else {
+      statement_use use{d.lease_};
+      int rc = bind_all(use.get(), id, lease_seq);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      rc = d.step(use.get());
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return rc;
+      held = rc == SQLITE_ROW;
+    }
+    if (!held)
+      return SQLITE_OK; // lease lost
+    return d.add_event(id, kind, data_json, now_ms);
+  });
+  if (err)
+    return err;
+  return held;
+}
+
+caf::expected<std::vector<job_event>>
+job_store::events_after(int64_t id, int64_t after_seq, int32_t limit) {
+  if (limit < 1 || limit > 10'000)
+    return make_error(errc::invalid_input, "events_after: limit must be 1..10000");
+  auto& d = *impl_;
+  std::vector<job_event> result;
+  auto err = d.read("events_after", [&] {
+    result.clear();
+    statement_use use{d.events_after_};
+    int rc = bind_all(use.get(), id, after_seq, int64_t{limit});
+    if (rc != SQLITE_OK)
+      return d.failed(rc);
+    return d.each_row(use.get(), [&] {
+      job_event ev;
+      ev.seq = column_int(use.get(), 0);
+      ev.job_id = column_int(use.get(), 1);
+      ev.kind = column_text(use.get(), 2);
+      ev.data_json = column_text(use.get(), 3);
+      ev.time_ms = column_int(use.get(), 4);
+      result.push_back(std::move(ev));
+      return SQLITE_OK;
+    });
+  });
+  if (err)
+    return err;
+  return result;
+}
+
+std::vector<job_event> job_store::take_events() {
+  auto& d = *impl_;
+  if (d.dropped_events_ > 0) {
+    spdlog::warn("job_store: dropped {} events on {} that nobody took", d.dropped_events_,
+                 d.opts_.path);
+    d.dropped_events_ = 0;
+  }
+  std::vector<job_event> result{std::make_move_iterator(d.events_.begin()),
+                                std::make_move_iterator(d.events_.end())};
+  d.events_.clear();
+  return result;
+}
+
+caf::expected<job_page> job_store::list(const job_filter& filter) {
+  if (filter.limit < 1 || filter.limit > 1000)
+    return make_error(errc::invalid_input, "list: limit must be 1..1000");
+  if (filter.before_id < 0)
+    return make_error(errc::invalid_input, "list: before_id must not be negative");
+  auto& d = *impl_;
+  int64_t before = filter.before_id > 0 ? filter.before_id : INT64_MAX;
+  int64_t want = int64_t{filter.limit} + 1;
+  std::set<job_state> states{filter.states.begin(), filter.states.end()};
+  const auto& model = filter.model;
+  job_page page;
+  auto err = d.read_transaction("list", [&] {
+    page = job_page{};
+    // Newest `want` ids: one index range per state, merged.
+    std::vector<int64_t> ids;
+    auto collect = [&](const statement& stmt, auto&&... args) {
+      statement_use use{stmt};
+      int rc = bind_all(use.get(), args...);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      return d.each_row(use.get(), [&] {
+        ids.push_back(column_int(use.get(), 0));
+        return SQLITE_OK;
+      });
+    };
+    if (states.empty()) {
+      int rc = model.empty() ? collect(d.list_all_, before, want)
+                             : collect(d.list_model_, model, before, want);
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    for (auto s : states) {
+      int rc = SQLITE_OK;
+      switch (s) {
+        case job_state::queued:
+          rc = model.empty() ? collect(d.list_queued_, before, want)
+                             : collect(d.list_queued_model_, model, before, want);
+          break;
+        case job_state::running:
+          rc = collect(d.list_running_, before, model, want);
+          break;
+        case job_state::succeeded:
+          rc = model.empty() ? collect(d.list_succeeded_, before, want)
+                             : collect(d.list_succeeded_model_, model, before, want);
+          break;
+        default:
+          rc = collect(d.list_ended_, to_string(s), before, model, want);
+      }
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    std::sort(ids.begin(), ids.end(), std::greater<>{});
+    if (ids.size() > static_cast<std::size_t>(filter.limit)) {
+      ids.resize(static_cast<std::size_t>(filter.limit));
+      page.next_before_id = ids.back();
+    }
+    // The rows, then the positions of the queued ones: one walk per model
+    // through jobs_ready in claim order, stopping at the last one needed.
+    std::unordered_map<std::string, std::set<int64_t>> queued;
+    for (auto id : ids) {
+      std::optional<job_record> rec;
+      if (int rc = d.load(id, rec, false); rc != SQLITE_OK)
+        return rc;
+      if (!rec)
+        continue;
+      if (rec->state == job_state::queued)
+        queued[rec->model].insert(id);
+      page.jobs.push_back(std::move(*rec));
+    }
+    std::unordered_map<int64_t, int64_t> positions;
+    for (auto& [model, wanted] : queued) {
+      statement_use use{d.queued_order_};
+      int rc = bind_all(use.get(), model);
+      if (rc != SQLITE_OK)
+        return d.failed(rc);
+      int64_t position = 0;
+      std::size_t found = 0;
+      while (found < wanted.size() && (rc = d.step(use.get())) == SQLITE_ROW) {
+        auto id = column_int(use.get(), 0);
+        if (wanted.count(id) > 0) {
+          positions[id] = position;
+          ++found;
+        }
+        ++position;
+      }
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return rc;
+    }
+    for (auto& rec : page.jobs)
+      if (auto i = positions.find(rec.id); i != positions.end())
+        rec.position = i->second;
+    return SQLITE_OK;
+  });
+  if (err)
+    return err;
+  auto now_ms = wall_clock_ms();
+  err = d.read("list", [&] {
+    for (auto& rec : page.jobs)
+      if (int rc = d.set_eta(rec, now_ms); rc != SQLITE_OK)
+        return rc;
+    return SQLITE_OK;
+  });
+  if (err)
+    return err;
+  return page;
+}
+
+caf::expected<int64_t> job_store::requeue_worker(const std::string& worker,
+                                                 int64_t now_ms) {
+  auto& d = *impl_;
+  int64_t changed = 0;
+  auto err = d.write_transaction("requeue_worker", [&](caf::error&) {
+    changed = 0;
+    return d.lost_worker_update(d.requeue_worker_, now_ms, &worker, changed);
+  });
+  if (err)
+    return err;
+  if (changed > 0)
+    spdlog::info("job_store: put back {} jobs of worker {}", changed, worker);
+  return changed;
+}
+
+caf::expected<double> job_store::throughput(const std::string& model, int64_t window_ms,
+                                            int64_t now_ms) {
+  if (window_ms <= 0)
+    return make_error(errc::invalid_input, "throughput: window_ms must be positive");
+  auto& d = *impl_;
+  int64_t n = 0;
+  if (auto err = d.read("throughput",
+                        [&] { return d.count_succeeded(model, window_ms, now_ms, n); }))
+    return err;
+  return static_cast<double>(n) * 1000.0 / static_cast<double>(window_ms);
 }
 
 caf::expected<int64_t> job_store::rescue_expired(int64_t now_ms) {
@@ -806,18 +1807,7 @@ caf::expected<int64_t> job_store::rescue_expired(int64_t now_ms) {
   int64_t changed = 0;
   auto err = d.write_transaction("rescue_expired", [&](caf::error&) {
     changed = 0;
-    // Dead-letter first: the requeue below then only sees jobs with
-    // attempts left.
-    for (auto* stmt : {&d.rescue_dead_, &d.rescue_requeue_}) {
-      statement_use use{*stmt};
-      int rc = bind_all(use.get(), now_ms);
-      if (rc != SQLITE_OK)
-        return d.failed(rc);
-      if (rc = d.step(use.get()); rc != SQLITE_DONE)
-        return rc;
-      changed += sqlite3_changes(d.db());
-    }
-    return SQLITE_OK;
+    return d.lost_worker_update(d.rescue_, now_ms, nullptr, changed);
   });
   if (err)
     return err;
@@ -831,6 +1821,11 @@ caf::expected<std::optional<job_record>> job_store::get(int64_t id) {
   std::optional<job_record> result;
   if (auto err = d.read("get", [&] { return d.load(id, result); }))
     return err;
+  if (result && result->state == job_state::queued) {
+    auto now_ms = wall_clock_ms();
+    if (auto err = d.read("get", [&] { return d.set_eta(*result, now_ms); }))
+      return err;
+  }
   return result;
 }
 
@@ -840,16 +1835,15 @@ caf::expected<std::map<job_state, int64_t>> job_store::count_by_state() {
   auto err = d.read("count_by_state", [&] {
     result.clear();
     statement_use use{d.count_by_state_};
-    int rc;
-    while ((rc = d.step(use.get())) == SQLITE_ROW) {
+    return d.each_row(use.get(), [&] {
       job_state state;
       if (!job_state_from_string(column_text(use.get(), 0), state)) {
         d.last_error_ = "unknown state '" + column_text(use.get(), 0) + "'";
         return SQLITE_CORRUPT;
       }
       result[state] = column_int(use.get(), 1);
-    }
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+      return SQLITE_OK;
+    });
   });
   if (err)
     return err;

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <functional>
+
 #include <caf/expected.hpp>
 
 #include "messages/job.hpp"
@@ -31,6 +33,19 @@ struct store_options {
   /// WAL-reset race, see docs/storage.md). Every connection sets
   /// wal_autocheckpoint=0; the checkpointer's owner calls checkpoint().
   bool checkpointer = false;
+  /// Test seam for fault injection: called before each COMMIT (step
+  /// "commit") and each BEGIN IMMEDIATE (step "begin") of operation `op`;
+  /// a non-zero SQLite result code (e.g. SQLITE_BUSY, SQLITE_IOERR) is
+  /// treated as if SQLite had returned it. Empty in production.
+  std::function<int(const std::string& op, const std::string& step)> fault_hook;
+};
+
+/// What renew() found.
+struct lease_status {
+  /// False when the lease was lost (another claim owns the job now).
+  bool held = false;
+  /// True when a client asked to cancel the running job.
+  bool cancel_requested = false;
 };
 
 class job_store {
@@ -45,9 +60,13 @@ public:
   static caf::expected<std::unique_ptr<job_store>>
   open(const store_options& opts);
 
-  /// Inserts a queued job (run_at = now) unless `max_queued` jobs are already
-  /// queued, in which case it fails with errc::queue_full and writes nothing.
-  /// The returned record carries its position (jobs ahead of it for its model).
+  /// Inserts a queued job (run_at = job.run_at_ms, or now when 0) unless
+  /// `max_queued` jobs are already queued, in which case it fails with
+  /// errc::queue_full and writes nothing. With an idempotency key that is
+  /// already stored: same model and input -> the existing job with
+  /// created=false (nothing written); otherwise errc::conflict. Writes a
+  /// "status" event {"state":"queued"}. The returned record carries its
+  /// position (jobs ahead of it for its model).
   caf::expected<job_record> enqueue(const new_job& job, int64_t max_queued,
                                     int64_t now_ms);
 
@@ -61,8 +80,9 @@ public:
         int n, int64_t lease_ms, int64_t now_ms);
 
   /// Marks a running job succeeded with `output_json` if its lease_seq still
-  /// equals `lease_seq`. Returns false (and changes nothing) when the lease
-  /// was lost.
+  /// equals `lease_seq` (cancelled instead, output dropped, when a cancel was
+  /// requested meanwhile). Returns false (and changes nothing) when the lease
+  /// was lost. Writes a "status" event.
   caf::expected<bool> complete(int64_t id, int64_t lease_seq,
                                const std::string& output_json, int64_t now_ms);
 
@@ -70,14 +90,57 @@ public:
   /// with attempts left puts the job back to queued with run_at pushed out by
   /// exponential back-off with jitter (base 1 s * 2^(attempts-1), capped at
   /// 5 min, +-10%); a retryable error without attempts left makes it dead; a
-  /// non-retryable error makes it failed. Returns the resulting state, or
-  /// nullopt when the lease was lost.
+  /// non-retryable error makes it failed; a job whose cancel was requested
+  /// becomes cancelled. Returns the resulting state, or nullopt when the
+  /// lease was lost. Writes a "status" event with the error.
   caf::expected<std::optional<job_state>>
   fail(int64_t id, int64_t lease_seq, const job_error& error, int64_t now_ms);
 
-  /// Extends the lease of a running job; false when the lease was lost.
-  caf::expected<bool> renew(int64_t id, int64_t lease_seq, int64_t lease_ms,
-                            int64_t now_ms);
+  /// Extends the lease of a running job and reports whether a cancel was
+  /// requested (the heartbeat is how a worker learns of it).
+  caf::expected<lease_status> renew(int64_t id, int64_t lease_seq,
+                                    int64_t lease_ms, int64_t now_ms);
+
+  /// Ends a running job whose cancel the worker has acted on: state
+  /// cancelled if `lease_seq` still holds (false otherwise). Writes a
+  /// "status" event.
+  caf::expected<bool> finish_cancelled(int64_t id, int64_t lease_seq,
+                                       int64_t now_ms);
+
+  /// Cancels a job: queued -> cancelled at once; running -> cancel_requested
+  /// (its worker stops at its next heartbeat or step). nullopt: no such job;
+  /// errc::conflict "job j_N is already <state>" for a final job. Returns the
+  /// job after the change. Writes a "status" event when the state changes.
+  caf::expected<std::optional<job_record>> cancel(int64_t id, int64_t now_ms);
+
+  /// Records a "progress" (progress in [0,1], also stored on the row) or
+  /// "data" event for a running job if `lease_seq` still holds.
+  caf::expected<bool> add_event(int64_t id, int64_t lease_seq,
+                                const std::string& kind,
+                                const std::string& data_json, int64_t now_ms);
+
+  /// Events of one job with seq > after_seq, oldest first, at most `limit`.
+  caf::expected<std::vector<job_event>> events_after(int64_t id,
+                                                     int64_t after_seq,
+                                                     int32_t limit);
+
+  /// The events this connection wrote since the last call, in commit order,
+  /// for its owner to publish to live subscribers. Rolled-back writes never
+  /// appear here.
+  std::vector<job_event> take_events();
+
+  /// Newest first, filtered, a page at a time (see job_filter).
+  caf::expected<job_page> list(const job_filter& filter);
+
+  /// Puts back at once the running jobs held by `worker` (it is known to be
+  /// gone): queued with error worker_lost while attempts remain, else dead.
+  /// Returns how many changed.
+  caf::expected<int64_t> requeue_worker(const std::string& worker, int64_t now_ms);
+
+  /// Jobs of `model` that succeeded in (now - window_ms, now], per second:
+  /// the recent throughput behind a queued job's ETA.
+  caf::expected<double> throughput(const std::string& model, int64_t window_ms,
+                                   int64_t now_ms);
 
   /// Returns running jobs whose lease lapsed before `now_ms` to queued (or
   /// dead when attempts are used up, with error worker_lost). Returns how
@@ -85,7 +148,7 @@ public:
   caf::expected<int64_t> rescue_expired(int64_t now_ms);
 
   /// Reads one job; nullopt if there is no such id. Queued jobs carry their
-  /// position.
+  /// position and, when the model has recent throughput, an ETA.
   caf::expected<std::optional<job_record>> get(int64_t id);
 
   /// Number of jobs in each state (states without jobs are absent).

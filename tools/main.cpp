@@ -1,4 +1,4 @@
-// The `infergrid` command line (CLI11): serve, make-models.
+// The `infergrid` command line (CLI11): serve, make-models, bench.
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -8,6 +8,8 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/errors.hpp"
+#include "tools/bench/e2e_bench.hpp"
+#include "tools/bench/queue_bench.hpp"
 #include "tools/config.hpp"
 #include "tools/logging.hpp"
 #include "tools/serve.hpp"
@@ -53,11 +55,64 @@ int main(int argc, char** argv) {
   make_models->add_option("--out", models_out, "Output directory (default ./models)");
   make_models->add_option("--seed", seed, "Seed of the weights (default 42)");
 
+  auto bench = app.add_subcommand(
+    "bench", "Benchmarks, each against a baseline measured in the same run");
+  bench->require_subcommand(1);
+  std::string bench_sync = "NORMAL";
+  bench::queue_bench_options queue_opts;
+  auto bench_queue = bench->add_subcommand(
+    "queue", "Claim+complete jobs/s through job_store vs raw SQLite, 1-2 processes");
+  bench_queue->add_option("--jobs", queue_opts.jobs,
+                          "Jobs queued per round (default 20000)")
+    ->check(CLI::Range(int64_t{1}, int64_t{10'000'000}));
+  bench_queue->add_option("--seconds", queue_opts.seconds,
+                          "Longest round in seconds (default 2)")
+    ->check(CLI::Range(0.05, 600.0));
+  bench_queue->add_option("--rounds", queue_opts.rounds,
+                          "Rounds per configuration; the median counts (default 3)")
+    ->check(CLI::Range(1, 99));
+  bench_queue->add_option("--processes", queue_opts.processes,
+                          "Processes to measure, e.g. 1,2 (default 1,2)")
+    ->delimiter(',')
+    ->check(CLI::Range(1, 64));
+  bench_queue->add_option("--batch", queue_opts.batches,
+                          "Claim batches to measure, e.g. 1,16 (default 1,16)")
+    ->delimiter(',')
+    ->check(CLI::Range(1, 1000));
+  bench_queue->add_option("--synchronous", bench_sync, "NORMAL|FULL (default NORMAL)")
+    ->check(CLI::IsMember({"NORMAL", "FULL"}));
+  bench_queue->add_option("--dir", queue_opts.dir,
+                          "Parent of the scratch directory (default $TMPDIR or /tmp)");
+
+  bench::e2e_bench_options e2e_opts;
+  auto bench_e2e = bench->add_subcommand(
+    "e2e", "Durable classifier jobs over HTTP via `serve` vs GET /healthz and the store");
+  bench_e2e->add_option("--jobs", e2e_opts.jobs, "Jobs to submit (default 5000)")
+    ->check(CLI::Range(int64_t{1}, int64_t{1'000'000}));
+  bench_e2e->add_option("--concurrency", e2e_opts.concurrency,
+                        "Keep-alive connections (default 4)")
+    ->check(CLI::Range(1, 256));
+  bench_e2e->add_option("--workers", e2e_opts.workers, "Server workers (default 1)")
+    ->check(CLI::Range(1, 64));
+  bench_e2e->add_option("--synchronous", bench_sync, "NORMAL|FULL (default NORMAL)")
+    ->check(CLI::IsMember({"NORMAL", "FULL"}));
+  bench_e2e->add_option("--dir", e2e_opts.dir,
+                        "Parent of the scratch directory (default $TMPDIR or /tmp)");
+
   CLI11_PARSE(app, argc, argv);
 
   if (*make_models) {
     setup_logging("info", "text");
     return run_make_models(models_out, seed);
+  }
+  if (*bench) {
+    setup_logging("warn", "text");
+    if (*bench_queue) {
+      queue_opts.synchronous_full = bench_sync == "FULL";
+      return bench::run_bench_queue(queue_opts);
+    }
+    e2e_opts.synchronous_full = bench_sync == "FULL";
+    return bench::run_bench_e2e(e2e_opts);
   }
 
   config_sources sources;

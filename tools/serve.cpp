@@ -15,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/broker.hpp"
 #include "actors/gateway.hpp"
 #include "actors/queue.hpp"
 #include "actors/worker.hpp"
@@ -105,15 +106,17 @@ int run_serve(const settings& s) {
 
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
+  auto broker = spawn_broker(sys, broker_config{});
   queue_config qcfg;
   qcfg.settings = s.queue;
   qcfg.interactive_timeout_ms = s.http.request_timeout_ms;
   auto queue = spawn_queue(sys, qcfg,
-                           std::shared_ptr<persistence::job_store>(std::move(*queue_store)));
+                           std::shared_ptr<persistence::job_store>(std::move(*queue_store)),
+                           broker);
   gateway_config gcfg;
   gcfg.models = valid;
   gcfg.default_max_attempts = s.queue.max_attempts;
-  auto gateway = spawn_gateway(sys, queue, gcfg);
+  auto gateway = spawn_gateway(sys, queue, broker, gcfg);
   std::vector<worker_actor> workers;
   for (int i = 0; i < s.workers.count; ++i) {
     worker_config wcfg;
@@ -123,7 +126,7 @@ int run_serve(const settings& s) {
     wcfg.lease_ms = s.queue.lease_ms;
     wcfg.intra_op_threads = s.workers.intra_op_threads;
     wcfg.infer_timeout_ms = s.http.request_timeout_ms;
-    workers.push_back(spawn_worker(sys, queue, std::move(wcfg)));
+    workers.push_back(spawn_worker(sys, queue, broker, std::move(wcfg)));
   }
 
   auto stop_actors = [&] {
@@ -131,6 +134,7 @@ int run_serve(const settings& s) {
       caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(gateway, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(queue, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(broker, caf::exit_reason::user_shutdown);
   };
 
   http::server server{sys, gateway, s.http};

@@ -5,6 +5,7 @@
 
 #include <caf/test/dsl.hpp>
 
+#include "actors/clock.hpp"
 #include "messages/errors.hpp"
 
 using namespace infergrid;
@@ -16,6 +17,7 @@ namespace {
 struct fake_worker_state {
   int work_messages = 0;
   int infer_messages = 0;
+  std::vector<int64_t> cancels;
 };
 
 worker_actor::behavior_type
@@ -27,6 +29,7 @@ fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
       return {make_float_tensor("echo", {1}, {static_cast<float>(req.inputs.size())})};
     },
     [](renew_atom, int64_t, int64_t) {},
+    [self](cancel_atom, int64_t id) { self->state.cancels.push_back(id); },
   };
 }
 
@@ -85,8 +88,30 @@ struct fixture : test_coordinator_fixture<> {
                   [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
   }
 
+  fake_worker_state& worker_state(const worker_actor& w) {
+    return deref<worker_actor::stateful_base<fake_worker_state>>(w).state;
+  }
+
   int works(const worker_actor& w) {
-    return deref<worker_actor::stateful_base<fake_worker_state>>(w).state.work_messages;
+    return worker_state(w).work_messages;
+  }
+
+  // A second connection to the same file, as a worker process would have.
+  std::unique_ptr<persistence::job_store> worker_store() {
+    persistence::store_options opts;
+    opts.path = dir.str("infergrid.db");
+    auto store = persistence::job_store::open(opts);
+    CAF_REQUIRE(store);
+    return std::move(*store);
+  }
+
+  job_record request_job(int64_t id) {
+    job_record out;
+    self->send(queue, job_get_atom::value, id);
+    sched.run();
+    self->receive([&](job_record& rec) { out = std::move(rec); },
+                  [&](caf::error& err) { CAF_FAIL("get failed: " << message_of(err)); });
+    return out;
   }
 
   cluster_stats stats() {
@@ -219,6 +244,81 @@ CAF_TEST(a worker that goes down leaves the membership) {
   auto s = stats();
   CAF_CHECK_EQUAL(s.workers_total, 0);
   CAF_CHECK(s.ready_models.empty());
+}
+
+CAF_TEST(cancel ends a queued job at once) {
+  submit_ok("classifier");
+  self->send(queue, cancel_atom::value, int64_t{1});
+  sched.run();
+  self->receive([](job_record& rec) { CAF_CHECK(rec.state == job_state::cancelled); },
+                [](caf::error& err) { CAF_FAIL("cancel failed: " << message_of(err)); });
+  self->send(queue, cancel_atom::value, int64_t{1});
+  sched.run();
+  self->receive([](job_record&) { CAF_FAIL("second cancel accepted"); },
+                [](caf::error& err) { CAF_CHECK(code_of(err) == errc::conflict); });
+  self->send(queue, cancel_atom::value, int64_t{77});
+  sched.run();
+  self->receive([](job_record&) { CAF_FAIL("cancel of unknown job accepted"); },
+                [](caf::error& err) { CAF_CHECK(code_of(err) == errc::not_found); });
+}
+
+CAF_TEST(cancel of a running job reaches the worker that holds it) {
+  auto w = add_worker("w1", {"classifier"});
+  submit_ok("classifier");
+  auto store = worker_store();
+  auto claimed = store->claim("w1", {"classifier"}, 1, 30000, now_ms());
+  CAF_REQUIRE(claimed && claimed->size() == 1u);
+  self->send(queue, cancel_atom::value, int64_t{1});
+  sched.run();
+  self->receive(
+    [](job_record& rec) {
+      CAF_CHECK(rec.state == job_state::running);
+      CAF_CHECK(rec.cancel_requested);
+    },
+    [](caf::error& err) { CAF_FAIL("cancel failed: " << message_of(err)); });
+  CAF_CHECK_EQUAL(worker_state(w).cancels, (std::vector<int64_t>{1}));
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+CAF_TEST(the jobs of a worker that goes down are put back at once) {
+  auto w = add_worker("w1", {"classifier"});
+  submit_ok("classifier");
+  auto store = worker_store();
+  auto claimed = store->claim("w1", {"classifier"}, 1, 3600000, now_ms());
+  CAF_REQUIRE(claimed && claimed->size() == 1u);
+  CAF_CHECK(request_job(1).state == job_state::running);
+  anon_send_exit(w, caf::exit_reason::kill);
+  sched.run();
+  auto rec = request_job(1);
+  CAF_CHECK(rec.state == job_state::queued);
+  CAF_CHECK_EQUAL(rec.attempts, 1);
+  CAF_CHECK(rec.has_error && rec.error.code == "worker_lost");
+}
+
+CAF_TEST(listing and event backlog go through the queue) {
+  for (int i = 0; i < 3; ++i)
+    submit_ok("classifier");
+  job_filter filter;
+  filter.limit = 2;
+  self->send(queue, list_atom::value, filter);
+  sched.run();
+  self->receive(
+    [](job_page& page) {
+      CAF_REQUIRE_EQUAL(page.jobs.size(), 2u);
+      CAF_CHECK_EQUAL(page.jobs[0].id, 3);
+      CAF_CHECK_EQUAL(page.next_before_id, 2);
+    },
+    [](caf::error& err) { CAF_FAIL("list failed: " << message_of(err)); });
+  self->send(queue, events_atom::value, int64_t{2}, int64_t{0});
+  sched.run();
+  self->receive(
+    [](std::vector<job_event>& events) {
+      CAF_REQUIRE_EQUAL(events.size(), 1u);
+      CAF_CHECK_EQUAL(events[0].kind, "status");
+      CAF_CHECK(events[0].data_json.find("queued") != std::string::npos);
+    },
+    [](caf::error& err) { CAF_FAIL("events failed: " << message_of(err)); });
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()

@@ -64,10 +64,35 @@ CAF_TEST(routes match templates and report wrong methods) {
   m = match_route("POST", "/v2/models/clas%73ifier/infer");
   CAF_CHECK(m.id == route_id::model_infer);
   CAF_CHECK_EQUAL(m.param, "classifier");
-  m = match_route("GET", "/v1/jobs");
+  m = match_route("GET", "/v1/jobs?state=queued");
+  CAF_CHECK(m.id == route_id::jobs_list);
+  CAF_CHECK_EQUAL(m.pattern, "/v1/jobs");
+  m = match_route("POST", "/v1/jobs");
+  CAF_CHECK(m.id == route_id::jobs_submit);
+  CAF_CHECK_EQUAL(m.pattern, "/v1/jobs");
+  m = match_route("DELETE", "/v1/jobs");
+  CAF_CHECK(m.id == route_id::none);
+  CAF_CHECK_EQUAL(m.allow, "GET, POST");
+  CAF_CHECK_EQUAL(m.pattern, "/v1/jobs");
+  m = match_route("POST", "/v1/jobs/j_5/cancel");
+  CAF_CHECK(m.id == route_id::job_cancel);
+  CAF_CHECK_EQUAL(m.pattern, "/v1/jobs/{id}/cancel");
+  CAF_CHECK_EQUAL(m.param, "j_5");
+  m = match_route("GET", "/v1/jobs/j_5/cancel");
   CAF_CHECK(m.id == route_id::none);
   CAF_CHECK_EQUAL(m.allow, "POST");
-  CAF_CHECK_EQUAL(m.pattern, "/v1/jobs");
+  m = match_route("GET", "/v1/jobs/j_5/events?after=3");
+  CAF_CHECK(m.id == route_id::job_events);
+  CAF_CHECK_EQUAL(m.pattern, "/v1/jobs/{id}/events");
+  CAF_CHECK_EQUAL(m.param, "j_5");
+  m = match_route("POST", "/v1/jobs/j_5/events");
+  CAF_CHECK(m.id == route_id::none);
+  CAF_CHECK_EQUAL(m.allow, "GET");
+  m = match_route("GET", "/v1/jobs/j_5/other");
+  CAF_CHECK(m.id == route_id::none);
+  CAF_CHECK_EQUAL(m.pattern, "unmatched");
+  CAF_CHECK(match_route("GET", "/v1/jobs//events").id == route_id::none);
+  CAF_CHECK(match_route("GET", "/v1/jobs/j_5/events/").id == route_id::none);
   m = match_route("GET", "/v2/models//ready");
   CAF_CHECK(m.id == route_id::none);
   CAF_CHECK_EQUAL(m.pattern, "unmatched");
@@ -112,6 +137,8 @@ CAF_TEST(job requests are checked field by field) {
   CAF_CHECK(fails(R"({"model":"m","input":{},"max_attempts":101})",
                   "max_attempts: must be between 1 and 100"));
   CAF_CHECK(fails(R"({"model":"m","input":{},"extra":1})", "extra: unknown field"));
+  CAF_CHECK(fails(R"({"model":"m","input":{},"callback_url":"http://x"})",
+                  "callback_url: not supported yet"));
   CAF_CHECK(fails(std::string(100, '[') + std::string(100, ']'),
                   "body: nested deeper than 64 levels"));
 }
@@ -155,6 +182,304 @@ CAF_TEST(job json has every field of API.md) {
   CAF_CHECK_EQUAL(
       job_json(job),
       R"({"id":"j_7","model":"m","state":"failed","priority":0,"attempts":2,"max_attempts":3,)"
-      R"("position":null,"progress":null,"created_at":"2024-05-01T12:00:00.123Z","started_at":null,)"
-      R"("finished_at":null,"worker":null,"output":null,"error":{"code":"oom","message":"out of memory","retryable":true}})");
+      R"("position":null,"progress":null,"eta_ms":null,"cancel_requested":false,)"
+      R"("created_at":"2024-05-01T12:00:00.123Z","run_at":null,"started_at":null,)"
+      R"("finished_at":null,"worker":null,"idempotency_key":null,"output":null,)"
+      R"("error":{"code":"oom","message":"out of memory","retryable":true}})");
+}
+
+CAF_TEST(job json shows progress eta cancel run_at and key) {
+  job_record job;
+  job.id = 8;
+  job.model = "m";
+  job.state = job_state::running;
+  job.progress = 0.25;
+  job.eta_ms = 1500;
+  job.cancel_requested = true;
+  job.run_at_ms = 1714564800123;
+  job.idempotency_key = "order-42";
+  job.worker = "w1";
+  CAF_CHECK_EQUAL(
+      job_json(job),
+      R"({"id":"j_8","model":"m","state":"running","priority":0,"attempts":0,"max_attempts":3,)"
+      R"("position":null,"progress":0.25,"eta_ms":1500,"cancel_requested":true,)"
+      R"("created_at":null,"run_at":"2024-05-01T12:00:00.123Z","started_at":null,)"
+      R"("finished_at":null,"worker":"w1","idempotency_key":"order-42","output":null,)"
+      R"("error":null})");
+  job.progress = 0;
+  job.eta_ms = 0;
+  auto text = job_json(job);
+  CAF_CHECK(text.find(R"("progress":0.0,"eta_ms":0,)") != std::string::npos);
+  job.progress = -1;
+  job.eta_ms = -1;
+  text = job_json(job);
+  CAF_CHECK(text.find(R"("progress":null,"eta_ms":null,)") != std::string::npos);
+}
+
+CAF_TEST(created and existing jobs answer 202 and 200) {
+  job_record job;
+  job.id = 9;
+  job.position = 2;
+  auto r = job_created_reply(job);
+  CAF_CHECK_EQUAL(r.status, 202u);
+  CAF_CHECK_EQUAL(r.body, R"({"id":"j_9","state":"queued","position":2})");
+  CAF_REQUIRE_EQUAL(r.headers.size(), 1u);
+  CAF_CHECK_EQUAL(r.headers[0].first, "Location");
+  CAF_CHECK_EQUAL(r.headers[0].second, "/v1/jobs/j_9");
+  job.created = false;
+  auto again = job_created_reply(job);
+  CAF_CHECK_EQUAL(again.status, 200u);
+  CAF_CHECK_EQUAL(again.body, r.body);
+  CAF_CHECK_EQUAL(again.headers.size(), 1u);
+}
+
+CAF_TEST(job pages list jobs and the next cursor) {
+  job_page page;
+  CAF_CHECK_EQUAL(jobs_page_reply(page).body, R"({"jobs":[],"next":null})");
+  job_record a;
+  a.id = 12;
+  a.model = "m";
+  page.jobs.push_back(a);
+  page.next_before_id = 12;
+  auto r = jobs_page_reply(page);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK(r.body.rfind(R"({"jobs":[{"id":"j_12","model":"m",)", 0) == 0);
+  std::string tail = R"(}],"next":"j_12"})";
+  CAF_CHECK(r.body.size() > tail.size()
+            && r.body.compare(r.body.size() - tail.size(), tail.size(), tail) == 0);
+}
+
+namespace {
+
+bool fails_with(const caf::error& err, const std::string& message) {
+  return code_of(err) == errc::invalid_input && message_of(err) == message;
+}
+
+} // namespace
+
+CAF_TEST(idempotency keys are checked) {
+  auto ok = parse_job_request(R"({"model":"m","input":{},"idempotency_key":"k-1"})");
+  CAF_REQUIRE(ok);
+  CAF_CHECK_EQUAL(ok->idempotency_key, "k-1");
+  auto none = parse_job_request(R"({"model":"m","input":{},"idempotency_key":null})");
+  CAF_REQUIRE(none);
+  CAF_CHECK_EQUAL(none->idempotency_key, "");
+  // 256 characters, counted as code points: 256 two-byte characters pass.
+  std::string wide;
+  for (int i = 0; i < 256; ++i)
+    wide += "\u00e9";
+  auto long_ok = parse_job_request(R"({"model":"m","input":{},"idempotency_key":")" + wide
+                                   + R"("})");
+  CAF_REQUIRE(long_ok);
+  CAF_CHECK_EQUAL(long_ok->idempotency_key.size(), 512u);
+  auto check = [](const std::string& key_json, const std::string& message) {
+    auto r = parse_job_request(R"({"model":"m","input":{},"idempotency_key":)" + key_json
+                               + "}");
+    return !r && fails_with(r.error(), message);
+  };
+  CAF_CHECK(check(R"("")", "idempotency_key: must be 1 to 256 characters"));
+  CAF_CHECK(check("\"" + std::string(257, 'k') + "\"",
+                  "idempotency_key: must be 1 to 256 characters"));
+  CAF_CHECK(check("12", "idempotency_key: expected a string"));
+  CAF_CHECK(check(R"("a\nb")", "idempotency_key: must not contain control characters"));
+}
+
+CAF_TEST(delayed jobs take delay_ms or run_at) {
+  const int64_t now = 1714564800000; // 2024-05-01T12:00:00Z
+  auto parse = [&](const std::string& extra) {
+    return parse_job_request(R"({"model":"m","input":{})" + extra + "}", now);
+  };
+  auto plain = parse("");
+  CAF_REQUIRE(plain);
+  CAF_CHECK_EQUAL(plain->run_at_ms, 0);
+  auto zero = parse(R"(,"delay_ms":0)");
+  CAF_REQUIRE(zero);
+  CAF_CHECK_EQUAL(zero->run_at_ms, 0);
+  auto later = parse(R"(,"delay_ms":60000)");
+  CAF_REQUIRE(later);
+  CAF_CHECK_EQUAL(later->run_at_ms, now + 60000);
+  auto max = parse(R"(,"delay_ms":2592000000)");
+  CAF_REQUIRE(max);
+  CAF_CHECK_EQUAL(max->run_at_ms, now + max_delay_ms);
+  auto at = parse(R"(,"run_at":"2024-05-02T10:00:00Z")");
+  CAF_REQUIRE(at);
+  CAF_CHECK_EQUAL(at->run_at_ms, 1714644000000);
+  auto at_ms = parse(R"(,"run_at":"2024-05-02T10:00:00.250Z")");
+  CAF_REQUIRE(at_ms);
+  CAF_CHECK_EQUAL(at_ms->run_at_ms, 1714644000250);
+  auto past = parse(R"(,"run_at":"2020-01-01T00:00:00Z")");
+  CAF_REQUIRE(past);
+  CAF_CHECK_EQUAL(past->run_at_ms, 1577836800000);
+  auto fails = [&](const std::string& extra, const std::string& message) {
+    auto r = parse(extra);
+    return !r && fails_with(r.error(), message);
+  };
+  CAF_CHECK(fails(R"(,"delay_ms":-1)",
+                  "delay_ms: must be between 0 and 2592000000 (30 days)"));
+  CAF_CHECK(fails(R"(,"delay_ms":2592000001)",
+                  "delay_ms: must be between 0 and 2592000000 (30 days)"));
+  CAF_CHECK(fails(R"(,"delay_ms":1.5)", "delay_ms: expected an integer"));
+  CAF_CHECK(fails(R"(,"delay_ms":"5")", "delay_ms: expected an integer"));
+  CAF_CHECK(fails(R"(,"delay_ms":5,"run_at":"2024-05-02T10:00:00Z")",
+                  "run_at: not allowed together with delay_ms"));
+  CAF_CHECK(fails(R"(,"run_at":"2024-06-01T12:00:00.001Z")",
+                  "run_at: must be at most 30 days from now"));
+  const std::string shape = "run_at: expected a UTC time like 2026-11-22T10:00:00Z or "
+                            "2026-11-22T10:00:00.000Z";
+  CAF_CHECK(fails(R"(,"run_at":"tomorrow")", shape));
+  CAF_CHECK(fails(R"(,"run_at":1714644000000)", shape));
+  CAF_CHECK(fails(R"(,"run_at":"2024-05-02 10:00:00Z")", shape));
+  CAF_CHECK(fails(R"(,"run_at":"2024-05-02T10:00:00+02:00")", shape));
+}
+
+CAF_TEST(iso8601 times parse strictly) {
+  int64_t ms = 0;
+  CAF_CHECK(parse_iso8601_utc("1970-01-01T00:00:00Z", ms));
+  CAF_CHECK_EQUAL(ms, 0);
+  CAF_CHECK(parse_iso8601_utc("2024-05-01T12:00:00.123Z", ms));
+  CAF_CHECK_EQUAL(ms, 1714564800123);
+  CAF_CHECK(parse_iso8601_utc("2024-05-01T12:00:00.1Z", ms));
+  CAF_CHECK_EQUAL(ms, 1714564800100);
+  CAF_CHECK(parse_iso8601_utc("2024-05-01T12:00:00.123456789Z", ms));
+  CAF_CHECK_EQUAL(ms, 1714564800123);
+  CAF_CHECK(parse_iso8601_utc("2024-02-29T23:59:59Z", ms));
+  CAF_CHECK_EQUAL(iso8601_utc(ms), "2024-02-29T23:59:59.000Z");
+  CAF_CHECK(parse_iso8601_utc("2026-11-22T10:00:00Z", ms));
+  CAF_CHECK_EQUAL(iso8601_utc(ms), "2026-11-22T10:00:00.000Z");
+  for (auto bad : {"", "2024-05-01", "2024-05-01T12:00:00", "2024-05-01T12:00:00z",
+                   "2024-05-01t12:00:00Z", "2024-05-01T12:00:00.Z",
+                   "2024-05-01T12:00:00.1234567890Z", "2024-05-01T12:00:00ZZ",
+                   " 2024-05-01T12:00:00Z", "2024-5-01T12:00:00Z", "2023-02-29T00:00:00Z",
+                   "2024-04-31T00:00:00Z", "2024-13-01T00:00:00Z", "2024-00-01T00:00:00Z",
+                   "2024-05-00T00:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T23:60:00Z",
+                   "2024-05-01T23:59:60Z", "1969-12-31T23:59:59Z", "+024-05-01T12:00:00Z",
+                   "2024-05-01T12:00:00+00:00"})
+    CAF_CHECK(!parse_iso8601_utc(bad, ms));
+}
+
+CAF_TEST(queries are split and percent-decoded) {
+  auto q = parse_query("/v1/jobs?model=a%20b&state=queued%2Crunning&x&&y=1+2&z=%zz");
+  CAF_REQUIRE_EQUAL(q.size(), 5u);
+  CAF_CHECK_EQUAL(q[0].first, "model");
+  CAF_CHECK_EQUAL(q[0].second, "a b");
+  CAF_CHECK_EQUAL(q[1].second, "queued,running");
+  CAF_CHECK_EQUAL(q[2].first, "x");
+  CAF_CHECK_EQUAL(q[2].second, "");
+  CAF_CHECK_EQUAL(q[3].second, "1 2");
+  CAF_CHECK_EQUAL(q[4].second, "%zz");
+  CAF_CHECK(parse_query("/v1/jobs").empty());
+  CAF_CHECK(parse_query("/v1/jobs?").empty());
+  auto enc = parse_query("/x?%6Dodel=c%3Dd");
+  CAF_REQUIRE_EQUAL(enc.size(), 1u);
+  CAF_CHECK_EQUAL(enc[0].first, "model");
+  CAF_CHECK_EQUAL(enc[0].second, "c=d");
+}
+
+CAF_TEST(job filters are checked parameter by parameter) {
+  auto all = parse_job_filter("/v1/jobs");
+  CAF_REQUIRE(all);
+  CAF_CHECK(all->states.empty());
+  CAF_CHECK_EQUAL(all->model, "");
+  CAF_CHECK_EQUAL(all->before_id, 0);
+  CAF_CHECK_EQUAL(all->limit, 100);
+  auto f = parse_job_filter(
+      "/v1/jobs?state=queued,running&model=classifier&limit=50&after=j_123&state=queued");
+  CAF_REQUIRE(f);
+  CAF_REQUIRE_EQUAL(f->states.size(), 2u);
+  CAF_CHECK(f->states[0] == job_state::queued);
+  CAF_CHECK(f->states[1] == job_state::running);
+  CAF_CHECK_EQUAL(f->model, "classifier");
+  CAF_CHECK_EQUAL(f->limit, 50);
+  CAF_CHECK_EQUAL(f->before_id, 123);
+  auto enc = parse_job_filter("/v1/jobs?state=dead%2Ccancelled,&model=my%2Fmodel");
+  CAF_REQUIRE(enc);
+  CAF_CHECK_EQUAL(enc->states.size(), 2u);
+  CAF_CHECK_EQUAL(enc->model, "my/model");
+  auto fails = [](const std::string& target, const std::string& message) {
+    auto r = parse_job_filter(target);
+    return !r && fails_with(r.error(), message);
+  };
+  CAF_CHECK(fails("/v1/jobs?state=queued,bogus",
+                  "state: unknown state 'bogus' (expected queued, running, succeeded, "
+                  "failed, dead or cancelled)"));
+  CAF_CHECK(fails("/v1/jobs?limit=0", "limit: must be an integer between 1 and 1000"));
+  CAF_CHECK(fails("/v1/jobs?limit=1001", "limit: must be an integer between 1 and 1000"));
+  CAF_CHECK(fails("/v1/jobs?limit=-5", "limit: must be an integer between 1 and 1000"));
+  CAF_CHECK(fails("/v1/jobs?limit=", "limit: must be an integer between 1 and 1000"));
+  CAF_CHECK(fails("/v1/jobs?limit=10x", "limit: must be an integer between 1 and 1000"));
+  CAF_CHECK(fails("/v1/jobs?limit=5&limit=6", "limit: given more than once"));
+  CAF_CHECK(fails("/v1/jobs?after=123", "after: expected a job id like j_123"));
+  CAF_CHECK(fails("/v1/jobs?after=j_0", "after: expected a job id like j_123"));
+  CAF_CHECK(fails("/v1/jobs?after=j_x", "after: expected a job id like j_123"));
+  CAF_CHECK(fails("/v1/jobs?sort=id", "sort: unknown query parameter"));
+  CAF_CHECK(fails("/v1/jobs?sort=id&limit=5&page=2&sort=x",
+                  "sort, page: unknown query parameters"));
+  auto ok = parse_job_filter("/v1/jobs?limit=1000");
+  CAF_REQUIRE(ok);
+  CAF_CHECK_EQUAL(ok->limit, 1000);
+}
+
+CAF_TEST(event streams resume after Last-Event-ID or after) {
+  auto r = parse_events_after("/v1/jobs/j_1/events", std::nullopt);
+  CAF_REQUIRE(r);
+  CAF_CHECK_EQUAL(*r, 0);
+  r = parse_events_after("/v1/jobs/j_1/events?after=42", std::nullopt);
+  CAF_REQUIRE(r);
+  CAF_CHECK_EQUAL(*r, 42);
+  r = parse_events_after("/v1/jobs/j_1/events?after=42", std::string_view{"57"});
+  CAF_REQUIRE(r);
+  CAF_CHECK_EQUAL(*r, 57);
+  r = parse_events_after("/v1/jobs/j_1/events?after=42", std::string_view{""});
+  CAF_REQUIRE(r);
+  CAF_CHECK_EQUAL(*r, 42);
+  auto fails = [](std::string_view target, std::optional<std::string_view> last,
+                  const std::string& message) {
+    auto x = parse_events_after(target, last);
+    return !x && fails_with(x.error(), message);
+  };
+  CAF_CHECK(fails("/e?after=-1", std::nullopt,
+                  "after: expected an event sequence number (an integer >= 0)"));
+  CAF_CHECK(fails("/e?after=x", std::nullopt,
+                  "after: expected an event sequence number (an integer >= 0)"));
+  CAF_CHECK(fails("/e", std::string_view{"abc"},
+                  "Last-Event-ID: expected an event sequence number (an integer >= 0)"));
+  CAF_CHECK(fails("/e?from=1", std::nullopt, "from: unknown query parameter"));
+}
+
+CAF_TEST(sse frames carry id event and data) {
+  job_event ev;
+  ev.seq = 17;
+  ev.job_id = 3;
+  ev.kind = "status";
+  ev.data_json = R"({"state":"running","attempt":1})";
+  CAF_CHECK_EQUAL(sse_frame(ev),
+                  "id: 17\nevent: status\ndata: {\"state\":\"running\",\"attempt\":1}\n\n");
+  ev.kind = "da\r\nta";
+  ev.data_json = "{\n\"a\": 1\r\n}";
+  CAF_CHECK_EQUAL(sse_frame(ev), "id: 17\nevent: data\ndata: {\ndata: \"a\": 1\ndata: }\n\n");
+  ev.kind.clear();
+  ev.data_json = "{}";
+  CAF_CHECK_EQUAL(sse_frame(ev), "id: 17\ndata: {}\n\n");
+  CAF_CHECK_EQUAL(std::string{sse_keepalive}, ": keep-alive\n\n");
+}
+
+CAF_TEST(final status events end a stream) {
+  auto event = [](std::string kind, std::string data) {
+    job_event ev;
+    ev.seq = 1;
+    ev.kind = std::move(kind);
+    ev.data_json = std::move(data);
+    return ev;
+  };
+  for (auto state : {"succeeded", "failed", "dead", "cancelled"})
+    CAF_CHECK(is_final_event(
+        event("status", std::string{R"({"state":")"} + state + R"(","attempt":1})")));
+  CAF_CHECK(!is_final_event(event("status", R"({"state":"running","attempt":1})")));
+  CAF_CHECK(!is_final_event(event("status", R"({"state":"queued"})")));
+  CAF_CHECK(!is_final_event(event("progress", R"({"state":"succeeded"})")));
+  CAF_CHECK(!is_final_event(event("status", R"({"state":1})")));
+  CAF_CHECK(!is_final_event(event("status", R"({"status":"succeeded"})")));
+  CAF_CHECK(!is_final_event(event("status", R"(["succeeded"])")));
+  CAF_CHECK(!is_final_event(event("status", "not json")));
+  CAF_CHECK(!is_final_event(event("status", R"({"state":"bogus"})")));
 }

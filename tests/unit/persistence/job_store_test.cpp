@@ -1,5 +1,6 @@
-// job_store against real SQLite files in a temp dir: schema, claim order,
-// fencing, back-off, rescue and two connections claiming the same table.
+// job_store against real SQLite files in a temp dir: schema and migration,
+// claim order, fencing, back-off, rescue, events, cancel, idempotency,
+// listing, ETAs, injected faults and two connections claiming one table.
 #define CAF_SUITE job_store
 #include "tests/unit/test_support.hpp"
 
@@ -11,10 +12,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -69,6 +72,67 @@ int64_t header_user_version(const std::string& bytes) {
   return v;
 }
 
+/// SQLite result codes for the fault hook (tests stay off <sqlite3.h>).
+constexpr int sqlite_busy = 5;
+constexpr int sqlite_ioerr = 10;
+
+bool have_sqlite3_shell() {
+  return std::system("command -v sqlite3 >/dev/null 2>&1") == 0;
+}
+
+/// Runs `script` through the sqlite3 shell on `db` and returns its output
+/// (read-only unless `write`).
+std::string sqlite3_shell(const std::string& db, const std::string& script,
+                          bool write = false) {
+  auto file = db + ".script.sql";
+  {
+    std::ofstream out{file};
+    out << script;
+  }
+  auto cmd = std::string{"sqlite3 -batch -bail "} + (write ? "" : "-readonly ") + "'" + db
+             + "' < '" + file + "' 2>&1";
+  std::string output;
+  if (auto* pipe = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0)
+      output.append(buf, n);
+    pclose(pipe);
+  }
+  std::filesystem::remove(file);
+  return output;
+}
+
+/// The data of a status event as job_store writes it.
+std::string status_data(const std::string& state, int attempt,
+                        const std::string& extra = {}) {
+  return "{\"state\":\"" + state + "\",\"attempt\":" + std::to_string(attempt) + extra
+         + "}";
+}
+
+std::string error_data(const std::string& code, const std::string& message,
+                       bool retryable) {
+  return ",\"error\":{\"code\":\"" + code + "\",\"message\":\"" + message
+         + "\",\"retryable\":" + (retryable ? "true" : "false") + "}";
+}
+
+/// (job id, kind, data) of each event, to compare with one CHECK.
+std::vector<std::string> describe(const std::vector<job_event>& events) {
+  std::vector<std::string> out;
+  for (auto& ev : events)
+    out.push_back(std::to_string(ev.job_id) + " " + ev.kind + " " + ev.data_json);
+  return out;
+}
+
+std::string describe_one(int64_t id, const std::string& kind, const std::string& data) {
+  return std::to_string(id) + " " + kind + " " + data;
+}
+
+int64_t wall_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
 struct fixture {
   testing::temp_dir dir;
   std::string path = dir.str("infergrid.db");
@@ -108,6 +172,33 @@ struct fixture {
     return i == counts.end() ? 0 : i->second;
   }
 
+  /// The state a fail() that must hold the lease leads to.
+  job_state fail_to(int64_t id, int64_t lease_seq, const job_error& err, int64_t now) {
+    auto state = value_of(store->fail(id, lease_seq, err, now), "fail");
+    if (!state)
+      CAF_FAIL("fail of job " << id << ": lease lost");
+    return *state;
+  }
+
+  /// Every event of job `id`, oldest first.
+  std::vector<job_event> events_of(int64_t id) {
+    return value_of(store->events_after(id, 0, 10'000), "events_after");
+  }
+
+  /// The data of the newest event of job `id` (empty if none).
+  std::string last_event_data(int64_t id) {
+    auto events = events_of(id);
+    return events.empty() ? std::string{} : events.back().data_json;
+  }
+
+  /// Runs `fn` and returns what the store's take_events() then holds.
+  template <class Fn>
+  std::vector<job_event> events_during(Fn&& fn) {
+    store->take_events();
+    fn();
+    return store->take_events();
+  }
+
   /// The exact run_at of a queued job: claims at every ms from `from` on
   /// (claims that find nothing change nothing) and returns the first time
   /// that succeeds, leaving the job claimed.
@@ -136,10 +227,14 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
   CAF_CHECK_EQUAL(bytes.substr(0, 16), std::string("SQLite format 3\0", 16));
   CAF_CHECK_EQUAL(static_cast<int>(bytes[18]), 2); // WAL
   CAF_CHECK_EQUAL(static_cast<int>(bytes[19]), 2);
-  CAF_CHECK_EQUAL(header_user_version(bytes), 1);
+  CAF_CHECK_EQUAL(header_user_version(bytes), 2);
   for (auto text :
        {"CREATE TABLE jobs", "CREATE INDEX jobs_ready", "WHERE state = 'queued'",
-        "CREATE INDEX jobs_leased", "CREATE TABLE meta", "CREATE VIEW jobs_readable"})
+        "CREATE INDEX jobs_leased", "CREATE TABLE meta", "CREATE VIEW jobs_readable",
+        "CREATE TABLE job_events", "CREATE UNIQUE INDEX jobs_idempotency",
+        "CREATE INDEX jobs_by_model", "CREATE INDEX jobs_ended",
+        "CREATE INDEX jobs_succeeded", "CREATE INDEX job_events_job",
+        "cancel_requested INTEGER NOT NULL DEFAULT 0"})
     CAF_CHECK_NOT_EQUAL(bytes.find(text), std::string::npos);
   // Reopening (twice, one of them not the checkpointer) keeps the data and
   // the version.
@@ -156,7 +251,7 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
   CAF_CHECK_EQUAL(count(job_state::queued), 2);
   store.reset();
   CAF_CHECK(!std::filesystem::exists(path + "-wal"));
-  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 1);
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 2);
 }
 
 CAF_TEST(open refuses a newer schema and a missing directory) {
@@ -341,7 +436,7 @@ CAF_TEST(a stale lease_seq changes nothing) {
   for (int64_t stale : {int64_t{0}, int64_t{2}}) {
     CAF_CHECK(!value_of(store->complete(rec.id, stale, "{}", t0 + 1), "c"));
     CAF_CHECK(!value_of(store->fail(rec.id, stale, err, t0 + 1), "f"));
-    CAF_CHECK(!value_of(store->renew(rec.id, stale, 99'000, t0 + 1), "r"));
+    CAF_CHECK(!value_of(store->renew(rec.id, stale, 99'000, t0 + 1), "r").held);
   }
   auto same = get(rec.id);
   CAF_CHECK_EQUAL(same.state, job_state::running);
@@ -358,7 +453,7 @@ CAF_TEST(a stale lease_seq changes nothing) {
   CAF_CHECK_EQUAL(again.worker, "w2");
   CAF_CHECK(!value_of(store->complete(rec.id, 1, "{\"old\":1}", t0), "c"));
   CAF_CHECK(!value_of(store->fail(rec.id, 1, err, t0), "f"));
-  CAF_CHECK(!value_of(store->renew(rec.id, 1, lease_ms, t0), "r"));
+  CAF_CHECK(!value_of(store->renew(rec.id, 1, lease_ms, t0), "r").held);
   CAF_CHECK(value_of(store->complete(rec.id, 2, "{\"new\":1}", t0), "c"));
   auto done = get(rec.id);
   CAF_CHECK_EQUAL(done.state, job_state::succeeded);
@@ -464,7 +559,9 @@ CAF_TEST(rescue requeues lapsed leases then dead letters) {
 CAF_TEST(renew extends the lease) {
   auto rec = enqueue(make_job("m"));
   claim({"m"}, 1, t0);
-  CAF_CHECK(value_of(store->renew(rec.id, 1, lease_ms, t0 + 20'000), "renew"));
+  auto status = value_of(store->renew(rec.id, 1, lease_ms, t0 + 20'000), "renew");
+  CAF_CHECK(status.held);
+  CAF_CHECK(!status.cancel_requested);
   CAF_CHECK_EQUAL(get(rec.id).lease_until_ms, t0 + 20'000 + lease_ms);
   CAF_CHECK_EQUAL(value_of(store->rescue_expired(t0 + lease_ms + 1), "r"), 0);
   CAF_CHECK_EQUAL(get(rec.id).state, job_state::running);
@@ -514,7 +611,7 @@ CAF_TEST(a held write lock costs the retry budget then database busy) {
   // nothing but still needs the lock).
   caf::error busy;
   double busy_ms = 0;
-  for (int i = 0; i < 400 && !busy; ++i) {
+  for (int i = 0; i < 3000 && !busy; ++i) {
     auto start = std::chrono::steady_clock::now();
     auto res = impatient->renew(rec.id + 100, 1, lease_ms, t0);
     if (!res) {
@@ -554,6 +651,11 @@ CAF_TEST(two connections claim every job exactly once) {
     std::vector<int64_t> claimed;
     int64_t completed = 0;
     std::string error;
+    /// Events taken after the run: "running" and "succeeded" counts, and
+    /// whether their seqs only grew.
+    int64_t running_events = 0;
+    int64_t succeeded_events = 0;
+    bool seq_ordered = true;
   };
   outcome results[2];
   std::atomic<bool> go{false};
@@ -568,6 +670,15 @@ CAF_TEST(two connections claim every job exactly once) {
     auto worker = "w" + std::to_string(index);
     while (!go.load())
       std::this_thread::yield();
+    auto take = [&] {
+      int64_t last = 0;
+      for (auto& ev : own.take_events()) {
+        out.seq_ordered = out.seq_ordered && ev.seq > last;
+        last = ev.seq;
+        out.running_events += ev.data_json.find("\"running\"") != std::string::npos;
+        out.succeeded_events += ev.data_json.find("\"succeeded\"") != std::string::npos;
+      }
+    };
     // Bounded: every round claims at least one job or stops.
     for (int round = 0; round <= job_count; ++round) {
       auto batch = own.claim(worker, {"m"}, 8, lease_ms, t0 + 1);
@@ -575,8 +686,10 @@ CAF_TEST(two connections claim every job exactly once) {
         out.error = message_of(batch.error());
         return;
       }
-      if (batch->empty())
+      if (batch->empty()) {
+        take();
         return;
+      }
       for (auto& job : *batch) {
         out.claimed.push_back(job.id);
         auto ok = own.complete(job.id, job.lease_seq, "{}", t0 + 2);
@@ -607,6 +720,12 @@ CAF_TEST(two connections claim every job exactly once) {
   CAF_CHECK_EQUAL(all.size(), static_cast<std::size_t>(job_count));
   CAF_CHECK_EQUAL(unique.size(), static_cast<std::size_t>(job_count));
   CAF_CHECK_EQUAL(results[0].completed + results[1].completed, job_count);
+  // Each connection took exactly the events of its own commits.
+  for (auto& out : results) {
+    CAF_CHECK_EQUAL(out.running_events, static_cast<int64_t>(out.claimed.size()));
+    CAF_CHECK_EQUAL(out.succeeded_events, out.completed);
+    CAF_CHECK(out.seq_ordered);
+  }
   store = open(true);
   auto counts = value_of(store->count_by_state(), "count_by_state");
   CAF_CHECK_EQUAL(counts.size(), 1u);
@@ -614,6 +733,856 @@ CAF_TEST(two connections claim every job exactly once) {
   auto last = get(job_count);
   CAF_CHECK_EQUAL(last.attempts, 1);
   CAF_CHECK_EQUAL(last.lease_seq, 1);
+}
+
+CAF_TEST(the queued count follows every transition) {
+  // A refused enqueue reports the stored count: "queue holds N of 0 jobs".
+  auto stored = [&] {
+    auto refused = store->enqueue(make_job("m"), 0, t0);
+    if (refused)
+      CAF_FAIL("enqueue with max_queued 0 succeeded");
+    return message_of(refused.error());
+  };
+  auto expect = [&](int64_t n) {
+    CAF_CHECK_EQUAL(count(job_state::queued), n);
+    CAF_CHECK_EQUAL(stored(), "queue holds " + std::to_string(n) + " of 0 jobs");
+  };
+  for (int i = 0; i < 6; ++i)
+    enqueue(make_job(i < 5 ? "m" : "n", 0, 2));
+  expect(6);
+  auto run = claim({"m"}, 3, t0, "w1"); // 1, 2, 3
+  expect(3);
+  CAF_CHECK(value_of(store->fail(1, 1, job_error{"oom", "x", true}, t0), "fail"));
+  expect(4);
+  CAF_REQUIRE(value_of(store->cancel(4, t0), "cancel"));
+  expect(3);
+  CAF_CHECK(value_of(store->complete(2, 1, "{}", t0), "complete"));
+  expect(3);
+  CAF_CHECK_EQUAL(value_of(store->rescue_expired(t0 + lease_ms + 1), "rescue"), 1); // 3
+  expect(4);
+  claim({"n"}, 1, t0, "w2"); // 6
+  expect(3);
+  CAF_CHECK_EQUAL(value_of(store->requeue_worker("w2", t0), "requeue"), 1);
+  expect(4);
+  CAF_CHECK_EQUAL(claim({"m", "n"}, 10, t0 + 60'000).size(), 4u);
+  expect(0);
+}
+
+CAF_TEST(a claim over several models takes the best jobs of all of them) {
+  auto a = enqueue(make_job("m1", 1));
+  auto b = enqueue(make_job("m2", 5));
+  auto c = enqueue(make_job("m1", 1));
+  auto d = enqueue(make_job("m2", 0));
+  auto e = enqueue(make_job("m3", 9));
+  CAF_CHECK_EQUAL(ids_of(claim({"m1", "m2", "m1"}, 3)),
+                  (std::vector<int64_t>{b.id, a.id, c.id}));
+  CAF_CHECK_EQUAL(ids_of(claim({"m2", "m3"}, 1)), (std::vector<int64_t>{e.id}));
+  CAF_CHECK_EQUAL(ids_of(claim({"m1", "m2", "m3"}, 5)), (std::vector<int64_t>{d.id}));
+}
+
+CAF_TEST(a version 1 file migrates to version 2 with its rows intact) {
+  if (!have_sqlite3_shell()) {
+    CAF_MESSAGE("sqlite3 shell not installed: skipped");
+    return;
+  }
+  store.reset();
+  std::filesystem::remove(path);
+  std::filesystem::remove(path + "-wal");
+  std::filesystem::remove(path + "-shm");
+  // Migration 1 exactly as shipped, plus three rows in three states.
+  auto v1 = std::string{R"sql(
+PRAGMA journal_mode = WAL;
+BEGIN;
+CREATE TABLE jobs (
+  id              INTEGER PRIMARY KEY AUTOINCREMENT,
+  model           TEXT    NOT NULL,
+  state           TEXT    NOT NULL CHECK (state IN
+                    ('queued','running','succeeded','failed','dead','cancelled')),
+  priority        INTEGER NOT NULL DEFAULT 0,
+  attempts        INTEGER NOT NULL DEFAULT 0,
+  max_attempts    INTEGER NOT NULL,
+  timeout_ms      INTEGER NOT NULL DEFAULT 0,
+  input           TEXT    NOT NULL,
+  output          TEXT,
+  error_code      TEXT,
+  error_message   TEXT,
+  error_retryable INTEGER,
+  worker          TEXT,
+  lease_seq       INTEGER NOT NULL DEFAULT 0,
+  lease_until     INTEGER,
+  run_at          INTEGER NOT NULL,
+  created_at      INTEGER NOT NULL,
+  started_at      INTEGER,
+  finished_at     INTEGER
+);
+CREATE INDEX jobs_ready ON jobs (model, priority DESC, id)
+  WHERE state = 'queued';
+CREATE INDEX jobs_leased ON jobs (lease_until)
+  WHERE state = 'running';
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT
+);
+INSERT INTO meta (key, value)
+  VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+CREATE VIEW jobs_readable AS
+SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
+       strftime('%Y-%m-%d %H:%M:%f', created_at / 1000.0, 'unixepoch') AS created,
+       strftime('%Y-%m-%d %H:%M:%f', run_at / 1000.0, 'unixepoch') AS run_at,
+       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%d %H:%M:%f', lease_until / 1000.0, 'unixepoch') AS lease_until,
+       strftime('%Y-%m-%d %H:%M:%f', finished_at / 1000.0, 'unixepoch') AS finished,
+       timeout_ms, error_code, error_message,
+       length(input) AS input_bytes, length(output) AS output_bytes
+FROM jobs;
+PRAGMA user_version = 1;
+INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');
+INSERT INTO jobs (model, state, priority, max_attempts, input, run_at, created_at)
+  VALUES ('m', 'queued', 2, 3, '{"a":1}', 1700000000000, 1700000000000);
+INSERT INTO jobs (model, state, attempts, max_attempts, input, worker, lease_seq,
+                  lease_until, run_at, created_at, started_at)
+  VALUES ('m', 'running', 1, 3, '{"b":2}', 'w1', 1, 1700000030000, 1700000000000,
+          1700000000000, 1700000000001);
+INSERT INTO jobs (model, state, attempts, max_attempts, input, output, worker,
+                  lease_seq, run_at, created_at, started_at, finished_at)
+  VALUES ('n', 'succeeded', 1, 3, '{"c":3}', '{"y":4}', 'w1', 1, 1700000000000,
+          1700000000000, 1700000000001, 1700000000002);
+COMMIT;
+)sql"};
+  auto out = sqlite3_shell(path, v1, true);
+  CAF_REQUIRE_EQUAL(out, "wal\n");
+  CAF_REQUIRE_EQUAL(header_user_version(slurp(path)), 1);
+  store = open(true);
+  auto queued = get(1);
+  CAF_CHECK_EQUAL(queued.state, job_state::queued);
+  CAF_CHECK_EQUAL(queued.priority, 2);
+  CAF_CHECK_EQUAL(queued.input_json, R"({"a":1})");
+  CAF_CHECK_EQUAL(queued.position, 0);
+  CAF_CHECK(!queued.cancel_requested);
+  CAF_CHECK_EQUAL(queued.idempotency_key, "");
+  CAF_CHECK_EQUAL(queued.progress, -1.0);
+  CAF_CHECK_EQUAL(queued.run_at_ms, t0);
+  auto running = get(2);
+  CAF_CHECK_EQUAL(running.state, job_state::running);
+  CAF_CHECK_EQUAL(running.worker, "w1");
+  CAF_CHECK_EQUAL(running.lease_seq, 1);
+  auto done = get(3);
+  CAF_CHECK_EQUAL(done.state, job_state::succeeded);
+  CAF_CHECK_EQUAL(done.output_json, R"({"y":4})");
+  CAF_CHECK_EQUAL(done.finished_at_ms, t0 + 2);
+  // Old jobs have no events; what happens to them now writes some.
+  CAF_CHECK(events_of(1).empty());
+  CAF_CHECK(value_of(store->complete(2, 1, "{}", t0 + 5), "complete"));
+  CAF_CHECK_EQUAL(describe(events_of(2)), std::vector<std::string>{describe_one(
+                                              2, "status", status_data("succeeded", 1))});
+  // The queued count behind the capacity check starts from the old rows.
+  auto next = value_of(store->enqueue(make_job("m"), 2, t0), "enqueue");
+  CAF_CHECK_EQUAL(next.id, 4);
+  CAF_CHECK_EQUAL(next.position, 1);
+  CAF_CHECK_EQUAL(message_of(store->enqueue(make_job("m"), 2, t0).error()),
+                  "queue holds 2 of 2 jobs");
+  store.reset();
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 2);
+  CAF_CHECK_EQUAL(sqlite3_shell(path, "select value from meta where key = "
+                                      "'schema_version';\npragma integrity_check;\n"
+                                      "select count(*) from jobs_readable "
+                                      "where cancel_requested = 0;\n"),
+                  "2\nok\n4\n");
+  // Reopening is idempotent.
+  store = open(false);
+  CAF_CHECK_EQUAL(count(job_state::queued), 2);
+  CAF_CHECK_EQUAL(count(job_state::succeeded), 2);
+}
+
+CAF_TEST(every state change writes one status event in the same transaction) {
+  auto events = events_during([&] {
+    auto rec = enqueue(make_job("m", 0, 3), t0);
+    auto run = claim({"m"}, 1, t0 + 1).at(0);
+    job_error err{"oom", "said \"no\"\n\\ \x01 caf\xc3\xa9 bad\xff", true};
+    CAF_CHECK_EQUAL(fail_to(rec.id, run.lease_seq, err, t0 + 2), job_state::queued);
+    auto again = claim({"m"}, 1, t0 + 60'000).at(0);
+    CAF_CHECK(value_of(store->complete(rec.id, again.lease_seq, "{}", t0 + 60'001), "c"));
+  });
+  auto escaped
+      = std::string{R"(said \"no\"\n\\ \u0001 caf)"} + "\xc3\xa9" + R"( bad\ufffd)";
+  std::vector<std::string> expected{
+      describe_one(1, "status", status_data("queued", 0)),
+      describe_one(1, "status", status_data("running", 1)),
+      describe_one(1, "status",
+                   status_data("queued", 1, error_data("oom", escaped, true))),
+      describe_one(1, "status", status_data("running", 2)),
+      describe_one(1, "status", status_data("succeeded", 2)),
+  };
+  CAF_CHECK_EQUAL(describe(events), expected);
+  CAF_REQUIRE_EQUAL(events.size(), 5u);
+  std::vector<int64_t> times;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (i > 0)
+      CAF_CHECK_GREATER(events[i].seq, events[i - 1].seq);
+    times.push_back(events[i].time_ms);
+  }
+  CAF_CHECK_EQUAL(times,
+                  (std::vector<int64_t>{t0, t0 + 1, t0 + 2, t0 + 60'000, t0 + 60'001}));
+  // The stored log is the same, seq for seq.
+  auto stored = events_of(1);
+  CAF_REQUIRE_EQUAL(stored.size(), events.size());
+  for (std::size_t i = 0; i < stored.size(); ++i) {
+    CAF_CHECK_EQUAL(stored[i].seq, events[i].seq);
+    CAF_CHECK_EQUAL(stored[i].data_json, events[i].data_json);
+    CAF_CHECK_EQUAL(stored[i].time_ms, events[i].time_ms);
+  }
+  // The stored JSON is valid (SQLite's own parser says so).
+  if (have_sqlite3_shell())
+    CAF_CHECK_EQUAL(sqlite3_shell(path, "select count(*), sum(json_valid(data)) "
+                                        "from job_events;\n"),
+                    "5|5\n");
+  CAF_CHECK(store->take_events().empty());
+}
+
+CAF_TEST(final failures and claims of several jobs write their events) {
+  auto a = enqueue(make_job("m", 0, 1));
+  auto b = enqueue(make_job("m", 0, 5));
+  auto c = enqueue(make_job("m", 3, 5));
+  auto events = events_during([&] {
+    auto batch = claim({"m"}, 3, t0 + 1);
+    CAF_CHECK_EQUAL(ids_of(batch), (std::vector<int64_t>{c.id, a.id, b.id}));
+    job_error lost{"oom", "x", true};
+    job_error bad{"invalid_input", "y", false};
+    CAF_CHECK_EQUAL(fail_to(a.id, 1, lost, t0 + 2), job_state::dead);
+    CAF_CHECK_EQUAL(fail_to(b.id, 1, bad, t0 + 3), job_state::failed);
+    // Lost leases write nothing.
+    CAF_CHECK(!value_of(store->complete(b.id, 1, "{}", t0 + 4), "c"));
+    CAF_CHECK(!value_of(store->fail(a.id, 1, lost, t0 + 4), "f"));
+  });
+  CAF_CHECK_EQUAL(
+      describe(events),
+      (std::vector<std::string>{
+          describe_one(c.id, "status", status_data("running", 1)),
+          describe_one(a.id, "status", status_data("running", 1)),
+          describe_one(b.id, "status", status_data("running", 1)),
+          describe_one(a.id, "status",
+                       status_data("dead", 1, error_data("oom", "x", true))),
+          describe_one(b.id, "status",
+                       status_data("failed", 1, error_data("invalid_input", "y", false))),
+      }));
+}
+
+CAF_TEST(take_events holds exactly what was committed) {
+  // Refused enqueues, lost leases and reads write no events.
+  auto events = events_during([&] {
+    CAF_CHECK(!store->enqueue(make_job("m"), 0, t0));
+    CAF_CHECK(!store->enqueue(make_job("", 0), no_limit, t0));
+    CAF_CHECK(!value_of(store->complete(99, 1, "{}", t0), "c"));
+    CAF_CHECK(!value_of(store->renew(99, 1, lease_ms, t0), "r").held);
+    CAF_CHECK(value_of(store->list(job_filter{}), "list").jobs.empty());
+  });
+  CAF_CHECK(events.empty());
+  // Two connections: each sees only its own events.
+  auto other = open(false);
+  auto mine = enqueue(make_job("m"));
+  auto theirs = value_of(other->enqueue(make_job("m"), no_limit, t0), "enqueue");
+  auto own = store->take_events();
+  CAF_REQUIRE_EQUAL(own.size(), 1u);
+  CAF_CHECK_EQUAL(own[0].job_id, mine.id);
+  auto their_events = other->take_events();
+  CAF_REQUIRE_EQUAL(their_events.size(), 1u);
+  CAF_CHECK_EQUAL(their_events[0].job_id, theirs.id);
+  CAF_CHECK_GREATER(their_events[0].seq, own[0].seq);
+  CAF_CHECK(other->take_events().empty());
+}
+
+CAF_TEST(busy commits are retried without duplicate rows or events) {
+  int busy_left = 3;
+  int commits = 0;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    if (op != "enqueue" || step != "commit")
+      return 0;
+    ++commits;
+    return busy_left-- > 0 ? sqlite_busy : 0;
+  };
+  auto faulty = value_of(job_store::open(opts), "open");
+  auto rec = value_of(faulty->enqueue(make_job("m"), no_limit, t0), "enqueue");
+  CAF_CHECK_EQUAL(commits, 4);
+  CAF_CHECK_EQUAL(rec.id, 1);
+  CAF_CHECK_EQUAL(count(job_state::queued), 1);
+  CAF_CHECK(!value_of(store->get(2), "get"));
+  auto events = faulty->take_events();
+  CAF_CHECK_EQUAL(describe(events), std::vector<std::string>{describe_one(
+                                        1, "status", status_data("queued", 0))});
+  auto stored = events_of(1);
+  CAF_REQUIRE_EQUAL(stored.size(), 1u);
+  CAF_CHECK_EQUAL(stored[0].seq, events.at(0).seq);
+  // Busy that never ends: the retry budget runs out, nothing is written.
+  auto stuck_opts = options();
+  stuck_opts.busy_retry_budget_ms = 30;
+  stuck_opts.fault_hook = [](const std::string& op, const std::string& step) {
+    return op == "enqueue" && step == "begin" ? sqlite_busy : 0;
+  };
+  auto stuck = value_of(job_store::open(stuck_opts), "open");
+  auto start = std::chrono::steady_clock::now();
+  auto refused = stuck->enqueue(make_job("m"), no_limit, t0);
+  CAF_REQUIRE(!refused);
+  CAF_CHECK_GREATER_OR_EQUAL(std::chrono::steady_clock::now() - start,
+                             std::chrono::milliseconds(30));
+  CAF_CHECK_EQUAL(code_of(refused.error()), errc::storage_error);
+  CAF_CHECK_NOT_EQUAL(message_of(refused.error()).find("database busy"),
+                      std::string::npos);
+  CAF_CHECK(stuck->take_events().empty());
+  CAF_CHECK_EQUAL(count(job_state::queued), 1);
+}
+
+CAF_TEST(an io error on commit rolls back completely) {
+  auto rec = enqueue(make_job("m"));
+  int failing = 0; // commits of `fail_op` still to fail
+  std::string fail_op;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    if (op == fail_op && step == "commit" && failing > 0) {
+      --failing;
+      return sqlite_ioerr;
+    }
+    return 0;
+  };
+  auto faulty = value_of(job_store::open(opts), "open");
+  auto run = value_of(faulty->claim("w1", {"m"}, 1, lease_ms, t0 + 1), "claim").at(0);
+  faulty->take_events();
+  // complete: storage_error, the job still runs with the same token.
+  fail_op = "complete";
+  failing = 1;
+  auto broken = faulty->complete(rec.id, run.lease_seq, R"({"y":1})", t0 + 2);
+  CAF_REQUIRE(!broken);
+  CAF_CHECK_EQUAL(code_of(broken.error()), errc::storage_error);
+  CAF_CHECK_NOT_EQUAL(message_of(broken.error()).find("complete: "), std::string::npos);
+  CAF_CHECK_NOT_EQUAL(message_of(broken.error()).find("injected"), std::string::npos);
+  CAF_CHECK(faulty->take_events().empty());
+  auto same = get(rec.id);
+  CAF_CHECK_EQUAL(same.state, job_state::running);
+  CAF_CHECK_EQUAL(same.lease_seq, run.lease_seq);
+  CAF_CHECK_EQUAL(same.output_json, "");
+  CAF_CHECK_EQUAL(events_of(rec.id).size(), 2u); // queued, running
+  // The retry without the fault succeeds.
+  CAF_CHECK(value_of(faulty->complete(rec.id, run.lease_seq, R"({"y":1})", t0 + 3), "c"));
+  CAF_CHECK_EQUAL(get(rec.id).state, job_state::succeeded);
+  CAF_CHECK_EQUAL(describe(faulty->take_events()),
+                  std::vector<std::string>{
+                      describe_one(rec.id, "status", status_data("succeeded", 1))});
+  // claim: nothing is left running.
+  for (int i = 0; i < 3; ++i)
+    enqueue(make_job("m"));
+  fail_op = "claim";
+  failing = 1;
+  auto no_claim = faulty->claim("w1", {"m"}, 10, lease_ms, t0 + 4);
+  CAF_REQUIRE(!no_claim);
+  CAF_CHECK_EQUAL(code_of(no_claim.error()), errc::storage_error);
+  CAF_CHECK_EQUAL(count(job_state::running), 0);
+  CAF_CHECK_EQUAL(count(job_state::queued), 3);
+  CAF_CHECK(faulty->take_events().empty());
+  // The other writes also roll back.
+  fail_op = "enqueue";
+  failing = 1;
+  CAF_CHECK(!faulty->enqueue(make_job("m"), no_limit, t0));
+  CAF_CHECK_EQUAL(count(job_state::queued), 3);
+  fail_op = "cancel";
+  failing = 1;
+  CAF_CHECK(!faulty->cancel(2, t0));
+  CAF_CHECK_EQUAL(get(2).state, job_state::queued);
+  CAF_CHECK(faulty->take_events().empty());
+  CAF_CHECK_EQUAL(value_of(faulty->claim("w1", {"m"}, 10, lease_ms, t0 + 5), "c").size(),
+                  3u);
+  CAF_CHECK_EQUAL(faulty->take_events().size(), 3u);
+  if (have_sqlite3_shell())
+    CAF_CHECK_EQUAL(sqlite3_shell(path, "pragma integrity_check;\n"
+                                        "select count(*) from job_events;\n"),
+                    "ok\n9\n");
+}
+
+CAF_TEST(an idempotency key returns the same job for the same body) {
+  auto job = make_job("m");
+  job.idempotency_key = "order-17";
+  auto first = value_of(store->enqueue(job, no_limit, t0), "enqueue");
+  CAF_CHECK(first.created);
+  CAF_CHECK_EQUAL(first.idempotency_key, "order-17");
+  auto events = events_during([&] {
+    auto again = value_of(store->enqueue(job, no_limit, t0 + 5), "enqueue");
+    CAF_CHECK(!again.created);
+    CAF_CHECK_EQUAL(again.id, first.id);
+    CAF_CHECK_EQUAL(again.state, job_state::queued);
+    CAF_CHECK_EQUAL(again.position, 0);
+    CAF_CHECK_EQUAL(again.created_at_ms, t0);
+  });
+  CAF_CHECK(events.empty());
+  CAF_CHECK_EQUAL(count(job_state::queued), 1);
+  // Another input or model under the same key is a conflict.
+  auto other_input = job;
+  other_input.input_json = R"({"x":2})";
+  auto conflict = store->enqueue(other_input, no_limit, t0);
+  CAF_REQUIRE(!conflict);
+  CAF_CHECK_EQUAL(code_of(conflict.error()), errc::conflict);
+  CAF_CHECK_EQUAL(message_of(conflict.error()),
+                  "idempotency_key 'order-17' belongs to job j_1 with another body");
+  auto other_model = job;
+  other_model.model = "n";
+  CAF_CHECK_EQUAL(code_of(store->enqueue(other_model, no_limit, t0).error()),
+                  errc::conflict);
+  // Priority and attempts are not part of the body.
+  auto other_priority = job;
+  other_priority.priority = 9;
+  CAF_CHECK_EQUAL(value_of(store->enqueue(other_priority, no_limit, t0), "e").id, 1);
+  // Keys stay after the job ends; jobs without a key never collide.
+  auto run = claim({"m"}, 1).at(0);
+  CAF_CHECK(value_of(store->complete(run.id, run.lease_seq, "{}", t0 + 1), "c"));
+  auto finished = value_of(store->enqueue(job, no_limit, t0 + 2), "enqueue");
+  CAF_CHECK(!finished.created);
+  CAF_CHECK_EQUAL(finished.state, job_state::succeeded);
+  CAF_CHECK_EQUAL(finished.position, -1);
+  CAF_CHECK_EQUAL(enqueue(make_job("m")).id, 2);
+  CAF_CHECK_EQUAL(enqueue(make_job("m")).id, 3);
+  CAF_CHECK_EQUAL(get(2).idempotency_key, "");
+}
+
+CAF_TEST(the capacity check applies only to new jobs) {
+  auto keyed = make_job("m");
+  keyed.idempotency_key = "k";
+  CAF_CHECK(store->enqueue(keyed, 2, t0));
+  CAF_CHECK(store->enqueue(make_job("m"), 2, t0));
+  // Full: a repeat of the keyed request still gets its job.
+  auto repeat = value_of(store->enqueue(keyed, 2, t0), "enqueue");
+  CAF_CHECK(!repeat.created);
+  CAF_CHECK_EQUAL(repeat.id, 1);
+  CAF_CHECK_EQUAL(repeat.position, 0);
+  auto fresh = keyed;
+  fresh.idempotency_key = "k2";
+  CAF_CHECK_EQUAL(code_of(store->enqueue(fresh, 2, t0).error()), errc::queue_full);
+  // The refused key was not stored.
+  CAF_CHECK(value_of(store->enqueue(fresh, 3, t0), "enqueue").created);
+}
+
+CAF_TEST(delayed jobs wait in queued until run_at) {
+  auto job = make_job("m");
+  job.run_at_ms = t0 + 5'000;
+  auto later = enqueue(job, t0);
+  CAF_CHECK_EQUAL(later.run_at_ms, t0 + 5'000);
+  CAF_CHECK_EQUAL(later.created_at_ms, t0);
+  auto now_job = enqueue(make_job("m"), t0 + 1);
+  CAF_CHECK_EQUAL(now_job.run_at_ms, t0 + 1);
+  CAF_CHECK_EQUAL(ids_of(claim({"m"}, 10, t0 + 4'999)),
+                  (std::vector<int64_t>{now_job.id}));
+  CAF_CHECK_EQUAL(get(later.id).state, job_state::queued);
+  CAF_CHECK_EQUAL(ids_of(claim({"m"}, 10, t0 + 5'000)), (std::vector<int64_t>{later.id}));
+  job.run_at_ms = -1;
+  CAF_CHECK_EQUAL(code_of(store->enqueue(job, no_limit, t0).error()),
+                  errc::invalid_input);
+}
+
+CAF_TEST(cancel of queued running final and unknown jobs) {
+  auto queued = enqueue(make_job("m"));
+  auto running = enqueue(make_job("m"));
+  auto done = enqueue(make_job("m"));
+  auto batch = claim({"m"}, 2); // queued.id and running.id
+  CAF_REQUIRE_EQUAL(batch.size(), 2u);
+  CAF_CHECK(value_of(store->complete(queued.id, 1, "{}", t0), "c"));
+  // (queued.id is done now; `done` is the queued one.)
+  auto events = events_during([&] {
+    auto c = value_of(store->cancel(done.id, t0 + 10), "cancel");
+    CAF_REQUIRE(c);
+    CAF_CHECK_EQUAL(c->state, job_state::cancelled);
+    CAF_CHECK_EQUAL(c->finished_at_ms, t0 + 10);
+    CAF_CHECK_EQUAL(c->position, -1);
+    CAF_CHECK(!c->cancel_requested);
+    auto r = value_of(store->cancel(running.id, t0 + 11), "cancel");
+    CAF_REQUIRE(r);
+    CAF_CHECK_EQUAL(r->state, job_state::running);
+    CAF_CHECK(r->cancel_requested);
+    CAF_CHECK_EQUAL(r->finished_at_ms, 0);
+    // Asking again changes nothing and writes nothing.
+    auto again = value_of(store->cancel(running.id, t0 + 12), "cancel");
+    CAF_REQUIRE(again);
+    CAF_CHECK(again->cancel_requested);
+  });
+  CAF_CHECK_EQUAL(
+      describe(events),
+      (std::vector<std::string>{
+          describe_one(done.id, "status", status_data("cancelled", 0)),
+          describe_one(running.id, "status",
+                       status_data("running", 1, ",\"cancel_requested\":true")),
+      }));
+  CAF_CHECK(claim({"m"}, 10).empty());
+  for (auto id : {queued.id, done.id}) {
+    auto final_state = store->cancel(id, t0 + 20);
+    CAF_REQUIRE(!final_state);
+    CAF_CHECK_EQUAL(code_of(final_state.error()), errc::conflict);
+  }
+  CAF_CHECK_EQUAL(message_of(store->cancel(queued.id, t0).error()),
+                  "job j_" + std::to_string(queued.id) + " is already succeeded");
+  CAF_CHECK_EQUAL(message_of(store->cancel(done.id, t0).error()),
+                  "job j_" + std::to_string(done.id) + " is already cancelled");
+  CAF_CHECK(!value_of(store->cancel(999, t0), "cancel"));
+  CAF_CHECK(store->take_events().empty());
+}
+
+CAF_TEST(a cancel of a job waiting out its back off clears its old error) {
+  auto rec = enqueue(make_job("m"));
+  claim({"m"}, 1);
+  job_error err{"oom", "x", true};
+  CAF_CHECK_EQUAL(fail_to(rec.id, 1, err, t0 + 1), job_state::queued);
+  auto c = value_of(store->cancel(rec.id, t0 + 2), "cancel");
+  CAF_REQUIRE(c);
+  CAF_CHECK_EQUAL(c->state, job_state::cancelled);
+  CAF_CHECK(!c->has_error);
+  CAF_CHECK_EQUAL(c->attempts, 1);
+  CAF_CHECK_EQUAL(last_event_data(rec.id), status_data("cancelled", 1));
+}
+
+CAF_TEST(the worker learns of a cancel through renew and ends the job) {
+  auto a = enqueue(make_job("m"));
+  auto b = enqueue(make_job("m"));
+  auto c = enqueue(make_job("m"));
+  auto d = enqueue(make_job("m"));
+  claim({"m"}, 4);
+  auto before = value_of(store->renew(a.id, 1, lease_ms, t0 + 1), "renew");
+  CAF_CHECK(before.held);
+  CAF_CHECK(!before.cancel_requested);
+  for (auto id : {a.id, b.id, c.id, d.id})
+    CAF_REQUIRE(value_of(store->cancel(id, t0 + 2), "cancel"));
+  auto after = value_of(store->renew(a.id, 1, lease_ms, t0 + 3), "renew");
+  CAF_CHECK(after.held);
+  CAF_CHECK(after.cancel_requested);
+  CAF_CHECK_EQUAL(get(a.id).lease_until_ms, t0 + 3 + lease_ms);
+  auto stale = value_of(store->renew(a.id, 2, lease_ms, t0 + 3), "renew");
+  CAF_CHECK(!stale.held);
+  CAF_CHECK(!stale.cancel_requested);
+  auto events = events_during([&] {
+    // finish_cancelled: a stale token changes nothing.
+    CAF_CHECK(!value_of(store->finish_cancelled(a.id, 2, t0 + 4), "finish"));
+    CAF_CHECK_EQUAL(get(a.id).state, job_state::running);
+    CAF_CHECK(value_of(store->finish_cancelled(a.id, 1, t0 + 5), "finish"));
+    CAF_CHECK(!value_of(store->finish_cancelled(a.id, 1, t0 + 6), "finish"));
+    // complete after the request: cancelled, output dropped.
+    CAF_CHECK(value_of(store->complete(b.id, 1, R"({"y":1})", t0 + 7), "complete"));
+    // fail after the request: cancelled without an error, no retry.
+    job_error err{"oom", "x", true};
+    CAF_CHECK_EQUAL(fail_to(c.id, 1, err, t0 + 8), job_state::cancelled);
+  });
+  CAF_CHECK_EQUAL(describe(events),
+                  (std::vector<std::string>{
+                      describe_one(a.id, "status", status_data("cancelled", 1)),
+                      describe_one(b.id, "status", status_data("cancelled", 1)),
+                      describe_one(c.id, "status", status_data("cancelled", 1)),
+                  }));
+  auto ra = get(a.id);
+  CAF_CHECK_EQUAL(ra.state, job_state::cancelled);
+  CAF_CHECK_EQUAL(ra.finished_at_ms, t0 + 5);
+  CAF_CHECK_EQUAL(ra.lease_until_ms, 0);
+  auto rb = get(b.id);
+  CAF_CHECK_EQUAL(rb.state, job_state::cancelled);
+  CAF_CHECK_EQUAL(rb.output_json, "");
+  CAF_CHECK_EQUAL(rb.finished_at_ms, t0 + 7);
+  auto rc = get(c.id);
+  CAF_CHECK_EQUAL(rc.state, job_state::cancelled);
+  CAF_CHECK(!rc.has_error);
+  CAF_CHECK(claim({"m"}, 10, t0 + 3'600'000).empty());
+  // finish_cancelled also ends a job whose worker gave up on its own.
+  auto e = enqueue(make_job("m"));
+  auto run = claim({"m"}, 1).at(0);
+  CAF_CHECK(value_of(store->finish_cancelled(e.id, run.lease_seq, t0 + 9), "finish"));
+  CAF_CHECK_EQUAL(get(e.id).state, job_state::cancelled);
+  // A lost worker's cancel-requested job ends cancelled instead of running
+  // again.
+  CAF_CHECK_EQUAL(value_of(store->rescue_expired(t0 + 10 * lease_ms), "rescue"), 1);
+  auto rd = get(d.id);
+  CAF_CHECK_EQUAL(rd.state, job_state::cancelled);
+  CAF_CHECK(!rd.has_error);
+  CAF_CHECK_EQUAL(rd.finished_at_ms, t0 + 10 * lease_ms);
+  CAF_CHECK_EQUAL(last_event_data(d.id), status_data("cancelled", 1));
+  CAF_CHECK_EQUAL(count(job_state::cancelled), 5);
+}
+
+CAF_TEST(progress and data events are fenced and validated) {
+  auto rec = enqueue(make_job("m"));
+  auto run = claim({"m"}, 1).at(0);
+  auto events = events_during([&] {
+    CAF_CHECK(
+        value_of(store->add_event(rec.id, 1, "progress", R"({"progress":0.25})", t0 + 1),
+                 "add_event"));
+    CAF_CHECK(value_of(store->add_event(rec.id, 1, "data", R"({"delta":"he"})", t0 + 2),
+                       "add_event"));
+    CAF_CHECK(
+        value_of(store->add_event(rec.id, 1, "progress", R"({"progress":1})", t0 + 3),
+                 "add_event"));
+    // A stale token writes nothing.
+    CAF_CHECK(!value_of(store->add_event(rec.id, 2, "data", R"({"delta":"x"})", t0 + 4),
+                        "add_event"));
+    CAF_CHECK(
+        !value_of(store->add_event(rec.id, 0, "progress", R"({"progress":0.5})", t0 + 4),
+                  "add_event"));
+  });
+  CAF_CHECK_EQUAL(describe(events),
+                  (std::vector<std::string>{
+                      describe_one(rec.id, "progress", R"({"progress":0.25})"),
+                      describe_one(rec.id, "data", R"({"delta":"he"})"),
+                      describe_one(rec.id, "progress", R"({"progress":1})"),
+                  }));
+  CAF_CHECK_EQUAL(get(rec.id).progress, 1.0);
+  for (auto [kind, data] : std::vector<std::pair<std::string, std::string>>{
+           {"status", R"({"state":"queued"})"},
+           {"other", "{}"},
+           {"data", "not json"},
+           {"data", "[1,2]"},
+           {"data", "\"text\""},
+           {"progress", "{}"},
+           {"progress", R"({"progress":"0.5"})"},
+           {"progress", R"({"progress":1.5})"},
+           {"progress", R"({"progress":-0.1})"},
+           {"progress", R"({"progress":null})"},
+           {"data", std::string(1 << 20, ' ') + "{}"},
+       }) {
+    auto res = store->add_event(rec.id, 1, kind, data, t0 + 5);
+    CAF_REQUIRE(!res);
+    CAF_CHECK_EQUAL(code_of(res.error()), errc::invalid_input);
+  }
+  CAF_CHECK(store->take_events().empty());
+  CAF_CHECK_EQUAL(get(rec.id).progress, 1.0);
+  // A new attempt starts without progress.
+  CAF_CHECK(value_of(
+      store->fail(rec.id, run.lease_seq, job_error{"oom", "x", true}, t0 + 6), "fail"));
+  auto again = claim({"m"}, 1, t0 + 60'000).at(0);
+  CAF_CHECK_EQUAL(again.progress, -1.0);
+  CAF_CHECK_EQUAL(get(rec.id).progress, -1.0);
+}
+
+CAF_TEST(events_after pages through the events of one job) {
+  auto a = enqueue(make_job("m"));
+  auto b = enqueue(make_job("m"));
+  claim({"m"}, 2);
+  for (int i = 0; i < 10; ++i) {
+    auto data = R"({"delta":")" + std::to_string(i) + "\"}";
+    CAF_CHECK(value_of(store->add_event(a.id, 1, "data", data, t0 + i), "add"));
+    CAF_CHECK(value_of(store->add_event(b.id, 1, "data", data, t0 + i), "add"));
+  }
+  auto all = events_of(a.id);
+  CAF_REQUIRE_EQUAL(all.size(), 12u); // queued, running, 10 data
+  std::vector<job_event> paged;
+  int64_t after = 0;
+  int pages = 0;
+  for (;;) {
+    auto page = value_of(store->events_after(a.id, after, 5), "events_after");
+    if (page.empty())
+      break;
+    ++pages;
+    CAF_CHECK_LESS_OR_EQUAL(page.size(), 5u);
+    after = page.back().seq;
+    paged.insert(paged.end(), page.begin(), page.end());
+  }
+  CAF_CHECK_EQUAL(pages, 3);
+  CAF_REQUIRE_EQUAL(paged.size(), all.size());
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    CAF_CHECK_EQUAL(paged[i].seq, all[i].seq);
+    CAF_CHECK_EQUAL(paged[i].job_id, a.id);
+    if (i > 0)
+      CAF_CHECK_GREATER(all[i].seq, all[i - 1].seq);
+  }
+  CAF_CHECK_EQUAL(all[11].data_json, R"({"delta":"9"})");
+  // Resuming after a seq skips exactly the events up to it.
+  auto rest = value_of(store->events_after(a.id, all[9].seq, 100), "events_after");
+  CAF_REQUIRE_EQUAL(rest.size(), 2u);
+  CAF_CHECK_EQUAL(rest[0].seq, all[10].seq);
+  CAF_CHECK(value_of(store->events_after(999, 0, 100), "events_after").empty());
+  CAF_CHECK_EQUAL(code_of(store->events_after(a.id, 0, 0).error()), errc::invalid_input);
+}
+
+CAF_TEST(list pages newest first with filters) {
+  // 250 jobs: ids 1..250, models m0/m1 alternating; some claimed and
+  // finished to spread the states.
+  for (int i = 0; i < 250; ++i)
+    enqueue(make_job(i % 2 == 0 ? "m0" : "m1"));
+  auto running = claim({"m0", "m1"}, 60); // ids 1..60
+  for (int i = 0; i < 30; ++i)            // ids 1..30 succeed
+    CAF_CHECK(value_of(store->complete(running[i].id, 1, "{}", t0 + 1), "c"));
+  job_error bad{"invalid_input", "x", false};
+  for (int i = 30; i < 40; ++i) // ids 31..40 fail
+    CAF_CHECK(value_of(store->fail(running[i].id, 1, bad, t0 + 1), "f"));
+  auto page_ids = [](const job_page& page) { return ids_of(page.jobs); };
+  auto range = [](int64_t from, int64_t to) { // from down to `to`
+    std::vector<int64_t> out;
+    for (auto id = from; id >= to; --id)
+      out.push_back(id);
+    return out;
+  };
+  job_filter all;
+  all.limit = 100;
+  auto p1 = value_of(store->list(all), "list");
+  CAF_CHECK_EQUAL(page_ids(p1), range(250, 151));
+  CAF_CHECK_EQUAL(p1.next_before_id, 151);
+  all.before_id = p1.next_before_id;
+  auto p2 = value_of(store->list(all), "list");
+  CAF_CHECK_EQUAL(page_ids(p2), range(150, 51));
+  CAF_CHECK_EQUAL(p2.next_before_id, 51);
+  all.before_id = p2.next_before_id;
+  auto p3 = value_of(store->list(all), "list");
+  CAF_CHECK_EQUAL(page_ids(p3), range(50, 1));
+  CAF_CHECK_EQUAL(p3.next_before_id, 0);
+  // An exact fit has no next page.
+  job_filter fit;
+  fit.limit = 50;
+  fit.before_id = 51;
+  CAF_CHECK_EQUAL(value_of(store->list(fit), "list").next_before_id, 0);
+  // Records are complete; queued ones carry their position.
+  auto& newest = p1.jobs.front();
+  CAF_CHECK_EQUAL(newest.model, "m1");
+  CAF_CHECK_EQUAL(newest.state, job_state::queued);
+  CAF_CHECK_EQUAL(newest.input_json, R"({"x":1})");
+  CAF_CHECK_EQUAL(newest.position, get(250).position);
+  CAF_CHECK_EQUAL(newest.position, 94); // m1 has 95 queued jobs (ids 62..250 even)
+  for (auto& rec : p2.jobs)
+    CAF_CHECK_EQUAL(rec.position, get(rec.id).position);
+  CAF_CHECK_EQUAL(p3.jobs.back().state, job_state::succeeded);
+  CAF_CHECK_EQUAL(p3.jobs.back().position, -1);
+  // States.
+  job_filter states;
+  states.states = {job_state::failed, job_state::running};
+  states.limit = 15;
+  auto s1 = value_of(store->list(states), "list");
+  CAF_CHECK_EQUAL(page_ids(s1), range(60, 46));
+  CAF_CHECK_EQUAL(s1.next_before_id, 46);
+  states.before_id = 46;
+  auto s2 = value_of(store->list(states), "list");
+  CAF_CHECK_EQUAL(page_ids(s2), range(45, 31));
+  CAF_CHECK_EQUAL(s2.next_before_id, 0);
+  // Model, with and without states.
+  job_filter model;
+  model.model = "m0";
+  model.limit = 1000;
+  auto m = value_of(store->list(model), "list");
+  CAF_CHECK_EQUAL(m.jobs.size(), 125u);
+  CAF_CHECK_EQUAL(m.jobs.front().id, 249);
+  CAF_CHECK_EQUAL(m.jobs.back().id, 1);
+  CAF_CHECK_EQUAL(m.next_before_id, 0);
+  model.states = {job_state::succeeded};
+  model.limit = 10;
+  auto ms = value_of(store->list(model), "list");
+  CAF_CHECK_EQUAL(page_ids(ms),
+                  (std::vector<int64_t>{29, 27, 25, 23, 21, 19, 17, 15, 13, 11}));
+  CAF_CHECK_EQUAL(ms.next_before_id, 11);
+  model.states = {job_state::dead};
+  CAF_CHECK(value_of(store->list(model), "list").jobs.empty());
+  model.model = "nope";
+  model.states.clear();
+  CAF_CHECK(value_of(store->list(model), "list").jobs.empty());
+  // Bad filters.
+  job_filter bad_limit;
+  bad_limit.limit = 0;
+  CAF_CHECK_EQUAL(code_of(store->list(bad_limit).error()), errc::invalid_input);
+  bad_limit.limit = 1001;
+  CAF_CHECK_EQUAL(code_of(store->list(bad_limit).error()), errc::invalid_input);
+  job_filter bad_cursor;
+  bad_cursor.before_id = -1;
+  CAF_CHECK_EQUAL(code_of(store->list(bad_cursor).error()), errc::invalid_input);
+}
+
+CAF_TEST(requeue_worker puts back the jobs of a lost worker) {
+  auto a = enqueue(make_job("m", 0, 3));
+  auto b = enqueue(make_job("m", 0, 1));
+  auto c = enqueue(make_job("m", 0, 3));
+  auto d = enqueue(make_job("m", 0, 3));
+  claim({"m"}, 2, t0, "w1"); // a, b
+  claim({"m"}, 1, t0, "w2"); // c
+  claim({"m"}, 1, t0, "w1"); // d
+  CAF_REQUIRE(value_of(store->cancel(d.id, t0 + 1), "cancel"));
+  store->take_events();
+  CAF_CHECK_EQUAL(value_of(store->requeue_worker("w1", t0 + 100), "requeue"), 3);
+  auto ra = get(a.id);
+  CAF_CHECK_EQUAL(ra.state, job_state::queued);
+  CAF_CHECK_EQUAL(ra.run_at_ms, t0 + 100);
+  CAF_CHECK_EQUAL(ra.error.code, "worker_lost");
+  CAF_CHECK(ra.error.retryable);
+  CAF_CHECK_EQUAL(ra.error.message, "worker w1 is gone");
+  CAF_CHECK_EQUAL(ra.lease_until_ms, 0);
+  auto rb = get(b.id);
+  CAF_CHECK_EQUAL(rb.state, job_state::dead);
+  CAF_CHECK_EQUAL(rb.finished_at_ms, t0 + 100);
+  CAF_CHECK_EQUAL(rb.error.message, "worker w1 is gone after the last attempt");
+  CAF_CHECK_EQUAL(get(c.id).state, job_state::running);
+  CAF_CHECK_EQUAL(get(d.id).state, job_state::cancelled);
+  auto lost = ",\"error\":{\"code\":\"worker_lost\",\"message\":\"worker w1 is gone";
+  CAF_CHECK_EQUAL(
+      describe(store->take_events()),
+      (std::vector<std::string>{
+          describe_one(a.id, "status",
+                       status_data("queued", 1,
+                                   lost + std::string{"\","} + "\"retryable\":true}")),
+          describe_one(b.id, "status",
+                       status_data("dead", 1,
+                                   lost + std::string{" after the last attempt\","}
+                                       + "\"retryable\":true}")),
+          describe_one(d.id, "status", status_data("cancelled", 1)),
+      }));
+  // The stale worker's token no longer counts; the job runs again.
+  CAF_CHECK(!value_of(store->complete(a.id, 1, "{}", t0 + 101), "c"));
+  auto again = claim({"m"}, 1, t0 + 100, "w3").at(0);
+  CAF_CHECK_EQUAL(again.id, a.id);
+  CAF_CHECK_EQUAL(again.lease_seq, 2);
+  CAF_CHECK_EQUAL(value_of(store->requeue_worker("w1", t0 + 200), "requeue"), 0);
+  CAF_CHECK_EQUAL(value_of(store->requeue_worker("nobody", t0 + 200), "requeue"), 0);
+}
+
+CAF_TEST(throughput counts successes in the window) {
+  for (int i = 0; i < 10; ++i)
+    enqueue(make_job(i < 8 ? "m" : "n"));
+  auto batch = claim({"m", "n"}, 10, t0);
+  // Successes of m at t0+1000 .. t0+7000 (7), one failure, n at t0+5000.
+  for (int i = 0; i < 7; ++i)
+    CAF_CHECK(value_of(store->complete(batch[i].id, 1, "{}", t0 + 1000 * (i + 1)), "c"));
+  CAF_CHECK(
+      value_of(store->fail(batch[7].id, 1, job_error{"x", "y", false}, t0 + 2000), "f"));
+  CAF_CHECK(value_of(store->complete(batch[8].id, 1, "{}", t0 + 5000), "c"));
+  auto rate = [&](const std::string& model, int64_t window, int64_t now) {
+    return value_of(store->throughput(model, window, now), "throughput");
+  };
+  CAF_CHECK_EQUAL(rate("m", 10'000, t0 + 7000), 0.7);
+  CAF_CHECK_EQUAL(rate("m", 2'000, t0 + 7000), 1.0); // (5000, 7000]: 2 jobs
+  CAF_CHECK_EQUAL(rate("m", 1'000, t0 + 7500), 1.0); // (6500, 7500]: 1 job
+  CAF_CHECK_EQUAL(rate("m", 1'000, t0 + 8000), 0.0); // (7000, 8000]: none
+  CAF_CHECK_EQUAL(rate("m", 4'000, t0 + 4000), 1.0); // (0, 4000]: 4 jobs
+  CAF_CHECK_EQUAL(rate("n", 60'000, t0 + 60'000), 1.0 / 60);
+  CAF_CHECK_EQUAL(rate("none", 60'000, t0), 0.0);
+  CAF_CHECK_EQUAL(code_of(store->throughput("m", 0, t0).error()), errc::invalid_input);
+}
+
+CAF_TEST(queued jobs carry an eta from the recent throughput) {
+  // get() and list() use the wall clock; finish 6 jobs "just now".
+  auto now = wall_ms();
+  for (int i = 0; i < 6; ++i)
+    enqueue(make_job("m"), now - 1000);
+  auto batch = claim({"m"}, 6, now - 1000);
+  for (auto& job : batch)
+    CAF_CHECK(value_of(store->complete(job.id, job.lease_seq, "{}", now - 500), "c"));
+  // 6 jobs in 60 s = 0.1/s = 10 s per job.
+  auto first = enqueue(make_job("m"), now);
+  CAF_CHECK_EQUAL(first.position, 0);
+  CAF_CHECK_EQUAL(first.eta_ms, 10'000);
+  auto second = enqueue(make_job("m"), now);
+  CAF_CHECK_EQUAL(second.eta_ms, 20'000);
+  CAF_CHECK_EQUAL(get(second.id).eta_ms, 20'000);
+  // Not before run_at.
+  auto delayed = make_job("m");
+  delayed.run_at_ms = now + 100'000;
+  auto later = enqueue(delayed, now);
+  CAF_CHECK_EQUAL(later.position, 2);
+  CAF_CHECK_EQUAL(later.eta_ms, 110'000);
+  job_filter queued;
+  queued.states = {job_state::queued};
+  auto page = value_of(store->list(queued), "list");
+  CAF_REQUIRE_EQUAL(page.jobs.size(), 3u);
+  CAF_CHECK_EQUAL(page.jobs[2].eta_ms, 10'000);
+  CAF_CHECK_EQUAL(page.jobs[1].eta_ms, 20'000);
+  CAF_CHECK_GREATER_OR_EQUAL(page.jobs[0].eta_ms, 100'000);
+  // Jobs that are not queued, and models without recent successes, have none.
+  CAF_CHECK_EQUAL(get(batch[0].id).eta_ms, -1);
+  auto other = enqueue(make_job("idle"), now);
+  CAF_CHECK_EQUAL(other.position, 0);
+  CAF_CHECK_EQUAL(other.eta_ms, -1);
+  CAF_CHECK_EQUAL(get(other.id).eta_ms, -1);
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()

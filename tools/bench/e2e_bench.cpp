@@ -1,0 +1,406 @@
+// `infergrid bench e2e`: a child `infergrid serve`, durable classifier jobs
+// over HTTP, the /healthz floor and the store-only figure (docs/benchmarks.md).
+#include "tools/bench/e2e_bench.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "messages/errors.hpp"
+#include "tools/bench/http_client.hpp"
+#include "tools/bench/queue_bench.hpp"
+
+namespace infergrid::bench {
+
+namespace {
+
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+/// How long the server may take to build the demo models, load and warm
+/// them up.
+constexpr auto ready_deadline = std::chrono::seconds(180);
+/// How long the jobs may take once submitted, at most.
+constexpr auto finish_deadline = std::chrono::seconds(600);
+/// How long SIGTERM may take (shutdown.drain_timeout_ms is 10 s).
+constexpr auto stop_deadline = std::chrono::seconds(30);
+/// Interval of the /metrics polls while jobs run.
+constexpr auto poll_interval = std::chrono::milliseconds(25);
+
+/// One classifier row, as tests/integration/harness.py's classifier_input(1).
+std::string job_body() {
+  std::string data;
+  for (int i = 0; i < 16; ++i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.6g", i > 0 ? "," : "",
+                  ((i * 7) % 13) / 13.0 - 0.5);
+    data += buf;
+  }
+  return R"({"model":"classifier","input":{"inputs":[{"name":"x","shape":[1,16],)"
+         R"("datatype":"FP32","data":[)"
+         + data + "]}]}}";
+}
+
+double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+std::string fixed(double x, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
+  return buf;
+}
+
+std::string thousands(double x) {
+  auto s = std::to_string(static_cast<int64_t>(x + 0.5));
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
+    s.insert(static_cast<std::size_t>(i), ",");
+  return s;
+}
+
+std::string statuses(const load_result& r) {
+  std::string out;
+  for (auto& [status, n] : r.statuses)
+    out += (out.empty() ? "" : ", ") + std::to_string(n) + " x " + std::to_string(status);
+  if (r.errors > 0)
+    out += (out.empty() ? "" : ", ") + std::to_string(r.errors) + " without answer";
+  return out;
+}
+
+/// The value of `infergrid_jobs{state="<state>"}` in a /metrics page; -1
+/// when absent.
+int64_t jobs_gauge(const std::string& page, const std::string& state) {
+  auto key = "\ninfergrid_jobs{state=\"" + state + "\"} ";
+  auto at = page.find(key);
+  if (at == std::string::npos)
+    return -1;
+  return std::atoll(page.c_str() + at + key.size());
+}
+
+/// The last lines of the server's log, for a failure report.
+std::string log_tail(const std::string& path, std::size_t lines = 20) {
+  std::ifstream in{path};
+  std::vector<std::string> all;
+  for (std::string line; std::getline(in, line);)
+    all.push_back(line);
+  std::string out;
+  for (auto i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i)
+    out += "  | " + all[i] + '\n';
+  return out;
+}
+
+/// Non-empty lines of the server's log (it logs at warn and above) and the
+/// first of them.
+std::pair<int, std::string> log_lines(const std::string& path) {
+  std::ifstream in{path};
+  int n = 0;
+  std::string first;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty())
+      continue;
+    if (n++ == 0)
+      first = line;
+  }
+  return {n, first};
+}
+
+/// A child `infergrid serve`; its stdout and stderr go to `log`.
+pid_t start_server(uint16_t port, const e2e_bench_options& opts, const std::string& data,
+                   const std::string& models, const std::string& log) {
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid != 0)
+    return pid;
+  int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+  }
+  // Flags below beat the environment; a configuration file would not.
+  ::unsetenv("CONFIG_PATH");
+  auto max_queued = std::to_string(std::max<int64_t>(10'000, opts.jobs));
+  ::setenv("INFERGRID_QUEUE__MAX_QUEUED", max_queued.c_str(), 1);
+  ::setenv("INFERGRID_STORAGE__SYNCHRONOUS", opts.synchronous_full ? "FULL" : "NORMAL",
+           1);
+  auto port_text = std::to_string(port);
+  auto workers = std::to_string(opts.workers);
+  std::vector<std::string> args{"infergrid",    "serve",   "--host",     "127.0.0.1",
+                                "--port",       port_text, "--data-dir", data,
+                                "--models-dir", models,    "--workers",  workers,
+                                "--log-level",  "warn"};
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  ::execv("/proc/self/exe", argv.data());
+  std::fprintf(stderr, "bench e2e: exec /proc/self/exe: %s\n", std::strerror(errno));
+  ::_exit(127);
+}
+
+/// Waits up to `deadline` for `pid` to end; its wait status, or -1.
+int wait_for_exit(pid_t pid, clock_type::duration deadline) {
+  auto until = clock_type::now() + deadline;
+  for (;;) {
+    int status = 0;
+    auto r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid)
+      return status;
+    if (r < 0 && errno != EINTR)
+      return -1;
+    if (clock_type::now() >= until)
+      return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::string describe_status(int status) {
+  if (status < 0)
+    return "still running";
+  if (WIFEXITED(status))
+    return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status))
+    return std::string{"signal "} + strsignal(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+} // namespace
+
+int run_bench_e2e(const e2e_bench_options& opts) {
+  auto dir = make_bench_dir(opts.dir, "infergrid-bench-e2e");
+  if (dir.empty()) {
+    std::cerr << "bench e2e: cannot create a directory under "
+              << (opts.dir.empty() ? "$TMPDIR or /tmp" : opts.dir) << ": "
+              << std::strerror(errno) << '\n';
+    return 1;
+  }
+  struct cleanup {
+    std::string dir;
+    bool keep = false;
+    ~cleanup() {
+      std::error_code ec;
+      if (!keep)
+        fs::remove_all(dir, ec);
+    }
+  } guard{dir};
+  auto data = (fs::path{dir} / "data").string();
+  auto models = (fs::path{dir} / "models").string();
+  auto log = (fs::path{dir} / "serve.log").string();
+  std::error_code ec;
+  fs::create_directories(data, ec);
+  fs::create_directories(models, ec);
+
+  uint16_t port = free_loopback_port();
+  if (port == 0) {
+    std::cerr << "bench e2e: no free loopback port\n";
+    return 1;
+  }
+  std::cout << "bench e2e: " << opts.jobs << " durable classifier jobs over HTTP, "
+            << opts.concurrency << " keep-alive connection(s), " << opts.workers
+            << " worker(s), synchronous " << (opts.synchronous_full ? "FULL" : "NORMAL")
+            << "\nThe classifier's forward pass costs ~20 us: each job is close to a "
+               "no-op, so the figure is the serving overhead (HTTP, actors, SQLite).\n"
+            << "server: 127.0.0.1:" << port << ", files in " << dir << '\n'
+            << std::flush;
+
+  auto started = clock_type::now();
+  pid_t server = start_server(port, opts, data, models, log);
+  if (server < 0) {
+    std::cerr << "bench e2e: fork: " << std::strerror(errno) << '\n';
+    return 1;
+  }
+  // From here on every path stops the server.
+  auto fail = [&](const std::string& why) {
+    guard.keep = true;
+    std::cerr << "bench e2e: " << why << "\nserver log (" << log << ", kept):\n"
+              << log_tail(log);
+    ::kill(server, SIGKILL);
+    wait_for_exit(server, stop_deadline);
+    return 1;
+  };
+
+  // Ready: /readyz answers 200 once a worker has its models warm.
+  double ready_s = 0;
+  {
+    http_connection conn{port, 2000};
+    auto request = http_request("GET", "/readyz");
+    for (;;) {
+      int status = 0;
+      if (::waitpid(server, &status, WNOHANG) == server) {
+        guard.keep = true;
+        std::cerr << "bench e2e: the server ended before it was ready ("
+                  << describe_status(status) << ")\nserver log (" << log << "):\n"
+                  << log_tail(log);
+        return 1;
+      }
+      http_response resp;
+      std::string error;
+      if (conn.exchange(request, resp, error) && resp.status == 200)
+        break;
+      if (clock_type::now() - started > ready_deadline)
+        return fail("the server was not ready after "
+                    + std::to_string(ready_deadline.count()) + " s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ready_s = seconds_since(started);
+  }
+
+  // The HTTP floor: the same client, the cheapest route, after a warm-up
+  // (connections, caches) that is not counted.
+  drive(port, http_request("GET", "/healthz"), std::min<int64_t>(opts.jobs, 1000),
+        opts.concurrency);
+  auto floor = drive(port, http_request("GET", "/healthz"), opts.jobs, opts.concurrency);
+  if (floor.ok != opts.jobs)
+    return fail("GET /healthz: " + statuses(floor)
+                + "; first problem: " + floor.first_problem);
+  double floor_rps = floor.ok / floor.seconds;
+
+  // The jobs: submit all, then poll /metrics until every one has ended.
+  auto submit_start = clock_type::now();
+  auto submit = drive(port, http_request("POST", "/v1/jobs", job_body()), opts.jobs,
+                      opts.concurrency);
+  if (submit.ok != opts.jobs)
+    return fail("POST /v1/jobs: " + statuses(submit)
+                + "; first problem: " + submit.first_problem);
+  double submit_rps = submit.ok / submit.seconds;
+  double submit_end_s = seconds_since(submit_start);
+  int64_t succeeded_at_submit_end = -1;
+  int64_t succeeded = 0;
+  int64_t ended_badly = 0;
+  int polls = 0;
+  double all_done_s = 0;
+  {
+    http_connection conn{port};
+    auto request = http_request("GET", "/metrics");
+    for (;;) {
+      http_response resp;
+      std::string error;
+      if (!conn.exchange(request, resp, error))
+        return fail("GET /metrics: " + error);
+      ++polls;
+      succeeded = jobs_gauge(resp.body, "succeeded");
+      if (succeeded < 0)
+        return fail("GET /metrics has no infergrid_jobs{state=\"succeeded\"}");
+      if (succeeded_at_submit_end < 0)
+        succeeded_at_submit_end = succeeded;
+      ended_badly = 0;
+      for (auto state : {"failed", "dead", "cancelled"})
+        ended_badly += std::max<int64_t>(jobs_gauge(resp.body, state), 0);
+      if (succeeded + ended_badly >= opts.jobs) {
+        all_done_s = seconds_since(submit_start);
+        break;
+      }
+      if (clock_type::now() - submit_start > finish_deadline)
+        return fail(std::to_string(succeeded) + " of " + std::to_string(opts.jobs)
+                    + " jobs succeeded after " + std::to_string(finish_deadline.count())
+                    + " s");
+      std::this_thread::sleep_for(poll_interval);
+    }
+  }
+  double e2e_rps = succeeded / all_done_s;
+  // The workers alone once the submissions stopped competing for the CPU.
+  double drain_rps
+      = all_done_s > submit_end_s && succeeded > succeeded_at_submit_end
+            ? (succeeded - succeeded_at_submit_end) / (all_done_s - submit_end_s)
+            : 0;
+
+  // Stop: SIGTERM, drain, exit 0.
+  ::kill(server, SIGTERM);
+  auto stop_start = clock_type::now();
+  int status = wait_for_exit(server, stop_deadline);
+  double stop_s = seconds_since(stop_start);
+  bool clean_exit = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (status < 0) {
+    ::kill(server, SIGKILL);
+    wait_for_exit(server, stop_deadline);
+  }
+  if (!clean_exit)
+    std::cerr << "bench e2e: the server did not exit 0 after SIGTERM ("
+              << describe_status(status) << ")\nserver log (" << log << "):\n"
+              << log_tail(log);
+
+  auto [warnings, first_warning] = log_lines(log);
+
+  // The store alone, the way a worker uses it: one process, claim batch 1.
+  std::vector<double> store_rounds;
+  for (int r = 0; r < 3; ++r) {
+    queue_round round;
+    round.engine = queue_engine::store;
+    round.jobs = opts.jobs;
+    round.seconds = 60;
+    round.synchronous_full = opts.synchronous_full;
+    round.dir = dir;
+    auto res = run_queue_round(round);
+    if (!res) {
+      std::cerr << "bench e2e: store-only round: " << message_of(res.error()) << '\n';
+      return 1;
+    }
+    store_rounds.push_back(res->jobs_per_s);
+  }
+  double store_rps = median(store_rounds);
+
+  std::printf("\n%-46s %12s\n", "figure", "per second");
+  std::printf("%-46s %12s\n", "GET /healthz (HTTP floor, same client)",
+              thousands(floor_rps).c_str());
+  std::printf("%-46s %12s\n", "POST /v1/jobs accepted (submit phase)",
+              thousands(submit_rps).c_str());
+  std::printf("%-46s %12s\n", "jobs, first submit -> all succeeded (e2e)",
+              thousands(e2e_rps).c_str());
+  std::printf("%-46s %12s\n", "jobs after the last submit (drain)",
+              thousands(drain_rps).c_str());
+  std::printf("%-46s %12s\n", "store only: claim+complete, 1 process, B=1",
+              thousands(store_rps).c_str());
+  std::printf("e2e / store only: %s; submit / healthz floor: %s\n",
+              fixed(store_rps > 0 ? e2e_rps / store_rps : 0, 2).c_str(),
+              fixed(floor_rps > 0 ? submit_rps / floor_rps : 0, 2).c_str());
+  std::printf("server: ready %s s after start, %d /metrics polls, %lld succeeded, "
+              "%lld failed/dead/cancelled, %s %s s after SIGTERM\n",
+              fixed(ready_s, 1).c_str(), polls, static_cast<long long>(succeeded),
+              static_cast<long long>(ended_badly),
+              clean_exit ? "exited 0" : describe_status(status).c_str(),
+              fixed(stop_s, 2).c_str());
+  if (warnings > 0)
+    std::printf("server log: %d line(s) at warn or above, the first: %s\n", warnings,
+                first_warning.c_str());
+  else
+    std::printf("server log: nothing at warn or above\n");
+  std::fflush(stdout);
+  std::ostringstream json;
+  json << R"({"bench":"e2e","jobs":)" << opts.jobs << R"(,"concurrency":)"
+       << opts.concurrency << R"(,"workers":)" << opts.workers << R"(,"synchronous":")"
+       << (opts.synchronous_full ? "FULL" : "NORMAL") << R"(","healthz_rps":)"
+       << fixed(floor_rps, 0) << R"(,"submit_jobs_s":)" << fixed(submit_rps, 0)
+       << R"(,"e2e_jobs_s":)" << fixed(e2e_rps, 0) << R"(,"e2e_seconds":)"
+       << fixed(all_done_s, 3) << R"(,"submit_seconds":)" << fixed(submit_end_s, 3)
+       << R"(,"succeeded_at_submit_end":)" << succeeded_at_submit_end
+       << R"(,"drain_jobs_s":)" << fixed(drain_rps, 0) << R"(,"store_only_jobs_s":)"
+       << fixed(store_rps, 0) << R"(,"store_only_rounds":[)";
+  for (std::size_t i = 0; i < store_rounds.size(); ++i)
+    json << (i > 0 ? "," : "") << fixed(store_rounds[i], 0);
+  json << R"(],"succeeded":)" << succeeded << R"(,"ended_badly":)" << ended_badly
+       << R"(,"ready_s":)" << fixed(ready_s, 2) << R"(,"server_exit_ok":)"
+       << (clean_exit ? "true" : "false") << R"(,"server_log_lines":)" << warnings << '}';
+  std::cout << json.str() << std::endl;
+  if (ended_badly > 0)
+    std::cerr << "bench e2e: " << ended_badly << " job(s) did not succeed\n";
+  return clean_exit && ended_badly == 0 ? 0 : 1;
+}
+
+} // namespace infergrid::bench
