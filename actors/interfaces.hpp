@@ -38,6 +38,10 @@ using events_atom = caf::atom_constant<caf::atom("events")>;
 using publish_atom = caf::atom_constant<caf::atom("publish")>;
 using subscribe_atom = caf::atom_constant<caf::atom("subscribe")>;
 using unsub_atom = caf::atom_constant<caf::atom("unsub")>;
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
+using claim_atom = caf::atom_constant<caf::atom("claim")>;
+using complete_atom = caf::atom_constant<caf::atom("complete")>;
+using fail_atom = caf::atom_constant<caf::atom("fail")>;
 
 /// An interactive (not durable) inference request for a tensor model.
 struct infer_request {
@@ -131,6 +135,21 @@ using queue_actor = queue_feedback_actor::extend<
   caf::replies_to<list_atom, job_filter>::with<job_page>,
   caf::replies_to<cancel_atom, int64_t>::with<job_record>,
   caf::replies_to<events_atom, int64_t, int64_t>::with<std::vector<job_event>>,
+  // Self-message: writes the submits that arrived together in one
+  // transaction (group commit).
+  caf::reacts_to<flush_atom>,
+  // The claim path of a worker that cannot open the SQLite file itself (a
+  // remote node): the same store functions, run on the queue's connection.
+  // (worker id, models, n, lease_ms) -> claimed jobs, sorted.
+  caf::replies_to<claim_atom, std::string, std::vector<std::string>, int32_t,
+                  int64_t>::with<std::vector<job_record>>,
+  // (id, lease_seq, output JSON) -> false when the lease was lost.
+  caf::replies_to<complete_atom, int64_t, int64_t, std::string>::with<bool>,
+  // (id, lease_seq, error) -> the resulting state's name; "" when the lease
+  // was lost.
+  caf::replies_to<fail_atom, int64_t, int64_t, job_error>::with<std::string>,
+  // (id, lease_seq, lease_ms) -> (lease held, cancel requested).
+  caf::replies_to<renew_atom, int64_t, int64_t, int64_t>::with<bool, bool>,
   caf::reacts_to<qtick_atom>>;
 
 /// The gateway: admission and validation in front of the queue. What http/

@@ -27,7 +27,21 @@ struct worker_entry {
   worker_actor handle;
   std::set<std::string> models;
   bool busy = false;
+  /// The state last written to the workers table, and when.
+  std::string recorded_state;
+  int64_t recorded_at_ms = 0;
 };
+
+struct pending_submit {
+  new_job job;
+  caf::typed_response_promise<job_record> rp;
+};
+
+/// Most submits written by one flush (one transaction).
+constexpr std::size_t max_submit_batch = 256;
+
+/// How often an unchanged worker row is refreshed in the workers table.
+constexpr int64_t worker_row_refresh_ms = 5000;
 
 struct pending_infer {
   infer_request req;
@@ -46,6 +60,9 @@ struct queue_state {
   /// Models that may have claimable durable jobs.
   std::set<std::string> maybe_ready;
   uint64_t ticks = 0;
+  /// Submits waiting for the next flush (group commit).
+  std::vector<pending_submit> submits;
+  bool flush_scheduled = false;
 };
 
 using queue_pointer = queue_actor::stateful_pointer<queue_state>;
@@ -56,6 +73,34 @@ void publish_events(queue_pointer self) {
   auto events = st.store->take_events();
   if (!events.empty() && st.broker)
     self->send(st.broker, publish_atom::value, std::move(events));
+}
+
+std::string join(const std::set<std::string>& xs) {
+  std::string out;
+  for (auto& x : xs)
+    out += (out.empty() ? "" : ",") + x;
+  return out;
+}
+
+// Writes a worker's row when its state changed or the row is getting old, so
+// that `sqlite3 data/infergrid.db 'select * from workers'` shows the truth.
+void record_worker(queue_state& st, worker_entry& w, const std::string& state,
+                   bool force) {
+  auto now = now_ms();
+  if (!force && state == w.recorded_state
+      && now - w.recorded_at_ms < worker_row_refresh_ms)
+    return;
+  worker_row row;
+  row.id = w.id;
+  row.state = state;
+  row.models = join(w.models);
+  auto ok = st.store->record_worker(row, now);
+  if (!ok) {
+    spdlog::warn("queue: cannot record worker {}: {}", w.id, message_of(ok.error()));
+    return;
+  }
+  w.recorded_state = state;
+  w.recorded_at_ms = now;
 }
 
 worker_entry* find_worker(queue_state& st, const std::string& id) {
@@ -150,6 +195,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     publish_events(self);
     for (auto& m : i->models)
       st.maybe_ready.insert(m);
+    record_worker(st, *i, "DOWN", true);
     st.workers.erase(i);
     st.next_worker = 0;
     // Interactive requests nobody can serve any more fail now, not at timeout.
@@ -182,6 +228,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
       st.maybe_ready.insert(reg.models.begin(), reg.models.end());
       self->monitor(handle);
       spdlog::info("queue: worker {} ready with {} model(s)", w.id, w.models.size());
+      record_worker(st, w, "IDLE", true);
       st.workers.push_back(std::move(w));
       dispatch(self);
     },
@@ -197,16 +244,82 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
       dispatch(self);
     },
     [self](submit_atom, new_job& job) -> caf::result<job_record> {
+      // Group commit: the flush message lands behind every submit already in
+      // the mailbox, so submits that arrive together share one transaction.
       auto& st = self->state;
-      auto rec = st.store->enqueue(job, st.cfg.settings.max_queued, now_ms());
-      if (!rec)
-        return rec.error();
-      publish_events(self);
-      if (rec->created) {
-        st.maybe_ready.insert(rec->model);
-        dispatch(self);
+      auto rp = self->make_response_promise<job_record>();
+      st.submits.push_back(pending_submit{std::move(job), rp});
+      if (!st.flush_scheduled) {
+        st.flush_scheduled = true;
+        self->send(self, flush_atom::value);
       }
-      return std::move(*rec);
+      return rp;
+    },
+    [self](flush_atom) {
+      auto& st = self->state;
+      st.flush_scheduled = false;
+      auto n = std::min(st.submits.size(), max_submit_batch);
+      std::vector<pending_submit> batch(std::make_move_iterator(st.submits.begin()),
+                                        std::make_move_iterator(st.submits.begin() + n));
+      st.submits.erase(st.submits.begin(), st.submits.begin() + n);
+      if (!st.submits.empty()) {
+        st.flush_scheduled = true;
+        self->send(self, flush_atom::value);
+      }
+      std::vector<new_job> jobs;
+      jobs.reserve(batch.size());
+      for (auto& p : batch)
+        jobs.push_back(p.job);
+      auto results = st.store->enqueue_batch(jobs, st.cfg.settings.max_queued, now_ms());
+      if (!results) {
+        for (auto& p : batch)
+          p.rp.deliver(results.error());
+        return;
+      }
+      publish_events(self);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        auto& rec = (*results)[i];
+        if (!rec) {
+          batch[i].rp.deliver(rec.error());
+          continue;
+        }
+        if (rec->created)
+          st.maybe_ready.insert(rec->model);
+        batch[i].rp.deliver(std::move(*rec));
+      }
+      dispatch(self);
+    },
+    [self](claim_atom, const std::string& worker, const std::vector<std::string>& models,
+           int32_t n, int64_t lease_ms) -> caf::result<std::vector<job_record>> {
+      auto jobs = self->state.store->claim(worker, models, n, lease_ms, now_ms());
+      if (!jobs)
+        return jobs.error();
+      publish_events(self);
+      return std::move(*jobs);
+    },
+    [self](complete_atom, int64_t id, int64_t lease_seq,
+           const std::string& output) -> caf::result<bool> {
+      auto done = self->state.store->complete(id, lease_seq, output, now_ms());
+      if (!done)
+        return done.error();
+      publish_events(self);
+      return *done;
+    },
+    [self](fail_atom, int64_t id, int64_t lease_seq,
+           const job_error& err) -> caf::result<std::string> {
+      auto next = self->state.store->fail(id, lease_seq, err, now_ms());
+      if (!next)
+        return next.error();
+      publish_events(self);
+      // A retry waits for its back-off; the queue tick wakes workers for it.
+      return *next ? to_string(**next) : std::string{};
+    },
+    [self](renew_atom, int64_t id, int64_t lease_seq,
+           int64_t lease_ms) -> caf::result<bool, bool> {
+      auto status = self->state.store->renew(id, lease_seq, lease_ms, now_ms());
+      if (!status)
+        return status.error();
+      return {status->held, status->cancel_requested};
     },
     [self](job_get_atom, int64_t id) -> caf::result<job_record> {
       auto rec = self->state.store->get(id);
@@ -304,8 +417,10 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         spdlog::info("queue: {} job(s) with lapsed leases put back", *rescued);
       // Other writers (worker processes, restarts, delayed run_at) may have
       // made jobs ready: let every idle worker look again.
-      for (auto& w : st.workers)
+      for (auto& w : st.workers) {
         st.maybe_ready.insert(w.models.begin(), w.models.end());
+        record_worker(st, w, w.busy ? "BUSY" : "IDLE", false);
+      }
       dispatch(self);
       // A passive checkpoint about every 10 s (only this connection checkpoints).
       auto every = std::max<int64_t>(1, 10000 / std::max<int64_t>(st.cfg.settings.tick_ms, 1));

@@ -124,6 +124,26 @@ typename Inspector::result_type inspect(Inspector& f, job_event& x) {
            x.data_json, x.time_ms);
 }
 
+/// One row of the workers table: what `sqlite3 data/infergrid.db` shows about
+/// each worker the control node has seen.
+struct worker_row {
+  std::string id;
+  /// LOADING, IDLE, BUSY, ERROR, DRAINING or DOWN.
+  std::string state;
+  /// Models it serves, comma-separated.
+  std::string models;
+  /// Durable job it runs now; 0 when none.
+  int64_t current_job = 0;
+  int64_t started_at_ms = 0;
+  int64_t last_heartbeat_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_row& x) {
+  return f(caf::meta::type_name("worker_row"), x.id, x.state, x.models,
+           x.current_job, x.started_at_ms, x.last_heartbeat_ms);
+}
+
 /// Which jobs GET /v1/jobs lists: newest first, a page at a time.
 struct job_filter {
   /// Empty: every state.

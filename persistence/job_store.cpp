@@ -138,6 +138,29 @@ SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
        length(input) AS input_bytes, length(output) AS output_bytes
 FROM jobs;
 )sql",
+    // Version 3: one row per worker the control node has seen (upserted on
+    // state changes and heartbeats), and a view with readable times and the
+    // age of the last heartbeat. current_job is NULL when the worker runs no
+    // durable job; no foreign key (a row must never fail for a job id).
+    R"sql(
+CREATE TABLE workers (
+  id             TEXT    PRIMARY KEY,
+  state          TEXT    NOT NULL,
+  models         TEXT    NOT NULL,
+  current_job    INTEGER,
+  started_at     INTEGER NOT NULL,
+  last_heartbeat INTEGER NOT NULL
+);
+CREATE VIEW workers_readable AS
+SELECT id, state, models,
+       CASE WHEN current_job IS NOT NULL THEN 'j_' || current_job END AS current_job,
+       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%d %H:%M:%f', last_heartbeat / 1000.0, 'unixepoch')
+         AS last_heartbeat,
+       round((julianday('now') - 2440587.5) * 86400.0 - last_heartbeat / 1000.0, 1)
+         AS heartbeat_age_s
+FROM workers;
+)sql",
 };
 
 constexpr int schema_version
@@ -357,6 +380,24 @@ const char* const sql_requeue_worker
 // clang-format on
 
 const char* const sql_count_by_state = "SELECT state, count(*) FROM jobs GROUP BY state";
+
+// One savepoint per job of an enqueue batch: a refused job is rolled back to
+// it, leaving the jobs before it in the transaction.
+const char* const sql_savepoint = "SAVEPOINT enqueue_job";
+const char* const sql_rollback_to = "ROLLBACK TO enqueue_job";
+const char* const sql_release = "RELEASE enqueue_job";
+
+// started_at only on the first insert; everything else follows the worker.
+const char* const sql_upsert_worker
+    = "INSERT INTO workers (id, state, models, current_job, started_at, last_heartbeat) "
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+      "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+      "models = excluded.models, current_job = excluded.current_job, "
+      "last_heartbeat = excluded.last_heartbeat";
+
+const char* const sql_list_workers
+    = "SELECT id, state, models, current_job, started_at, last_heartbeat "
+      "FROM workers ORDER BY id";
 
 // -- helpers ------------------------------------------------------------------
 
@@ -595,6 +636,20 @@ int64_t wall_clock_ms() {
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
+/// Why enqueue refuses `job` before looking at the table (errc::invalid_input
+/// named after `op`), or no error.
+caf::error check_new_job(const std::string& op, const new_job& job) {
+  if (job.model.empty())
+    return make_error(errc::invalid_input, op + ": model is empty");
+  if (job.max_attempts < 1)
+    return make_error(errc::invalid_input, op + ": max_attempts must be at least 1");
+  if (job.timeout_ms < 0)
+    return make_error(errc::invalid_input, op + ": timeout_ms must not be negative");
+  if (job.run_at_ms < 0)
+    return make_error(errc::invalid_input, op + ": run_at_ms must not be negative");
+  return {};
+}
+
 } // namespace
 
 // -- impl -------------------------------------------------------------------
@@ -665,6 +720,11 @@ struct job_store::impl {
   statement rescue_;
   statement requeue_worker_;
   statement count_by_state_;
+  statement savepoint_;
+  statement rollback_to_;
+  statement release_;
+  statement upsert_worker_;
+  statement list_workers_;
 
   explicit impl(store_options opts) : opts_(std::move(opts)) {}
 
@@ -1022,6 +1082,247 @@ struct job_store::impl {
     return SQLITE_OK;
   }
 
+  /// Sets the position of every queued record in `recs` (the others keep
+  /// theirs): per model, one walk of jobs_ready in claim order, stopping at
+  /// the deepest of them. Cheaper than one count per record when a model has
+  /// several (a list page, an enqueue batch).
+  int set_positions(const std::vector<job_record*>& recs) {
+    std::unordered_map<std::string, std::set<int64_t>> wanted;
+    for (auto* rec : recs)
+      if (rec->state == job_state::queued)
+        wanted[rec->model].insert(rec->id);
+    std::unordered_map<int64_t, int64_t> positions;
+    for (auto& [model, ids] : wanted) {
+      statement_use use{queued_order_};
+      int rc = bind_all(use.get(), model);
+      if (rc != SQLITE_OK)
+        return failed(rc);
+      int64_t position = 0;
+      std::size_t found = 0;
+      while (found < ids.size() && (rc = step(use.get())) == SQLITE_ROW) {
+        auto id = column_int(use.get(), 0);
+        if (ids.count(id) > 0) {
+          positions[id] = position;
+          ++found;
+        }
+        ++position;
+      }
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return rc;
+    }
+    for (auto* rec : recs)
+      if (auto i = positions.find(rec->id); i != positions.end())
+        rec->position = i->second;
+    return SQLITE_OK;
+  }
+
+  // -- enqueue --------------------------------------------------------------
+
+  /// One valid job of enqueue()/enqueue_batch() inside the open write
+  /// transaction. A stored idempotency key answers first (also a key
+  /// inserted earlier in this transaction): same model and input -> `out` is
+  /// that job with created=false, another body -> `refusal` conflict. Then
+  /// the capacity check against queue_stats (its triggers already count the
+  /// jobs inserted earlier in this transaction) -> `refusal` queue_full.
+  /// Otherwise inserts the job and its "queued" event and reads it back into
+  /// `out`. Every refusal is decided before the first write; the caller's
+  /// savepoint makes a refusal leave nothing behind regardless.
+  int enqueue_step(const new_job& job, int64_t max_queued, int64_t now_ms,
+                   std::optional<job_record>& out, caf::error& refusal) {
+    out.reset();
+    int64_t run_at = job.run_at_ms > 0 ? job.run_at_ms : now_ms;
+    std::optional<std::string> key;
+    if (!job.idempotency_key.empty())
+      key = job.idempotency_key;
+    // A stored key answers before the capacity check: a retried request
+    // gets its job even when the queue has filled up meanwhile.
+    if (key) {
+      int64_t existing = 0;
+      bool same_body = false;
+      {
+        statement_use use{find_key_};
+        int rc = bind_all(use.get(), *key);
+        if (rc != SQLITE_OK)
+          return failed(rc);
+        rc = step(use.get());
+        if (rc == SQLITE_ROW) {
+          existing = column_int(use.get(), 0);
+          same_body = column_text(use.get(), 1) == job.model
+                      && column_text(use.get(), 2) == job.input_json;
+        } else if (rc != SQLITE_DONE) {
+          return rc;
+        }
+      }
+      if (existing > 0 && !same_body) {
+        refusal = make_error(errc::conflict,
+                             "idempotency_key '" + *key + "' belongs to job "
+                                 + job_id_string(existing) + " with another body");
+        return SQLITE_OK;
+      }
+      if (existing > 0) {
+        if (int rc = load(existing, out, false); rc != SQLITE_OK)
+          return rc;
+        if (!out) {
+          last_error_ = "job " + std::to_string(existing) + " vanished";
+          return SQLITE_INTERNAL;
+        }
+        out->created = false;
+        return SQLITE_OK;
+      }
+    }
+    int64_t queued = 0;
+    {
+      statement_use use{count_queued_};
+      int rc = step(use.get());
+      if (rc == SQLITE_DONE) {
+        last_error_ = "queue_stats has no row";
+        return SQLITE_CORRUPT;
+      }
+      if (rc != SQLITE_ROW)
+        return rc;
+      queued = column_int(use.get(), 0);
+    }
+    if (queued >= max_queued) {
+      refusal
+          = make_error(errc::queue_full, "queue holds " + std::to_string(queued) + " of "
+                                             + std::to_string(max_queued) + " jobs");
+      return SQLITE_OK;
+    }
+    {
+      statement_use use{insert_};
+      int rc = bind_all(use.get(), job.model, int64_t{job.priority},
+                        int64_t{job.max_attempts}, job.timeout_ms, job.input_json, run_at,
+                        now_ms, key);
+      if (rc != SQLITE_OK)
+        return failed(rc);
+      if (rc = step(use.get()); rc != SQLITE_DONE)
+        return rc;
+    }
+    auto id = sqlite3_last_insert_rowid(db());
+    if (int rc = status_event(id, job_state::queued, 0, nullptr, now_ms); rc != SQLITE_OK)
+      return rc;
+    if (int rc = load(id, out, false); rc != SQLITE_OK)
+      return rc;
+    if (!out) {
+      last_error_ = "inserted row vanished";
+      return SQLITE_INTERNAL;
+    }
+    return SQLITE_OK;
+  }
+
+  /// enqueue() (a batch of one) and enqueue_batch(): every valid job runs
+  /// enqueue_step in its own savepoint inside ONE write transaction named
+  /// `op` (one COMMIT, one fsync under synchronous=FULL); a refused job is
+  /// rolled back to its savepoint and its events dropped, the others go on.
+  /// A transaction that wrote nothing (every job refused or already stored)
+  /// is rolled back instead of committed. Positions and ETAs are read after
+  /// the commit, outside the write lock.
+  caf::expected<std::vector<caf::expected<job_record>>>
+  enqueue_jobs(const std::string& op, const new_job* jobs, std::size_t n,
+               int64_t max_queued, int64_t now_ms) {
+    std::vector<caf::error> refused(n);
+    std::vector<bool> invalid(n);
+    std::vector<std::optional<job_record>> stored(n);
+    std::size_t valid = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      refused[i] = check_new_job(op, jobs[i]);
+      invalid[i] = static_cast<bool>(refused[i]);
+      if (!invalid[i])
+        ++valid;
+    }
+    bool nothing_written = false;
+    if (valid > 0) {
+      auto err = write_transaction(op, [&](caf::error& abort) {
+        nothing_written = false;
+        bool wrote = false;
+        for (std::size_t i = 0; i < n; ++i) {
+          stored[i].reset();
+          if (invalid[i])
+            continue; // refused[i] says why
+          refused[i] = caf::error{};
+          auto mark = pending_.size();
+          if (int rc = run(savepoint_); rc != SQLITE_OK)
+            return rc;
+          caf::error refusal;
+          if (int rc = enqueue_step(jobs[i], max_queued, now_ms, stored[i], refusal);
+              rc != SQLITE_OK)
+            return rc;
+          if (refusal) {
+            if (int rc = run(rollback_to_); rc != SQLITE_OK)
+              return rc;
+            pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(mark),
+                           pending_.end());
+            stored[i].reset();
+            refused[i] = std::move(refusal);
+          } else if (stored[i]->created) {
+            wrote = true;
+          }
+          if (int rc = run(release_); rc != SQLITE_OK)
+            return rc;
+        }
+        if (!wrote) {
+          // Nothing to make durable: roll back, skip the COMMIT.
+          nothing_written = true;
+          abort = make_error(errc::internal, "nothing written");
+        }
+        return SQLITE_OK;
+      });
+      if (err && !nothing_written)
+        return err;
+    }
+    // Position and ETA are reads after the commit, outside the write lock
+    // (counting the jobs ahead is O(queue depth)); they see the jobs as they
+    // are by then. The jobs are stored: a failing read only loses them (an
+    // error here would make clients enqueue again).
+    std::vector<job_record*> found;
+    for (auto& rec : stored)
+      if (rec)
+        found.push_back(&*rec);
+    if (!found.empty()) {
+      auto after = read_transaction(op, [&] { return refresh(found, now_ms); });
+      if (after)
+        spdlog::warn("job_store: {} jobs are stored but their positions are unknown: {}",
+                     found.size(), message_of(after));
+    }
+    std::vector<caf::expected<job_record>> result;
+    result.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (stored[i])
+        result.emplace_back(std::move(*stored[i]));
+      else
+        result.emplace_back(std::move(refused[i]));
+    }
+    return result;
+  }
+
+  /// Reloads enqueued jobs with their positions and ETAs (keeping
+  /// `created`): one count for a model with a single job, one walk of
+  /// jobs_ready for a model with several.
+  int refresh(const std::vector<job_record*>& recs, int64_t now_ms) {
+    std::unordered_map<std::string, std::size_t> per_model;
+    for (auto* rec : recs)
+      ++per_model[rec->model];
+    std::vector<job_record*> walk;
+    for (auto* rec : recs) {
+      bool alone = per_model[rec->model] == 1;
+      std::optional<job_record> fresh;
+      if (int rc = load(rec->id, fresh, alone); rc != SQLITE_OK)
+        return rc;
+      if (fresh) {
+        fresh->created = rec->created;
+        *rec = std::move(*fresh);
+      }
+      if (!alone)
+        walk.push_back(rec);
+    }
+    if (int rc = set_positions(walk); rc != SQLITE_OK)
+      return rc;
+    for (auto* rec : recs)
+      if (int rc = set_eta(*rec, now_ms); rc != SQLITE_OK)
+        return rc;
+    return SQLITE_OK;
+  }
+
   // -- schema ---------------------------------------------------------------
 
   /// Applies every migration the file lacks, one transaction each.
@@ -1101,6 +1402,11 @@ struct job_store::impl {
         {sql_rescue, &rescue_},
         {sql_requeue_worker, &requeue_worker_},
         {sql_count_by_state, &count_by_state_},
+        {sql_savepoint, &savepoint_},
+        {sql_rollback_to, &rollback_to_},
+        {sql_release, &release_},
+        {sql_upsert_worker, &upsert_worker_},
+        {sql_list_workers, &list_workers_},
     };
     for (auto& [sql, stmt] : all)
       if (int rc = prepare(sql, *stmt); rc != SQLITE_OK)
@@ -1179,115 +1485,67 @@ caf::expected<std::unique_ptr<job_store>> job_store::open(const store_options& o
 
 caf::expected<job_record> job_store::enqueue(const new_job& job, int64_t max_queued,
                                              int64_t now_ms) {
-  if (job.model.empty())
-    return make_error(errc::invalid_input, "enqueue: model is empty");
-  if (job.max_attempts < 1)
-    return make_error(errc::invalid_input, "enqueue: max_attempts must be at least 1");
-  if (job.timeout_ms < 0)
-    return make_error(errc::invalid_input, "enqueue: timeout_ms must not be negative");
-  if (job.run_at_ms < 0)
-    return make_error(errc::invalid_input, "enqueue: run_at_ms must not be negative");
+  auto results = impl_->enqueue_jobs("enqueue", &job, 1, max_queued, now_ms);
+  if (!results)
+    return std::move(results.error());
+  return std::move(results->front());
+}
+
+caf::expected<std::vector<caf::expected<job_record>>>
+job_store::enqueue_batch(const std::vector<new_job>& jobs, int64_t max_queued,
+                         int64_t now_ms) {
+  if (jobs.empty())
+    return std::vector<caf::expected<job_record>>{};
+  return impl_->enqueue_jobs("enqueue_batch", jobs.data(), jobs.size(), max_queued,
+                             now_ms);
+}
+
+caf::expected<void> job_store::record_worker(const worker_row& row, int64_t now_ms) {
+  if (row.id.empty())
+    return make_error(errc::invalid_input, "record_worker: id is empty");
+  if (row.current_job < 0)
+    return make_error(errc::invalid_input,
+                      "record_worker: current_job must not be negative");
   auto& d = *impl_;
-  int64_t run_at = job.run_at_ms > 0 ? job.run_at_ms : now_ms;
-  std::optional<std::string> key;
-  if (!job.idempotency_key.empty())
-    key = job.idempotency_key;
-  std::optional<job_record> result;
-  auto err = d.write_transaction("enqueue", [&](caf::error& refusal) {
-    result.reset();
-    // A stored key answers before the capacity check: a retried request
-    // gets its job even when the queue has filled up meanwhile.
-    if (key) {
-      int64_t existing = 0;
-      bool same_body = false;
-      {
-        statement_use use{d.find_key_};
-        int rc = bind_all(use.get(), *key);
-        if (rc != SQLITE_OK)
-          return d.failed(rc);
-        rc = d.step(use.get());
-        if (rc == SQLITE_ROW) {
-          existing = column_int(use.get(), 0);
-          same_body = column_text(use.get(), 1) == job.model
-                      && column_text(use.get(), 2) == job.input_json;
-        } else if (rc != SQLITE_DONE) {
-          return rc;
-        }
-      }
-      if (existing > 0 && !same_body) {
-        refusal = make_error(errc::conflict,
-                             "idempotency_key '" + *key + "' belongs to job "
-                                 + job_id_string(existing) + " with another body");
-        return SQLITE_OK;
-      }
-      if (existing > 0) {
-        if (int rc = d.load(existing, result, false); rc != SQLITE_OK)
-          return rc;
-        if (!result) {
-          d.last_error_ = "job " + std::to_string(existing) + " vanished";
-          return SQLITE_INTERNAL;
-        }
-        result->created = false;
-        return SQLITE_OK;
-      }
-    }
-    int64_t queued = 0;
-    {
-      statement_use use{d.count_queued_};
-      int rc = d.step(use.get());
-      if (rc != SQLITE_ROW)
-        return rc;
-      queued = column_int(use.get(), 0);
-    }
-    if (queued >= max_queued) {
-      refusal
-          = make_error(errc::queue_full, "queue holds " + std::to_string(queued) + " of "
-                                             + std::to_string(max_queued) + " jobs");
-      return SQLITE_OK;
-    }
-    {
-      statement_use use{d.insert_};
-      int rc = bind_all(use.get(), job.model, int64_t{job.priority},
-                        int64_t{job.max_attempts}, job.timeout_ms, job.input_json, run_at,
-                        now_ms, key);
-      if (rc != SQLITE_OK)
-        return d.failed(rc);
-      if (rc = d.step(use.get()); rc != SQLITE_DONE)
-        return rc;
-    }
-    auto id = sqlite3_last_insert_rowid(d.db());
-    if (int rc = d.status_event(id, job_state::queued, 0, nullptr, now_ms);
-        rc != SQLITE_OK)
-      return rc;
-    if (int rc = d.load(id, result, false); rc != SQLITE_OK)
-      return rc;
-    if (!result) {
-      d.last_error_ = "inserted row vanished";
-      return SQLITE_INTERNAL;
-    }
-    return SQLITE_OK;
+  std::optional<int64_t> job;
+  if (row.current_job > 0)
+    job = row.current_job;
+  // Used only when the row is new (ON CONFLICT keeps the stored one).
+  int64_t started_at = row.started_at_ms > 0 ? row.started_at_ms : now_ms;
+  auto err = d.write_transaction("record_worker", [&](caf::error&) {
+    statement_use use{d.upsert_worker_};
+    int rc = bind_all(use.get(), row.id, row.state, row.models, job, started_at, now_ms);
+    if (rc != SQLITE_OK)
+      return d.failed(rc);
+    rc = d.step(use.get());
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
   });
   if (err)
     return err;
-  // Position and ETA are reads after the commit, outside the write lock
-  // (counting the jobs ahead is O(queue depth)); they see the job as it is
-  // by then. The job is stored: a failing read only loses them (an error
-  // here would make the client enqueue again).
-  auto created = result->created;
-  auto after = d.read("enqueue", [&] {
-    std::optional<job_record> fresh;
-    if (int rc = d.load(result->id, fresh); rc != SQLITE_OK)
-      return rc;
-    if (fresh) {
-      result = std::move(fresh);
-      result->created = created;
-    }
-    return d.set_eta(*result, now_ms);
+  return {};
+}
+
+caf::expected<std::vector<worker_row>> job_store::list_workers() {
+  auto& d = *impl_;
+  std::vector<worker_row> result;
+  auto err = d.read("list_workers", [&] {
+    result.clear();
+    statement_use use{d.list_workers_};
+    return d.each_row(use.get(), [&] {
+      worker_row row;
+      row.id = column_text(use.get(), 0);
+      row.state = column_text(use.get(), 1);
+      row.models = column_text(use.get(), 2);
+      row.current_job = column_int(use.get(), 3); // NULL reads as 0
+      row.started_at_ms = column_int(use.get(), 4);
+      row.last_heartbeat_ms = column_int(use.get(), 5);
+      result.push_back(std::move(row));
+      return SQLITE_OK;
+    });
   });
-  if (after)
-    spdlog::warn("job_store: job {} is stored but its position is unknown: {}",
-                 result->id, message_of(after));
-  return std::move(*result);
+  if (err)
+    return err;
+  return result;
 }
 
 caf::expected<std::vector<job_record>>
@@ -1726,40 +1984,17 @@ caf::expected<job_page> job_store::list(const job_filter& filter) {
     }
     // The rows, then the positions of the queued ones: one walk per model
     // through jobs_ready in claim order, stopping at the last one needed.
-    std::unordered_map<std::string, std::set<int64_t>> queued;
     for (auto id : ids) {
       std::optional<job_record> rec;
       if (int rc = d.load(id, rec, false); rc != SQLITE_OK)
         return rc;
-      if (!rec)
-        continue;
-      if (rec->state == job_state::queued)
-        queued[rec->model].insert(id);
-      page.jobs.push_back(std::move(*rec));
+      if (rec)
+        page.jobs.push_back(std::move(*rec));
     }
-    std::unordered_map<int64_t, int64_t> positions;
-    for (auto& [model, wanted] : queued) {
-      statement_use use{d.queued_order_};
-      int rc = bind_all(use.get(), model);
-      if (rc != SQLITE_OK)
-        return d.failed(rc);
-      int64_t position = 0;
-      std::size_t found = 0;
-      while (found < wanted.size() && (rc = d.step(use.get())) == SQLITE_ROW) {
-        auto id = column_int(use.get(), 0);
-        if (wanted.count(id) > 0) {
-          positions[id] = position;
-          ++found;
-        }
-        ++position;
-      }
-      if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return rc;
-    }
+    std::vector<job_record*> recs;
     for (auto& rec : page.jobs)
-      if (auto i = positions.find(rec.id); i != positions.end())
-        rec.position = i->second;
-    return SQLITE_OK;
+      recs.push_back(&rec);
+    return d.set_positions(recs);
   });
   if (err)
     return err;

@@ -147,6 +147,23 @@ public:
   /// many rows changed.
   caf::expected<int64_t> rescue_expired(int64_t now_ms);
 
+  /// Inserts several jobs in ONE write transaction (group commit: the queue
+  /// batches submits that arrive together). Each job is judged as enqueue()
+  /// would judge it, in order: capacity (counting the jobs accepted earlier
+  /// in the batch), idempotency (also against keys earlier in the batch),
+  /// validity. Returns one result per job, in order; a refused job writes
+  /// nothing and does not affect the others. A storage failure fails the
+  /// whole call (nothing written).
+  caf::expected<std::vector<caf::expected<job_record>>>
+  enqueue_batch(const std::vector<new_job>& jobs, int64_t max_queued, int64_t now_ms);
+
+  /// Upserts a worker's row (state, models, current job, heartbeat = now;
+  /// started_at set on first insert). Schema version 3 adds the table.
+  caf::expected<void> record_worker(const worker_row& row, int64_t now_ms);
+
+  /// Every worker row, by id.
+  caf::expected<std::vector<worker_row>> list_workers();
+
   /// Reads one job; nullopt if there is no such id. Queued jobs carry their
   /// position and, when the model has recent throughput, an ETA.
   caf::expected<std::optional<job_record>> get(int64_t id);

@@ -163,9 +163,9 @@ std::vector<child_report> run_children(int n, const child_body& body) {
       } catch (const std::exception& e) {
         report = failure(std::string{"exception: "} + e.what());
       }
-      if (signalled)
+      if (signalled) {
         report.cpu_seconds = cpu_seconds() - cpu_at_start;
-      if (!signalled) {
+      } else {
         char r = 'R';
         write_all(out[1], &r, 1);
       }

@@ -36,11 +36,18 @@ fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
 struct fixture : test_coordinator_fixture<> {
   testing::temp_dir dir;
   queue_actor queue;
+  /// COMMITs of the queue's connection (counted through the fault seam).
+  std::shared_ptr<int> commits = std::make_shared<int>(0);
 
   fixture() {
     persistence::store_options opts;
     opts.path = dir.str("infergrid.db");
     opts.checkpointer = true;
+    opts.fault_hook = [counter = commits](const std::string&, const std::string& step) {
+      if (step == "commit")
+        ++*counter;
+      return 0;
+    };
     auto store = persistence::job_store::open(opts);
     CAF_REQUIRE(store);
     queue_config cfg;
@@ -319,6 +326,70 @@ CAF_TEST(listing and event backlog go through the queue) {
       CAF_CHECK(events[0].data_json.find("queued") != std::string::npos);
     },
     [](caf::error& err) { CAF_FAIL("events failed: " << message_of(err)); });
+}
+
+CAF_TEST(submits that arrive together share one transaction) {
+  for (int i = 0; i < 3; ++i)
+    self->send(queue, submit_atom::value, job_for("classifier"));
+  *commits = 0;
+  sched.run();
+  CAF_CHECK_EQUAL(*commits, 1);
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 3; ++i)
+    self->receive([&](job_record& rec) { ids.push_back(rec.id); },
+                  [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
+  CAF_CHECK_EQUAL(ids, (std::vector<int64_t>{1, 2, 3}));
+  // Capacity is judged per job inside the batch: 3 is the limit here.
+  self->send(queue, submit_atom::value, job_for("classifier"));
+  sched.run();
+  self->receive([](job_record&) { CAF_FAIL("over capacity accepted"); },
+                [](caf::error& err) { CAF_CHECK(code_of(err) == errc::queue_full); });
+}
+
+CAF_TEST(a remote worker claims and completes through the queue with fencing) {
+  submit_ok("classifier");
+  std::vector<job_record> claimed;
+  self->send(queue, claim_atom::value, std::string{"remote-1"},
+             std::vector<std::string>{"classifier"}, int32_t{4}, int64_t{30000});
+  sched.run();
+  self->receive([&](std::vector<job_record>& jobs) { claimed = std::move(jobs); },
+                [](caf::error& err) { CAF_FAIL("claim failed: " << message_of(err)); });
+  CAF_REQUIRE_EQUAL(claimed.size(), 1u);
+  auto job = claimed[0];
+  CAF_CHECK(job.state == job_state::running);
+  CAF_CHECK_EQUAL(job.worker, "remote-1");
+  self->send(queue, renew_atom::value, job.id, job.lease_seq, int64_t{30000});
+  sched.run();
+  self->receive(
+    [](bool held, bool cancel_requested) {
+      CAF_CHECK(held);
+      CAF_CHECK(!cancel_requested);
+    },
+    [](caf::error& err) { CAF_FAIL("renew failed: " << message_of(err)); });
+  self->send(queue, complete_atom::value, job.id, job.lease_seq + 1, std::string{"{}"});
+  sched.run();
+  self->receive([](bool done) { CAF_CHECK(!done); }, // stale token: nothing changes
+                [](caf::error& err) { CAF_FAIL("complete failed: " << message_of(err)); });
+  self->send(queue, complete_atom::value, job.id, job.lease_seq, std::string{"{}"});
+  sched.run();
+  self->receive([](bool done) { CAF_CHECK(done); },
+                [](caf::error& err) { CAF_FAIL("complete failed: " << message_of(err)); });
+  CAF_CHECK(request_job(job.id).state == job_state::succeeded);
+}
+
+CAF_TEST(workers are visible in the workers table) {
+  auto w = add_worker("w1", {"classifier", "tinylm"});
+  auto rows = worker_store()->list_workers();
+  CAF_REQUIRE(rows);
+  CAF_REQUIRE_EQUAL(rows->size(), 1u);
+  CAF_CHECK_EQUAL((*rows)[0].id, "w1");
+  CAF_CHECK_EQUAL((*rows)[0].state, "IDLE");
+  CAF_CHECK_EQUAL((*rows)[0].models, "classifier,tinylm");
+  anon_send_exit(w, caf::exit_reason::kill);
+  sched.run();
+  rows = worker_store()->list_workers();
+  CAF_REQUIRE(rows && rows->size() == 1u);
+  CAF_CHECK_EQUAL((*rows)[0].state, "DOWN");
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()

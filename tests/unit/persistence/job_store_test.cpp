@@ -1,6 +1,7 @@
-// job_store against real SQLite files in a temp dir: schema and migration,
+// job_store against real SQLite files in a temp dir: schema and migrations,
 // claim order, fencing, back-off, rescue, events, cancel, idempotency,
-// listing, ETAs, injected faults and two connections claiming one table.
+// listing, ETAs, group commit (enqueue_batch), the workers table, injected
+// faults and two connections claiming one table.
 #define CAF_SUITE job_store
 #include "tests/unit/test_support.hpp"
 
@@ -75,6 +76,110 @@ int64_t header_user_version(const std::string& bytes) {
 /// SQLite result codes for the fault hook (tests stay off <sqlite3.h>).
 constexpr int sqlite_busy = 5;
 constexpr int sqlite_ioerr = 10;
+
+/// Migration 1 exactly as shipped (older files are built from these with the
+/// sqlite3 shell and then migrated by job_store::open).
+const char* const migration_1 = R"sql(
+CREATE TABLE jobs (
+  id              INTEGER PRIMARY KEY AUTOINCREMENT,
+  model           TEXT    NOT NULL,
+  state           TEXT    NOT NULL CHECK (state IN
+                    ('queued','running','succeeded','failed','dead','cancelled')),
+  priority        INTEGER NOT NULL DEFAULT 0,
+  attempts        INTEGER NOT NULL DEFAULT 0,
+  max_attempts    INTEGER NOT NULL,
+  timeout_ms      INTEGER NOT NULL DEFAULT 0,
+  input           TEXT    NOT NULL,
+  output          TEXT,
+  error_code      TEXT,
+  error_message   TEXT,
+  error_retryable INTEGER,
+  worker          TEXT,
+  lease_seq       INTEGER NOT NULL DEFAULT 0,
+  lease_until     INTEGER,
+  run_at          INTEGER NOT NULL,
+  created_at      INTEGER NOT NULL,
+  started_at      INTEGER,
+  finished_at     INTEGER
+);
+CREATE INDEX jobs_ready ON jobs (model, priority DESC, id)
+  WHERE state = 'queued';
+CREATE INDEX jobs_leased ON jobs (lease_until)
+  WHERE state = 'running';
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT
+);
+INSERT INTO meta (key, value)
+  VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+CREATE VIEW jobs_readable AS
+SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
+       strftime('%Y-%m-%d %H:%M:%f', created_at / 1000.0, 'unixepoch') AS created,
+       strftime('%Y-%m-%d %H:%M:%f', run_at / 1000.0, 'unixepoch') AS run_at,
+       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%d %H:%M:%f', lease_until / 1000.0, 'unixepoch') AS lease_until,
+       strftime('%Y-%m-%d %H:%M:%f', finished_at / 1000.0, 'unixepoch') AS finished,
+       timeout_ms, error_code, error_message,
+       length(input) AS input_bytes, length(output) AS output_bytes
+FROM jobs;
+)sql";
+
+/// Migration 2 exactly as shipped.
+const char* const migration_2 = R"sql(
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+ALTER TABLE jobs ADD COLUMN progress REAL;
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
+  WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_by_model ON jobs (model, id);
+CREATE INDEX jobs_ended ON jobs (state, id)
+  WHERE state IN ('failed', 'dead', 'cancelled');
+CREATE INDEX jobs_succeeded ON jobs (model, finished_at)
+  WHERE state = 'succeeded';
+CREATE TABLE queue_stats (
+  id     INTEGER PRIMARY KEY CHECK (id = 1),
+  queued INTEGER NOT NULL
+);
+INSERT INTO queue_stats (id, queued)
+  VALUES (1, (SELECT count(*) FROM jobs WHERE state = 'queued'));
+CREATE TRIGGER jobs_queued_insert AFTER INSERT ON jobs
+  WHEN new.state = 'queued'
+BEGIN
+  UPDATE queue_stats SET queued = queued + 1 WHERE id = 1;
+END;
+CREATE TRIGGER jobs_queued_update AFTER UPDATE OF state ON jobs
+  WHEN (old.state = 'queued') != (new.state = 'queued')
+BEGIN
+  UPDATE queue_stats
+    SET queued = queued + CASE WHEN new.state = 'queued' THEN 1 ELSE -1 END
+    WHERE id = 1;
+END;
+CREATE TRIGGER jobs_queued_delete AFTER DELETE ON jobs
+  WHEN old.state = 'queued'
+BEGIN
+  UPDATE queue_stats SET queued = queued - 1 WHERE id = 1;
+END;
+CREATE TABLE job_events (
+  seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id     INTEGER NOT NULL REFERENCES jobs (id),
+  kind       TEXT    NOT NULL CHECK (kind IN ('status','progress','data')),
+  data       TEXT    NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX job_events_job ON job_events (job_id, seq);
+DROP VIEW IF EXISTS jobs_readable;
+CREATE VIEW jobs_readable AS
+SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
+       cancel_requested, progress, idempotency_key,
+       strftime('%Y-%m-%d %H:%M:%f', created_at / 1000.0, 'unixepoch') AS created,
+       strftime('%Y-%m-%d %H:%M:%f', run_at / 1000.0, 'unixepoch') AS run_at,
+       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%d %H:%M:%f', lease_until / 1000.0, 'unixepoch') AS lease_until,
+       strftime('%Y-%m-%d %H:%M:%f', finished_at / 1000.0, 'unixepoch') AS finished,
+       timeout_ms, error_code, error_message,
+       length(input) AS input_bytes, length(output) AS output_bytes
+FROM jobs;
+)sql";
 
 bool have_sqlite3_shell() {
   return std::system("command -v sqlite3 >/dev/null 2>&1") == 0;
@@ -227,14 +332,15 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
   CAF_CHECK_EQUAL(bytes.substr(0, 16), std::string("SQLite format 3\0", 16));
   CAF_CHECK_EQUAL(static_cast<int>(bytes[18]), 2); // WAL
   CAF_CHECK_EQUAL(static_cast<int>(bytes[19]), 2);
-  CAF_CHECK_EQUAL(header_user_version(bytes), 2);
+  CAF_CHECK_EQUAL(header_user_version(bytes), 3);
   for (auto text :
        {"CREATE TABLE jobs", "CREATE INDEX jobs_ready", "WHERE state = 'queued'",
         "CREATE INDEX jobs_leased", "CREATE TABLE meta", "CREATE VIEW jobs_readable",
         "CREATE TABLE job_events", "CREATE UNIQUE INDEX jobs_idempotency",
         "CREATE INDEX jobs_by_model", "CREATE INDEX jobs_ended",
         "CREATE INDEX jobs_succeeded", "CREATE INDEX job_events_job",
-        "cancel_requested INTEGER NOT NULL DEFAULT 0"})
+        "cancel_requested INTEGER NOT NULL DEFAULT 0", "CREATE TABLE workers",
+        "CREATE VIEW workers_readable"})
     CAF_CHECK_NOT_EQUAL(bytes.find(text), std::string::npos);
   // Reopening (twice, one of them not the checkpointer) keeps the data and
   // the version.
@@ -251,7 +357,7 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
   CAF_CHECK_EQUAL(count(job_state::queued), 2);
   store.reset();
   CAF_CHECK(!std::filesystem::exists(path + "-wal"));
-  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 2);
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 3);
 }
 
 CAF_TEST(open refuses a newer schema and a missing directory) {
@@ -780,7 +886,7 @@ CAF_TEST(a claim over several models takes the best jobs of all of them) {
   CAF_CHECK_EQUAL(ids_of(claim({"m1", "m2", "m3"}, 5)), (std::vector<int64_t>{d.id}));
 }
 
-CAF_TEST(a version 1 file migrates to version 2 with its rows intact) {
+CAF_TEST(a version 1 file migrates to the current version with its rows intact) {
   if (!have_sqlite3_shell()) {
     CAF_MESSAGE("sqlite3 shell not installed: skipped");
     return;
@@ -790,51 +896,7 @@ CAF_TEST(a version 1 file migrates to version 2 with its rows intact) {
   std::filesystem::remove(path + "-wal");
   std::filesystem::remove(path + "-shm");
   // Migration 1 exactly as shipped, plus three rows in three states.
-  auto v1 = std::string{R"sql(
-PRAGMA journal_mode = WAL;
-BEGIN;
-CREATE TABLE jobs (
-  id              INTEGER PRIMARY KEY AUTOINCREMENT,
-  model           TEXT    NOT NULL,
-  state           TEXT    NOT NULL CHECK (state IN
-                    ('queued','running','succeeded','failed','dead','cancelled')),
-  priority        INTEGER NOT NULL DEFAULT 0,
-  attempts        INTEGER NOT NULL DEFAULT 0,
-  max_attempts    INTEGER NOT NULL,
-  timeout_ms      INTEGER NOT NULL DEFAULT 0,
-  input           TEXT    NOT NULL,
-  output          TEXT,
-  error_code      TEXT,
-  error_message   TEXT,
-  error_retryable INTEGER,
-  worker          TEXT,
-  lease_seq       INTEGER NOT NULL DEFAULT 0,
-  lease_until     INTEGER,
-  run_at          INTEGER NOT NULL,
-  created_at      INTEGER NOT NULL,
-  started_at      INTEGER,
-  finished_at     INTEGER
-);
-CREATE INDEX jobs_ready ON jobs (model, priority DESC, id)
-  WHERE state = 'queued';
-CREATE INDEX jobs_leased ON jobs (lease_until)
-  WHERE state = 'running';
-CREATE TABLE meta (
-  key   TEXT PRIMARY KEY,
-  value TEXT
-);
-INSERT INTO meta (key, value)
-  VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
-CREATE VIEW jobs_readable AS
-SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
-       strftime('%Y-%m-%d %H:%M:%f', created_at / 1000.0, 'unixepoch') AS created,
-       strftime('%Y-%m-%d %H:%M:%f', run_at / 1000.0, 'unixepoch') AS run_at,
-       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
-       strftime('%Y-%m-%d %H:%M:%f', lease_until / 1000.0, 'unixepoch') AS lease_until,
-       strftime('%Y-%m-%d %H:%M:%f', finished_at / 1000.0, 'unixepoch') AS finished,
-       timeout_ms, error_code, error_message,
-       length(input) AS input_bytes, length(output) AS output_bytes
-FROM jobs;
+  auto v1 = std::string{"PRAGMA journal_mode = WAL;\nBEGIN;\n"} + migration_1 + R"sql(
 PRAGMA user_version = 1;
 INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');
 INSERT INTO jobs (model, state, priority, max_attempts, input, run_at, created_at)
@@ -848,7 +910,7 @@ INSERT INTO jobs (model, state, attempts, max_attempts, input, output, worker,
   VALUES ('n', 'succeeded', 1, 3, '{"c":3}', '{"y":4}', 'w1', 1, 1700000000000,
           1700000000000, 1700000000001, 1700000000002);
 COMMIT;
-)sql"};
+)sql";
   auto out = sqlite3_shell(path, v1, true);
   CAF_REQUIRE_EQUAL(out, "wal\n");
   CAF_REQUIRE_EQUAL(header_user_version(slurp(path)), 1);
@@ -882,12 +944,12 @@ COMMIT;
   CAF_CHECK_EQUAL(message_of(store->enqueue(make_job("m"), 2, t0).error()),
                   "queue holds 2 of 2 jobs");
   store.reset();
-  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 2);
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 3);
   CAF_CHECK_EQUAL(sqlite3_shell(path, "select value from meta where key = "
                                       "'schema_version';\npragma integrity_check;\n"
                                       "select count(*) from jobs_readable "
                                       "where cancel_requested = 0;\n"),
-                  "2\nok\n4\n");
+                  "3\nok\n4\n");
   // Reopening is idempotent.
   store = open(false);
   CAF_CHECK_EQUAL(count(job_state::queued), 2);
@@ -1583,6 +1645,381 @@ CAF_TEST(queued jobs carry an eta from the recent throughput) {
   CAF_CHECK_EQUAL(other.position, 0);
   CAF_CHECK_EQUAL(other.eta_ms, -1);
   CAF_CHECK_EQUAL(get(other.id).eta_ms, -1);
+}
+
+CAF_TEST(a version 2 file migrates to version 3 with its jobs and events intact) {
+  if (!have_sqlite3_shell()) {
+    CAF_MESSAGE("sqlite3 shell not installed: skipped");
+    return;
+  }
+  store.reset();
+  std::filesystem::remove(path);
+  std::filesystem::remove(path + "-wal");
+  std::filesystem::remove(path + "-shm");
+  // Migrations 1 and 2 exactly as shipped, then rows the way version 2 wrote
+  // them: a keyed queued job, a running one with a cancel request and
+  // progress, a succeeded one, and their events.
+  auto v2 = std::string{"PRAGMA journal_mode = WAL;\nBEGIN;\n"} + migration_1
+            + migration_2 + R"sql(
+PRAGMA user_version = 2;
+INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2');
+INSERT INTO jobs (model, state, priority, max_attempts, input, run_at, created_at,
+                  idempotency_key)
+  VALUES ('m', 'queued', 2, 3, '{"a":1}', 1700000000000, 1700000000000, 'k1');
+INSERT INTO jobs (model, state, attempts, max_attempts, input, worker, lease_seq,
+                  lease_until, run_at, created_at, started_at, cancel_requested,
+                  progress)
+  VALUES ('m', 'running', 1, 3, '{"b":2}', 'w1', 1, 1700000030000, 1700000000000,
+          1700000000000, 1700000000001, 1, 0.5);
+INSERT INTO jobs (model, state, attempts, max_attempts, input, output, worker,
+                  lease_seq, run_at, created_at, started_at, finished_at)
+  VALUES ('n', 'succeeded', 1, 3, '{"c":3}', '{"y":4}', 'w1', 1, 1700000000000,
+          1700000000000, 1700000000001, 1700000000002);
+INSERT INTO job_events (job_id, kind, data, created_at) VALUES
+  (1, 'status', '{"state":"queued","attempt":0}', 1700000000000),
+  (2, 'status', '{"state":"queued","attempt":0}', 1700000000000),
+  (3, 'status', '{"state":"queued","attempt":0}', 1700000000000),
+  (2, 'status', '{"state":"running","attempt":1}', 1700000000001),
+  (3, 'status', '{"state":"running","attempt":1}', 1700000000001),
+  (2, 'progress', '{"progress":0.5}', 1700000000001),
+  (3, 'status', '{"state":"succeeded","attempt":1}', 1700000000002);
+UPDATE queue_stats SET queued = 1 WHERE id = 1;
+COMMIT;
+)sql";
+  auto out = sqlite3_shell(path, v2, true);
+  CAF_REQUIRE_EQUAL(out, "wal\n");
+  CAF_REQUIRE_EQUAL(header_user_version(slurp(path)), 2);
+  store = open(true);
+  auto queued = get(1);
+  CAF_CHECK_EQUAL(queued.state, job_state::queued);
+  CAF_CHECK_EQUAL(queued.priority, 2);
+  CAF_CHECK_EQUAL(queued.input_json, R"({"a":1})");
+  CAF_CHECK_EQUAL(queued.idempotency_key, "k1");
+  CAF_CHECK_EQUAL(queued.position, 0);
+  auto running = get(2);
+  CAF_CHECK_EQUAL(running.state, job_state::running);
+  CAF_CHECK(running.cancel_requested);
+  CAF_CHECK_EQUAL(running.progress, 0.5);
+  CAF_CHECK_EQUAL(running.lease_seq, 1);
+  auto done = get(3);
+  CAF_CHECK_EQUAL(done.state, job_state::succeeded);
+  CAF_CHECK_EQUAL(done.output_json, R"({"y":4})");
+  auto log = events_of(2);
+  CAF_CHECK_EQUAL(describe(log), (std::vector<std::string>{
+                                     describe_one(2, "status", status_data("queued", 0)),
+                                     describe_one(2, "status", status_data("running", 1)),
+                                     describe_one(2, "progress", R"({"progress":0.5})"),
+                                 }));
+  CAF_REQUIRE_EQUAL(log.size(), 3u);
+  CAF_CHECK_EQUAL(log[0].seq, 2);
+  CAF_CHECK_EQUAL(log[2].seq, 6);
+  CAF_CHECK_EQUAL(events_of(3).size(), 3u);
+  // The stored key, the queued count and the event sequence carry on.
+  auto keyed = make_job("m");
+  keyed.input_json = R"({"a":1})";
+  keyed.idempotency_key = "k1";
+  auto again = value_of(store->enqueue(keyed, 2, t0), "enqueue");
+  CAF_CHECK(!again.created);
+  CAF_CHECK_EQUAL(again.id, 1);
+  auto next = value_of(store->enqueue(make_job("m"), 2, t0), "enqueue");
+  CAF_CHECK_EQUAL(next.id, 4);
+  CAF_CHECK_EQUAL(code_of(store->enqueue(make_job("m"), 2, t0).error()),
+                  errc::queue_full);
+  auto new_log = events_of(4);
+  CAF_REQUIRE_EQUAL(new_log.size(), 1u);
+  CAF_CHECK_EQUAL(new_log[0].seq, 8);
+  // The new table works and starts empty.
+  CAF_CHECK(value_of(store->list_workers(), "list_workers").empty());
+  CAF_CHECK(store->record_worker(worker_row{"w1", "IDLE", "m", 0, 0, 0}, t0));
+  store.reset();
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 3);
+  CAF_CHECK_EQUAL(sqlite3_shell(path, "select value from meta where key = "
+                                      "'schema_version';\npragma integrity_check;\n"
+                                      "select count(*), sum(cancel_requested) "
+                                      "from jobs_readable;\n"
+                                      "select count(*) from job_events;\n"
+                                      "select id, state, models, current_job is null "
+                                      "from workers_readable;\n"),
+                  "3\nok\n4|1\n8\nw1|IDLE|m|1\n");
+  // Reopening is idempotent.
+  store = open(false);
+  CAF_CHECK_EQUAL(count(job_state::queued), 2);
+  CAF_CHECK_EQUAL(value_of(store->list_workers(), "list_workers").size(), 1u);
+}
+
+CAF_TEST(enqueue_batch writes a whole batch with one commit) {
+  std::map<std::string, int> calls;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    ++calls[op + " " + step];
+    return 0;
+  };
+  auto batcher = value_of(job_store::open(opts), "open");
+  calls.clear();
+  // Two models, two priorities each, interleaved.
+  std::vector<new_job> jobs;
+  for (int i = 0; i < 100; ++i) {
+    auto job = make_job(i % 2 == 0 ? "m" : "n", i % 4 < 2 ? 0 : 1);
+    job.input_json = "{\"i\":" + std::to_string(i) + "}";
+    jobs.push_back(job);
+  }
+  auto results = value_of(batcher->enqueue_batch(jobs, no_limit, t0), "enqueue_batch");
+  CAF_CHECK_EQUAL(calls.size(), 2u);
+  CAF_CHECK_EQUAL(calls["enqueue_batch begin"], 1);
+  CAF_CHECK_EQUAL(calls["enqueue_batch commit"], 1);
+  CAF_REQUIRE_EQUAL(results.size(), jobs.size());
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    CAF_REQUIRE(results[i]);
+    auto& rec = *results[i];
+    // Ahead: jobs of the same model with a higher priority, or the same
+    // priority and an earlier place in the batch.
+    int64_t ahead = 0;
+    for (std::size_t j = 0; j < jobs.size(); ++j)
+      if (jobs[j].model == jobs[i].model
+          && (jobs[j].priority > jobs[i].priority
+              || (jobs[j].priority == jobs[i].priority && j < i)))
+        ++ahead;
+    CAF_CHECK_EQUAL(rec.id, static_cast<int64_t>(i + 1));
+    CAF_CHECK(rec.created);
+    CAF_CHECK_EQUAL(rec.state, job_state::queued);
+    CAF_CHECK_EQUAL(rec.model, jobs[i].model);
+    CAF_CHECK_EQUAL(rec.input_json, jobs[i].input_json);
+    CAF_CHECK_EQUAL(rec.created_at_ms, t0);
+    CAF_CHECK_EQUAL(rec.position, ahead);
+  }
+  auto events = batcher->take_events();
+  CAF_REQUIRE_EQUAL(events.size(), jobs.size());
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    CAF_CHECK_EQUAL(
+        describe_one(events[i].job_id, events[i].kind, events[i].data_json),
+        describe_one(static_cast<int64_t>(i + 1), "status", status_data("queued", 0)));
+    if (i > 0)
+      CAF_CHECK_GREATER(events[i].seq, events[i - 1].seq);
+  }
+  CAF_CHECK_EQUAL(count(job_state::queued), 100);
+  // A claim sees them in the same order the positions promised.
+  auto first = claim({"m"}, 2);
+  CAF_CHECK_EQUAL(ids_of(first), (std::vector<int64_t>{3, 7}));
+  // enqueue() is a batch of one: one transaction of its own.
+  calls.clear();
+  value_of(batcher->enqueue(make_job("m"), no_limit, t0), "enqueue");
+  CAF_CHECK_EQUAL(calls.size(), 2u);
+  CAF_CHECK_EQUAL(calls["enqueue commit"], 1);
+  CAF_CHECK(value_of(batcher->enqueue_batch({}, no_limit, t0), "empty").empty());
+}
+
+CAF_TEST(enqueue_batch judges each job like enqueue and writes only the accepted) {
+  auto old = make_job("m");
+  old.idempotency_key = "old";
+  CAF_CHECK_EQUAL(enqueue(old).id, 1);
+  store->take_events();
+  auto keyed = make_job("m");
+  keyed.idempotency_key = "a";
+  keyed.input_json = R"({"x":"a"})";
+  auto other_body = keyed;
+  other_body.input_json = R"({"x":"b"})";
+  auto late = make_job("m");
+  late.idempotency_key = "late";
+  std::vector<new_job> jobs{
+      keyed,               // 0: new, j_2
+      make_job("m", 0, 0), // 1: invalid
+      keyed,               // 2: the key of 0 with its body: j_2 again
+      other_body,          // 3: the key of 0 with another body: conflict
+      make_job("m"),       // 4: new, j_3
+      old,                 // 5: stored before the batch: j_1
+      make_job("n", 5),    // 6: new, j_4; the queue now holds 4
+      late,                // 7: queue full
+      keyed,               // 8: a stored key answers even when full: j_2
+      make_job(""),        // 9: invalid
+  };
+  auto results = value_of(store->enqueue_batch(jobs, 4, t0 + 1), "enqueue_batch");
+  CAF_REQUIRE_EQUAL(results.size(), jobs.size());
+  auto accepted = [&](std::size_t i, int64_t id, bool created, int64_t position) {
+    CAF_REQUIRE(results[i]);
+    CAF_CHECK_EQUAL(results[i]->id, id);
+    CAF_CHECK_EQUAL(results[i]->created, created);
+    CAF_CHECK_EQUAL(results[i]->position, position);
+  };
+  auto refused = [&](std::size_t i, errc code, const std::string& message) {
+    CAF_REQUIRE(!results[i]);
+    CAF_CHECK_EQUAL(code_of(results[i].error()), code);
+    CAF_CHECK_EQUAL(message_of(results[i].error()), message);
+  };
+  accepted(0, 2, true, 1);
+  refused(1, errc::invalid_input, "enqueue_batch: max_attempts must be at least 1");
+  accepted(2, 2, false, 1);
+  refused(3, errc::conflict, "idempotency_key 'a' belongs to job j_2 with another body");
+  accepted(4, 3, true, 2);
+  accepted(5, 1, false, 0);
+  accepted(6, 4, true, 0);
+  refused(7, errc::queue_full, "queue holds 4 of 4 jobs");
+  accepted(8, 2, false, 1);
+  refused(9, errc::invalid_input, "enqueue_batch: model is empty");
+  CAF_CHECK_EQUAL(results[0]->created_at_ms, t0 + 1);
+  CAF_CHECK_EQUAL(results[5]->created_at_ms, t0);
+  CAF_CHECK_EQUAL(results[6]->priority, 5);
+  // Rows and events only for the three new jobs, events in batch order.
+  CAF_CHECK_EQUAL(describe(store->take_events()),
+                  (std::vector<std::string>{
+                      describe_one(2, "status", status_data("queued", 0)),
+                      describe_one(3, "status", status_data("queued", 0)),
+                      describe_one(4, "status", status_data("queued", 0)),
+                  }));
+  CAF_CHECK_EQUAL(count(job_state::queued), 4);
+  CAF_CHECK(!value_of(store->get(5), "get"));
+  CAF_CHECK_EQUAL(get(2).input_json, R"({"x":"a"})");
+  // The refused key was not stored, and no id was used up.
+  auto after = value_of(store->enqueue(late, no_limit, t0 + 2), "enqueue");
+  CAF_CHECK(after.created);
+  CAF_CHECK_EQUAL(after.id, 5);
+  if (have_sqlite3_shell())
+    CAF_CHECK_EQUAL(sqlite3_shell(path, "select count(*) from job_events;\n"
+                                        "select queued from queue_stats;\n"
+                                        "pragma integrity_check;\n"),
+                    "5\n5\nok\n");
+}
+
+CAF_TEST(an io error on the batch commit writes nothing) {
+  enqueue(make_job("m"));
+  int busy = 0;
+  int failing = 0;
+  int commits = 0;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    if (op != "enqueue_batch" || step != "commit")
+      return 0;
+    ++commits;
+    if (busy > 0) {
+      --busy;
+      return sqlite_busy;
+    }
+    if (failing > 0) {
+      --failing;
+      return sqlite_ioerr;
+    }
+    return 0;
+  };
+  auto faulty = value_of(job_store::open(opts), "open");
+  std::vector<new_job> jobs;
+  for (int i = 0; i < 10; ++i) {
+    jobs.push_back(make_job("m"));
+    jobs.back().idempotency_key = "k" + std::to_string(i);
+  }
+  failing = 1;
+  auto broken = faulty->enqueue_batch(jobs, no_limit, t0);
+  CAF_REQUIRE(!broken);
+  CAF_CHECK_EQUAL(code_of(broken.error()), errc::storage_error);
+  CAF_CHECK_NOT_EQUAL(message_of(broken.error()).find("enqueue_batch: "),
+                      std::string::npos);
+  CAF_CHECK_NOT_EQUAL(message_of(broken.error()).find("injected"), std::string::npos);
+  CAF_CHECK_EQUAL(commits, 1);
+  CAF_CHECK(faulty->take_events().empty());
+  CAF_CHECK_EQUAL(count(job_state::queued), 1);
+  CAF_CHECK(!value_of(store->get(2), "get"));
+  // Busy commits are retried: one row and one event per job all the same,
+  // and the rolled-back attempts used up no ids.
+  busy = 2;
+  commits = 0;
+  auto results = value_of(faulty->enqueue_batch(jobs, no_limit, t0), "enqueue_batch");
+  CAF_CHECK_EQUAL(commits, 3);
+  CAF_REQUIRE_EQUAL(results.size(), jobs.size());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    CAF_REQUIRE(results[i]);
+    CAF_CHECK_EQUAL(results[i]->id, static_cast<int64_t>(i + 2));
+    CAF_CHECK(results[i]->created);
+    CAF_CHECK_EQUAL(results[i]->position, static_cast<int64_t>(i + 1));
+  }
+  auto events = faulty->take_events();
+  CAF_REQUIRE_EQUAL(events.size(), jobs.size());
+  CAF_CHECK_EQUAL(events.front().job_id, 2);
+  CAF_CHECK_EQUAL(events.back().job_id, 11);
+  CAF_CHECK_EQUAL(count(job_state::queued), 11);
+  // A batch that writes nothing (refusals, stored keys) never reaches its
+  // COMMIT: it answers even while commits fail.
+  failing = 1;
+  commits = 0;
+  auto nothing = value_of(faulty->enqueue_batch({jobs[3], make_job("")}, no_limit, t0),
+                          "enqueue_batch");
+  CAF_CHECK_EQUAL(commits, 0);
+  CAF_REQUIRE_EQUAL(nothing.size(), 2u);
+  CAF_REQUIRE(nothing[0]);
+  CAF_CHECK_EQUAL(nothing[0]->id, 5);
+  CAF_CHECK(!nothing[0]->created);
+  CAF_CHECK_EQUAL(code_of(nothing[1].error()), errc::invalid_input);
+  CAF_CHECK(faulty->take_events().empty());
+  if (have_sqlite3_shell())
+    CAF_CHECK_EQUAL(sqlite3_shell(path, "pragma integrity_check;\n"
+                                        "select count(*) from job_events;\n"),
+                    "ok\n11\n");
+}
+
+CAF_TEST(record_worker inserts then updates and keeps started_at) {
+  worker_row row;
+  row.id = "w1";
+  row.state = "LOADING";
+  row.models = "classifier,tinylm";
+  CAF_CHECK(store->record_worker(row, t0));
+  auto rows = value_of(store->list_workers(), "list_workers");
+  CAF_REQUIRE_EQUAL(rows.size(), 1u);
+  CAF_CHECK_EQUAL(rows[0].id, "w1");
+  CAF_CHECK_EQUAL(rows[0].state, "LOADING");
+  CAF_CHECK_EQUAL(rows[0].models, "classifier,tinylm");
+  CAF_CHECK_EQUAL(rows[0].current_job, 0);
+  CAF_CHECK_EQUAL(rows[0].started_at_ms, t0);
+  CAF_CHECK_EQUAL(rows[0].last_heartbeat_ms, t0);
+  // An update moves the heartbeat and everything else but started_at (also
+  // when the caller passes one).
+  row.state = "BUSY";
+  row.models = "classifier";
+  row.current_job = 7;
+  row.started_at_ms = t0 + 999;
+  CAF_CHECK(store->record_worker(row, t0 + 5'000));
+  rows = value_of(store->list_workers(), "list_workers");
+  CAF_REQUIRE_EQUAL(rows.size(), 1u);
+  CAF_CHECK_EQUAL(rows[0].state, "BUSY");
+  CAF_CHECK_EQUAL(rows[0].models, "classifier");
+  CAF_CHECK_EQUAL(rows[0].current_job, 7);
+  CAF_CHECK_EQUAL(rows[0].started_at_ms, t0);
+  CAF_CHECK_EQUAL(rows[0].last_heartbeat_ms, t0 + 5'000);
+  row.state = "IDLE";
+  row.current_job = 0;
+  CAF_CHECK(store->record_worker(row, t0 + 6'000));
+  rows = value_of(store->list_workers(), "list_workers");
+  CAF_REQUIRE_EQUAL(rows.size(), 1u);
+  CAF_CHECK_EQUAL(rows[0].current_job, 0);
+  CAF_CHECK_EQUAL(rows[0].last_heartbeat_ms, t0 + 6'000);
+  // A new row takes the caller's started_at when it has one.
+  worker_row other{"w2", "LOADING", "m", 0, t0 - 1'000, 0};
+  CAF_CHECK(store->record_worker(other, t0));
+  rows = value_of(store->list_workers(), "list_workers");
+  CAF_REQUIRE_EQUAL(rows.size(), 2u);
+  CAF_CHECK_EQUAL(rows[1].started_at_ms, t0 - 1'000);
+  // Nothing about workers is a job event.
+  CAF_CHECK(store->take_events().empty());
+  auto no_id = store->record_worker(worker_row{}, t0);
+  CAF_REQUIRE(!no_id);
+  CAF_CHECK_EQUAL(code_of(no_id.error()), errc::invalid_input);
+  row.current_job = -1;
+  CAF_CHECK_EQUAL(code_of(store->record_worker(row, t0).error()), errc::invalid_input);
+  if (have_sqlite3_shell())
+    CAF_CHECK_EQUAL(sqlite3_shell(path, "select id, state, current_job is null, "
+                                        "started, last_heartbeat from workers_readable "
+                                        "order by id;\n"),
+                    "w1|IDLE|1|2023-11-14 22:13:20.000|2023-11-14 22:13:26.000\n"
+                    "w2|LOADING|1|2023-11-14 22:13:19.000|2023-11-14 22:13:20.000\n");
+}
+
+CAF_TEST(list_workers returns every row by id) {
+  CAF_CHECK(value_of(store->list_workers(), "list_workers").empty());
+  for (auto id : {"w3", "w1", "w2", "w10"})
+    CAF_CHECK(store->record_worker(worker_row{id, "IDLE", "m", 0, 0, 0}, t0));
+  std::vector<std::string> ids;
+  for (auto& row : value_of(store->list_workers(), "list_workers"))
+    ids.push_back(row.id);
+  CAF_CHECK_EQUAL(ids, (std::vector<std::string>{"w1", "w10", "w2", "w3"}));
+  // Another connection sees the same rows.
+  auto other = open(false);
+  CAF_CHECK_EQUAL(value_of(other->list_workers(), "list_workers").size(), 4u);
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()
