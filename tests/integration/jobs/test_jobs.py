@@ -96,6 +96,19 @@ def test_cancel_running(s):
     _assert(states_of(read_sse(s, job["id"]))[-1] == "cancelled", "last event not cancelled")
 
 
+def test_timeout(s):
+    prompt = "the quick brown fox jumps over the lazy dog " * 1400
+    job = submit(s, {"model": "tinylm", "max_attempts": 1, "timeout_ms": 100,
+                     "input": {"prompt": prompt, "max_tokens": 4096}})
+    final = wait_job(s, job["id"], states=("dead",), deadline_s=60)
+    _assert(final["error"]["code"] == "timeout", final)
+    _assert(final["error"]["retryable"] is True, final)
+    _assert(final["attempts"] == 1, final)
+    # The worker is free again: a short job still runs.
+    quick = submit(s, {"model": "classifier", "input": classifier_input(1)})
+    wait_job(s, quick["id"], deadline_s=30)
+
+
 def test_idempotency(s):
     body = {"model": "classifier", "input": classifier_input(1), "idempotency_key": "order-42"}
     first = submit(s, body, 202)
@@ -166,6 +179,7 @@ def main():
             for name, fn in [("sse watch and resume", test_sse_watch_and_resume),
                              ("cancel queued", test_cancel_queued),
                              ("cancel running", test_cancel_running),
+                             ("timeout", test_timeout),
                              ("idempotency", test_idempotency),
                              ("delayed job", test_delayed_job)]:
                 results.append(run_case(name, fn, s))
