@@ -8,7 +8,7 @@ packages=(
   g++ make cmake ninja-build ccache pkg-config git
   # libraries
   libcaf-dev libtorch-dev libboost1.81-dev libsqlite3-dev libspdlog-dev libfmt-dev
-  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libcereal-dev
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   # runtime: a real BLAS for LibTorch (netlib is 10-20x slower), sqlite3 for inspection
   libopenblas0-pthread sqlite3
   # test clients
