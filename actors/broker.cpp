@@ -31,11 +31,10 @@ void remove(broker_state& st, int64_t job, const caf::actor_addr& who) {
     return;
   auto& subs = i->second;
   auto before = subs.size();
-  subs.erase(std::remove_if(subs.begin(), subs.end(),
-                            [&](const event_subscriber_actor& s) {
-                              return s.address() == who;
-                            }),
-             subs.end());
+  subs.erase(
+      std::remove_if(subs.begin(), subs.end(),
+                     [&](const event_subscriber_actor& s) { return s.address() == who; }),
+      subs.end());
   st.count -= before - subs.size();
   if (subs.empty())
     st.subscribers.erase(i);
@@ -55,31 +54,31 @@ broker_actor::behavior_type broker_behavior(broker_pointer self, broker_config c
       remove(st, job, dm.source);
   });
   return {
-    [self](publish_atom, const std::vector<job_event>& events) {
-      auto& st = self->state;
-      for (auto& ev : events) {
-        auto i = st.subscribers.find(ev.job_id);
-        if (i == st.subscribers.end())
-          continue;
-        for (auto& s : i->second)
-          self->send(s, ev);
-      }
-    },
-    [self](subscribe_atom, int64_t job,
-           event_subscriber_actor& who) -> caf::result<bool> {
-      auto& st = self->state;
-      if (st.count >= st.cfg.max_subscribers)
-        return make_error(errc::queue_full,
-                          "event streams: " + std::to_string(st.count) + " of "
-                            + std::to_string(st.cfg.max_subscribers) + " open");
-      st.subscribers[job].push_back(who);
-      ++st.count;
-      self->monitor(who);
-      return true;
-    },
-    [self](unsub_atom, int64_t job, const event_subscriber_actor& who) {
-      remove(self->state, job, who.address());
-    },
+      [self](publish_atom, const std::vector<job_event>& events) {
+        auto& st = self->state;
+        for (auto& ev : events) {
+          auto i = st.subscribers.find(ev.job_id);
+          if (i == st.subscribers.end())
+            continue;
+          for (auto& s : i->second)
+            self->send(s, ev);
+        }
+      },
+      [self](subscribe_atom, int64_t job,
+             event_subscriber_actor& who) -> caf::result<bool> {
+        auto& st = self->state;
+        if (st.count >= st.cfg.max_subscribers)
+          return make_error(errc::queue_full,
+                            "event streams: " + std::to_string(st.count) + " of "
+                                + std::to_string(st.cfg.max_subscribers) + " open");
+        st.subscribers[job].push_back(who);
+        ++st.count;
+        self->monitor(who);
+        return true;
+      },
+      [self](unsub_atom, int64_t job, const event_subscriber_actor& who) {
+        remove(self->state, job, who.address());
+      },
   };
 }
 

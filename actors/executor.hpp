@@ -16,12 +16,12 @@
 namespace infergrid {
 
 using executor_actor = caf::typed_actor<
-  // Loads and warms every model given at spawn; answers which ones are ready.
-  caf::replies_to<load_atom>::with<worker_registration>,
-  // Runs a durable job's input (JSON text of the model's kind) to output JSON.
-  caf::replies_to<run_job_atom, job_record>::with<std::string>,
-  // Runs an interactive request on a tensor model.
-  caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>>;
+    // Loads and warms every model given at spawn; answers which ones are ready.
+    caf::replies_to<load_atom>::with<worker_registration>,
+    // Runs a durable job's input (JSON text of the model's kind) to output JSON.
+    caf::replies_to<run_job_atom, job_record>::with<std::string>,
+    // Runs an interactive request on a tensor model.
+    caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>>;
 
 struct executor_config {
   std::string worker_id;

@@ -54,9 +54,9 @@ caf::error check_job_input(const model_info& m, const std::string& input_json) {
     case model_kind::speech:
       return make_error(errc::invalid_input,
                         "model: '" + m.name
-                          + "' is a speech model; durable speech jobs are not "
-                            "served by this version (kinds served: tensor, "
-                            "generate)");
+                            + "' is a speech model; durable speech jobs are not "
+                              "served by this version (kinds served: tensor, "
+                              "generate)");
   }
   return make_error(errc::internal, "unknown model kind");
 }
@@ -70,63 +70,63 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
   for (auto& m : st.cfg.models)
     st.models.emplace(m.name, m);
   return {
-    [self](submit_atom, new_job& job) -> caf::result<job_record> {
-      auto& st = self->state;
-      auto m = find_model(st, job.model);
-      if (m == nullptr)
-        return unknown_model(job.model);
-      if (job.max_attempts <= 0)
-        job.max_attempts = st.cfg.default_max_attempts;
-      if (auto err = check_job_input(*m, job.input_json))
-        return err;
-      return self->delegate(st.queue, submit_atom::value, std::move(job));
-    },
-    [self](job_get_atom, int64_t id) -> caf::result<job_record> {
-      return self->delegate(self->state.queue, job_get_atom::value, id);
-    },
-    [self](infer_atom, const std::string& model, const std::string& body,
-           const std::string& request_id) -> caf::result<std::vector<tensor_data>> {
-      auto& st = self->state;
-      auto m = find_model(st, model);
-      if (m == nullptr)
-        return unknown_model(model);
-      if (m->kind != model_kind::tensor)
-        return make_error(errc::invalid_input,
-                          "model: '" + model + "' is a " + to_string(m->kind)
-                            + " model; the KServe v2 infer route serves tensor "
-                              "models (use POST /v1/jobs)");
-      auto xs = decode_kserve_request(body);
-      if (!xs)
-        return xs.error();
-      if (auto problem = validate_inputs(*m, *xs))
-        return make_error(errc::invalid_input, *problem);
-      return self->delegate(st.queue, infer_atom::value,
-                            infer_request{model, std::move(*xs), request_id});
-    },
-    [self](models_atom) -> std::vector<model_info> {
-      return self->state.cfg.models;
-    },
-    [self](stats_atom) -> caf::result<cluster_stats> {
-      return self->delegate(self->state.queue, stats_atom::value);
-    },
-    [self](list_atom, job_filter& filter) -> caf::result<job_page> {
-      if (filter.limit < 1 || filter.limit > 1000)
-        return make_error(errc::invalid_input, "limit: expected 1..1000");
-      return self->delegate(self->state.queue, list_atom::value, std::move(filter));
-    },
-    [self](cancel_atom, int64_t id) -> caf::result<job_record> {
-      return self->delegate(self->state.queue, cancel_atom::value, id);
-    },
-    [self](events_atom, int64_t id, int64_t after_seq)
-      -> caf::result<std::vector<job_event>> {
-      return self->delegate(self->state.queue, events_atom::value, id, after_seq);
-    },
-    [self](subscribe_atom, int64_t id, event_subscriber_actor& who) -> caf::result<bool> {
-      return self->delegate(self->state.broker, subscribe_atom::value, id, std::move(who));
-    },
-    [self](unsub_atom, int64_t id, event_subscriber_actor& who) {
-      self->send(self->state.broker, unsub_atom::value, id, std::move(who));
-    },
+      [self](submit_atom, new_job& job) -> caf::result<job_record> {
+        auto& st = self->state;
+        auto m = find_model(st, job.model);
+        if (m == nullptr)
+          return unknown_model(job.model);
+        if (job.max_attempts <= 0)
+          job.max_attempts = st.cfg.default_max_attempts;
+        if (auto err = check_job_input(*m, job.input_json))
+          return err;
+        return self->delegate(st.queue, submit_atom::value, std::move(job));
+      },
+      [self](job_get_atom, int64_t id) -> caf::result<job_record> {
+        return self->delegate(self->state.queue, job_get_atom::value, id);
+      },
+      [self](infer_atom, const std::string& model, const std::string& body,
+             const std::string& request_id) -> caf::result<std::vector<tensor_data>> {
+        auto& st = self->state;
+        auto m = find_model(st, model);
+        if (m == nullptr)
+          return unknown_model(model);
+        if (m->kind != model_kind::tensor)
+          return make_error(errc::invalid_input,
+                            "model: '" + model + "' is a " + to_string(m->kind)
+                                + " model; the KServe v2 infer route serves tensor "
+                                  "models (use POST /v1/jobs)");
+        auto xs = decode_kserve_request(body);
+        if (!xs)
+          return xs.error();
+        if (auto problem = validate_inputs(*m, *xs))
+          return make_error(errc::invalid_input, *problem);
+        return self->delegate(st.queue, infer_atom::value,
+                              infer_request{model, std::move(*xs), request_id});
+      },
+      [self](models_atom) -> std::vector<model_info> { return self->state.cfg.models; },
+      [self](stats_atom) -> caf::result<cluster_stats> {
+        return self->delegate(self->state.queue, stats_atom::value);
+      },
+      [self](list_atom, job_filter& filter) -> caf::result<job_page> {
+        if (filter.limit < 1 || filter.limit > 1000)
+          return make_error(errc::invalid_input, "limit: expected 1..1000");
+        return self->delegate(self->state.queue, list_atom::value, std::move(filter));
+      },
+      [self](cancel_atom, int64_t id) -> caf::result<job_record> {
+        return self->delegate(self->state.queue, cancel_atom::value, id);
+      },
+      [self](events_atom, int64_t id,
+             int64_t after_seq) -> caf::result<std::vector<job_event>> {
+        return self->delegate(self->state.queue, events_atom::value, id, after_seq);
+      },
+      [self](subscribe_atom, int64_t id,
+             event_subscriber_actor& who) -> caf::result<bool> {
+        return self->delegate(self->state.broker, subscribe_atom::value, id,
+                              std::move(who));
+      },
+      [self](unsub_atom, int64_t id, event_subscriber_actor& who) {
+        self->send(self->state.broker, unsub_atom::value, id, std::move(who));
+      },
   };
 }
 

@@ -120,13 +120,13 @@ bool serves(const queue_state& st, const std::string& model) {
 // Hands the interactive request at `pos` to `w` (marked busy in this step).
 void send_interactive(queue_pointer self, worker_entry& w, pending_infer p) {
   w.busy = true;
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(p.deadline
-                                                                    - steady::now());
+  auto left
+      = std::chrono::duration_cast<std::chrono::milliseconds>(p.deadline - steady::now());
   auto timeout = std::max(left, std::chrono::milliseconds(1));
   auto rp = p.rp;
   self->request(w.handle, timeout, infer_atom::value, std::move(p.req))
-    .then([rp](tensor_list& out) mutable { rp.deliver(std::move(out)); },
-          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      .then([rp](tensor_list& out) mutable { rp.deliver(std::move(out)); },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
 }
 
 /// The one dispatch point: gives each idle worker the oldest interactive
@@ -148,19 +148,17 @@ void dispatch(queue_pointer self) {
     auto& w = st.workers[(st.next_worker + k) % n];
     if (w.busy)
       continue;
-    auto it = std::find_if(st.interactive.begin(), st.interactive.end(),
-                           [&](const pending_infer& p) {
-                             return w.models.count(p.req.model) > 0;
-                           });
+    auto it = std::find_if(
+        st.interactive.begin(), st.interactive.end(),
+        [&](const pending_infer& p) { return w.models.count(p.req.model) > 0; });
     if (it != st.interactive.end()) {
       auto p = std::move(*it);
       st.interactive.erase(it);
       send_interactive(self, w, std::move(p));
       continue;
     }
-    bool has_hint = std::any_of(w.models.begin(), w.models.end(), [&](auto& m) {
-      return st.maybe_ready.count(m) > 0;
-    });
+    bool has_hint = std::any_of(w.models.begin(), w.models.end(),
+                                [&](auto& m) { return st.maybe_ready.count(m) > 0; });
     if (has_hint) {
       w.busy = true;
       self->send(w.handle, work_atom::value);
@@ -179,9 +177,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
   st.broker = std::move(broker);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
-    auto i = std::find_if(st.workers.begin(), st.workers.end(), [&](auto& w) {
-      return w.handle.address() == dm.source;
-    });
+    auto i = std::find_if(st.workers.begin(), st.workers.end(),
+                          [&](auto& w) { return w.handle.address() == dm.source; });
     if (i == st.workers.end())
       return;
     spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
@@ -214,224 +211,228 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     self->delayed_send(self, std::chrono::milliseconds(st.cfg.settings.tick_ms),
                        qtick_atom::value);
   return {
-    [self](register_atom, worker_actor& handle, worker_registration& reg) {
-      auto& st = self->state;
-      if (find_worker(st, reg.worker_id) != nullptr) {
-        spdlog::warn("queue: worker {} registered twice; keeping the first",
-                     reg.worker_id);
-        return;
-      }
-      worker_entry w;
-      w.id = reg.worker_id;
-      w.handle = handle;
-      w.models.insert(reg.models.begin(), reg.models.end());
-      st.maybe_ready.insert(reg.models.begin(), reg.models.end());
-      self->monitor(handle);
-      spdlog::info("queue: worker {} ready with {} model(s)", w.id, w.models.size());
-      record_worker(st, w, "IDLE", true);
-      st.workers.push_back(std::move(w));
-      dispatch(self);
-    },
-    [self](idle_atom, const std::string& worker_id, bool found_work) {
-      auto& st = self->state;
-      auto w = find_worker(st, worker_id);
-      if (w == nullptr)
-        return;
-      w->busy = false;
-      if (!found_work)
-        for (auto& m : w->models)
-          st.maybe_ready.erase(m);
-      dispatch(self);
-    },
-    [self](submit_atom, new_job& job) -> caf::result<job_record> {
-      // Group commit: the flush message lands behind every submit already in
-      // the mailbox, so submits that arrive together share one transaction.
-      auto& st = self->state;
-      auto rp = self->make_response_promise<job_record>();
-      st.submits.push_back(pending_submit{std::move(job), rp});
-      if (!st.flush_scheduled) {
-        st.flush_scheduled = true;
-        self->send(self, flush_atom::value);
-      }
-      return rp;
-    },
-    [self](flush_atom) {
-      auto& st = self->state;
-      st.flush_scheduled = false;
-      auto n = std::min(st.submits.size(), max_submit_batch);
-      std::vector<pending_submit> batch(std::make_move_iterator(st.submits.begin()),
-                                        std::make_move_iterator(st.submits.begin() + n));
-      st.submits.erase(st.submits.begin(), st.submits.begin() + n);
-      if (!st.submits.empty()) {
-        st.flush_scheduled = true;
-        self->send(self, flush_atom::value);
-      }
-      std::vector<new_job> jobs;
-      jobs.reserve(batch.size());
-      for (auto& p : batch)
-        jobs.push_back(p.job);
-      auto results = st.store->enqueue_batch(jobs, st.cfg.settings.max_queued, now_ms());
-      if (!results) {
-        for (auto& p : batch)
-          p.rp.deliver(results.error());
-        return;
-      }
-      publish_events(self);
-      for (std::size_t i = 0; i < batch.size(); ++i) {
-        auto& rec = (*results)[i];
-        if (!rec) {
-          batch[i].rp.deliver(rec.error());
-          continue;
+      [self](register_atom, worker_actor& handle, worker_registration& reg) {
+        auto& st = self->state;
+        if (find_worker(st, reg.worker_id) != nullptr) {
+          spdlog::warn("queue: worker {} registered twice; keeping the first",
+                       reg.worker_id);
+          return;
         }
-        if (rec->created)
-          st.maybe_ready.insert(rec->model);
-        batch[i].rp.deliver(std::move(*rec));
-      }
-      dispatch(self);
-    },
-    [self](claim_atom, const std::string& worker, const std::vector<std::string>& models,
-           int32_t n, int64_t lease_ms) -> caf::result<std::vector<job_record>> {
-      auto jobs = self->state.store->claim(worker, models, n, lease_ms, now_ms());
-      if (!jobs)
-        return jobs.error();
-      publish_events(self);
-      return std::move(*jobs);
-    },
-    [self](complete_atom, int64_t id, int64_t lease_seq,
-           const std::string& output) -> caf::result<bool> {
-      auto done = self->state.store->complete(id, lease_seq, output, now_ms());
-      if (!done)
-        return done.error();
-      publish_events(self);
-      return *done;
-    },
-    [self](fail_atom, int64_t id, int64_t lease_seq,
-           const job_error& err) -> caf::result<std::string> {
-      auto next = self->state.store->fail(id, lease_seq, err, now_ms());
-      if (!next)
-        return next.error();
-      publish_events(self);
-      // A retry waits for its back-off; the queue tick wakes workers for it.
-      return *next ? to_string(**next) : std::string{};
-    },
-    [self](renew_atom, int64_t id, int64_t lease_seq,
-           int64_t lease_ms) -> caf::result<bool, bool> {
-      auto status = self->state.store->renew(id, lease_seq, lease_ms, now_ms());
-      if (!status)
-        return status.error();
-      return {status->held, status->cancel_requested};
-    },
-    [self](job_get_atom, int64_t id) -> caf::result<job_record> {
-      auto rec = self->state.store->get(id);
-      if (!rec)
-        return rec.error();
-      if (!*rec)
-        return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
-      return std::move(**rec);
-    },
-    [self](infer_atom, infer_request& req) -> caf::result<tensor_list> {
-      auto& st = self->state;
-      if (!serves(st, req.model))
-        return make_error(errc::unavailable,
-                          "no ready worker serves model '" + req.model + "'");
-      auto limit = st.cfg.settings.max_interactive;
-      if (static_cast<int64_t>(st.interactive.size()) >= limit)
-        return make_error(errc::queue_full, "interactive queue holds "
-                                              + std::to_string(st.interactive.size())
-                                              + " of " + std::to_string(limit)
-                                              + " requests");
-      auto rp = self->make_response_promise<tensor_list>();
-      auto deadline = steady::now()
-                      + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
-      st.interactive.push_back(pending_infer{std::move(req), rp, deadline});
-      dispatch(self);
-      return rp;
-    },
-    [self](stats_atom) -> caf::result<cluster_stats> {
-      auto& st = self->state;
-      cluster_stats out;
-      for (auto s : {job_state::queued, job_state::running, job_state::succeeded,
-                     job_state::failed, job_state::dead, job_state::cancelled})
-        out.jobs_by_state[to_string(s)] = 0;
-      auto counts = st.store->count_by_state();
-      if (!counts)
-        return counts.error();
-      for (auto& [state, n] : *counts)
-        out.jobs_by_state[to_string(state)] = n;
-      std::set<std::string> ready;
-      for (auto& w : st.workers) {
-        ready.insert(w.models.begin(), w.models.end());
-        if (w.busy)
-          ++out.workers_busy;
-      }
-      out.workers_total = static_cast<int32_t>(st.workers.size());
-      out.workers_ready = out.workers_total;
-      out.interactive_waiting = static_cast<int64_t>(st.interactive.size());
-      out.ready_models.assign(ready.begin(), ready.end());
-      return out;
-    },
-    [self](list_atom, const job_filter& filter) -> caf::result<job_page> {
-      auto page = self->state.store->list(filter);
-      if (!page)
-        return page.error();
-      return std::move(*page);
-    },
-    [self](cancel_atom, int64_t id) -> caf::result<job_record> {
-      auto& st = self->state;
-      auto rec = st.store->cancel(id, now_ms());
-      if (!rec)
-        return rec.error();
-      if (!*rec)
-        return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
-      publish_events(self);
-      auto& job = **rec;
-      // A running job stops cooperatively: tell its worker now; the lease
-      // heartbeat is the fallback.
-      if (job.state == job_state::running)
-        if (auto w = find_worker(st, job.worker))
-          self->send(w->handle, cancel_atom::value, id);
-      return std::move(job);
-    },
-    [self](events_atom, int64_t id, int64_t after_seq)
-      -> caf::result<std::vector<job_event>> {
-      auto& st = self->state;
-      auto job = st.store->get(id);
-      if (!job)
-        return job.error();
-      if (!*job)
-        return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
-      auto events = st.store->events_after(id, after_seq, 1000);
-      if (!events)
-        return events.error();
-      return std::move(*events);
-    },
-    [self](qtick_atom) {
-      auto& st = self->state;
-      ++st.ticks;
-      auto rescued = st.store->rescue_expired(now_ms());
-      publish_events(self);
-      if (!rescued)
-        spdlog::warn("queue: rescue of lapsed leases failed: {}",
-                     message_of(rescued.error()));
-      else if (*rescued > 0)
-        spdlog::info("queue: {} job(s) with lapsed leases put back", *rescued);
-      // Other writers (worker processes, restarts, delayed run_at) may have
-      // made jobs ready: let every idle worker look again.
-      for (auto& w : st.workers) {
-        st.maybe_ready.insert(w.models.begin(), w.models.end());
-        record_worker(st, w, w.busy ? "BUSY" : "IDLE", false);
-      }
-      dispatch(self);
-      // A passive checkpoint about every 10 s (only this connection checkpoints).
-      auto every = std::max<int64_t>(1, 10000 / std::max<int64_t>(st.cfg.settings.tick_ms, 1));
-      if (st.ticks % static_cast<uint64_t>(every) == 0) {
-        auto ok = st.store->checkpoint();
-        if (!ok)
-          spdlog::warn("queue: checkpoint failed: {}", message_of(ok.error()));
-      }
-      self->delayed_send(self, std::chrono::milliseconds(st.cfg.settings.tick_ms),
-                         qtick_atom::value);
-    },
+        worker_entry w;
+        w.id = reg.worker_id;
+        w.handle = handle;
+        w.models.insert(reg.models.begin(), reg.models.end());
+        st.maybe_ready.insert(reg.models.begin(), reg.models.end());
+        self->monitor(handle);
+        spdlog::info("queue: worker {} ready with {} model(s)", w.id, w.models.size());
+        record_worker(st, w, "IDLE", true);
+        st.workers.push_back(std::move(w));
+        dispatch(self);
+      },
+      [self](idle_atom, const std::string& worker_id, bool found_work) {
+        auto& st = self->state;
+        auto w = find_worker(st, worker_id);
+        if (w == nullptr)
+          return;
+        w->busy = false;
+        if (!found_work)
+          for (auto& m : w->models)
+            st.maybe_ready.erase(m);
+        dispatch(self);
+      },
+      [self](submit_atom, new_job& job) -> caf::result<job_record> {
+        // Group commit: the flush message lands behind every submit already in
+        // the mailbox, so submits that arrive together share one transaction.
+        auto& st = self->state;
+        auto rp = self->make_response_promise<job_record>();
+        st.submits.push_back(pending_submit{std::move(job), rp});
+        if (!st.flush_scheduled) {
+          st.flush_scheduled = true;
+          self->send(self, flush_atom::value);
+        }
+        return rp;
+      },
+      [self](flush_atom) {
+        auto& st = self->state;
+        st.flush_scheduled = false;
+        auto n = std::min(st.submits.size(), max_submit_batch);
+        std::vector<pending_submit> batch(
+            std::make_move_iterator(st.submits.begin()),
+            std::make_move_iterator(st.submits.begin() + n));
+        st.submits.erase(st.submits.begin(), st.submits.begin() + n);
+        if (!st.submits.empty()) {
+          st.flush_scheduled = true;
+          self->send(self, flush_atom::value);
+        }
+        std::vector<new_job> jobs;
+        jobs.reserve(batch.size());
+        for (auto& p : batch)
+          jobs.push_back(p.job);
+        auto results
+            = st.store->enqueue_batch(jobs, st.cfg.settings.max_queued, now_ms());
+        if (!results) {
+          for (auto& p : batch)
+            p.rp.deliver(results.error());
+          return;
+        }
+        publish_events(self);
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+          auto& rec = (*results)[i];
+          if (!rec) {
+            batch[i].rp.deliver(rec.error());
+            continue;
+          }
+          if (rec->created)
+            st.maybe_ready.insert(rec->model);
+          batch[i].rp.deliver(std::move(*rec));
+        }
+        dispatch(self);
+      },
+      [self](claim_atom, const std::string& worker,
+             const std::vector<std::string>& models, int32_t n,
+             int64_t lease_ms) -> caf::result<std::vector<job_record>> {
+        auto jobs = self->state.store->claim(worker, models, n, lease_ms, now_ms());
+        if (!jobs)
+          return jobs.error();
+        publish_events(self);
+        return std::move(*jobs);
+      },
+      [self](complete_atom, int64_t id, int64_t lease_seq,
+             const std::string& output) -> caf::result<bool> {
+        auto done = self->state.store->complete(id, lease_seq, output, now_ms());
+        if (!done)
+          return done.error();
+        publish_events(self);
+        return *done;
+      },
+      [self](fail_atom, int64_t id, int64_t lease_seq,
+             const job_error& err) -> caf::result<std::string> {
+        auto next = self->state.store->fail(id, lease_seq, err, now_ms());
+        if (!next)
+          return next.error();
+        publish_events(self);
+        // A retry waits for its back-off; the queue tick wakes workers for it.
+        return *next ? to_string(**next) : std::string{};
+      },
+      [self](renew_atom, int64_t id, int64_t lease_seq,
+             int64_t lease_ms) -> caf::result<bool, bool> {
+        auto status = self->state.store->renew(id, lease_seq, lease_ms, now_ms());
+        if (!status)
+          return status.error();
+        return {status->held, status->cancel_requested};
+      },
+      [self](job_get_atom, int64_t id) -> caf::result<job_record> {
+        auto rec = self->state.store->get(id);
+        if (!rec)
+          return rec.error();
+        if (!*rec)
+          return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+        return std::move(**rec);
+      },
+      [self](infer_atom, infer_request& req) -> caf::result<tensor_list> {
+        auto& st = self->state;
+        if (!serves(st, req.model))
+          return make_error(errc::unavailable,
+                            "no ready worker serves model '" + req.model + "'");
+        auto limit = st.cfg.settings.max_interactive;
+        if (static_cast<int64_t>(st.interactive.size()) >= limit)
+          return make_error(errc::queue_full, "interactive queue holds "
+                                                  + std::to_string(st.interactive.size())
+                                                  + " of " + std::to_string(limit)
+                                                  + " requests");
+        auto rp = self->make_response_promise<tensor_list>();
+        auto deadline
+            = steady::now() + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
+        st.interactive.push_back(pending_infer{std::move(req), rp, deadline});
+        dispatch(self);
+        return rp;
+      },
+      [self](stats_atom) -> caf::result<cluster_stats> {
+        auto& st = self->state;
+        cluster_stats out;
+        for (auto s : {job_state::queued, job_state::running, job_state::succeeded,
+                       job_state::failed, job_state::dead, job_state::cancelled})
+          out.jobs_by_state[to_string(s)] = 0;
+        auto counts = st.store->count_by_state();
+        if (!counts)
+          return counts.error();
+        for (auto& [state, n] : *counts)
+          out.jobs_by_state[to_string(state)] = n;
+        std::set<std::string> ready;
+        for (auto& w : st.workers) {
+          ready.insert(w.models.begin(), w.models.end());
+          if (w.busy)
+            ++out.workers_busy;
+        }
+        out.workers_total = static_cast<int32_t>(st.workers.size());
+        out.workers_ready = out.workers_total;
+        out.interactive_waiting = static_cast<int64_t>(st.interactive.size());
+        out.ready_models.assign(ready.begin(), ready.end());
+        return out;
+      },
+      [self](list_atom, const job_filter& filter) -> caf::result<job_page> {
+        auto page = self->state.store->list(filter);
+        if (!page)
+          return page.error();
+        return std::move(*page);
+      },
+      [self](cancel_atom, int64_t id) -> caf::result<job_record> {
+        auto& st = self->state;
+        auto rec = st.store->cancel(id, now_ms());
+        if (!rec)
+          return rec.error();
+        if (!*rec)
+          return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+        publish_events(self);
+        auto& job = **rec;
+        // A running job stops cooperatively: tell its worker now; the lease
+        // heartbeat is the fallback.
+        if (job.state == job_state::running)
+          if (auto w = find_worker(st, job.worker))
+            self->send(w->handle, cancel_atom::value, id);
+        return std::move(job);
+      },
+      [self](events_atom, int64_t id,
+             int64_t after_seq) -> caf::result<std::vector<job_event>> {
+        auto& st = self->state;
+        auto job = st.store->get(id);
+        if (!job)
+          return job.error();
+        if (!*job)
+          return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+        auto events = st.store->events_after(id, after_seq, 1000);
+        if (!events)
+          return events.error();
+        return std::move(*events);
+      },
+      [self](qtick_atom) {
+        auto& st = self->state;
+        ++st.ticks;
+        auto rescued = st.store->rescue_expired(now_ms());
+        publish_events(self);
+        if (!rescued)
+          spdlog::warn("queue: rescue of lapsed leases failed: {}",
+                       message_of(rescued.error()));
+        else if (*rescued > 0)
+          spdlog::info("queue: {} job(s) with lapsed leases put back", *rescued);
+        // Other writers (worker processes, restarts, delayed run_at) may have
+        // made jobs ready: let every idle worker look again.
+        for (auto& w : st.workers) {
+          st.maybe_ready.insert(w.models.begin(), w.models.end());
+          record_worker(st, w, w.busy ? "BUSY" : "IDLE", false);
+        }
+        dispatch(self);
+        // A passive checkpoint about every 10 s (only this connection checkpoints).
+        auto every
+            = std::max<int64_t>(1, 10000 / std::max<int64_t>(st.cfg.settings.tick_ms, 1));
+        if (st.ticks % static_cast<uint64_t>(every) == 0) {
+          auto ok = st.store->checkpoint();
+          if (!ok)
+            spdlog::warn("queue: checkpoint failed: {}", message_of(ok.error()));
+        }
+        self->delayed_send(self, std::chrono::milliseconds(st.cfg.settings.tick_ms),
+                           qtick_atom::value);
+      },
   };
 }
 

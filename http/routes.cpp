@@ -164,7 +164,8 @@ json job_object(const job_record& job) {
   out["started_at"] = time_or_null(job.started_at_ms);
   out["finished_at"] = time_or_null(job.finished_at_ms);
   out["worker"] = job.worker.empty() ? json() : json(job.worker);
-  out["idempotency_key"] = job.idempotency_key.empty() ? json() : json(job.idempotency_key);
+  out["idempotency_key"]
+      = job.idempotency_key.empty() ? json() : json(job.idempotency_key);
   if (job.output_json.empty()) {
     out["output"] = nullptr;
   } else {
@@ -553,10 +554,10 @@ caf::expected<new_job> parse_job_request(const std::string& body, int64_t now_ms
   if (has_run_at && delay != doc.end() && !delay->is_null())
     return invalid("run_at: not allowed together with delay_ms");
   int64_t delay_ms = 0;
-  if (auto err = read_int(doc, "delay_ms", 0, max_delay_ms,
-                          "must be between 0 and " + std::to_string(max_delay_ms)
-                              + " (30 days)",
-                          delay_ms))
+  if (auto err
+      = read_int(doc, "delay_ms", 0, max_delay_ms,
+                 "must be between 0 and " + std::to_string(max_delay_ms) + " (30 days)",
+                 delay_ms))
     return err;
   if (delay_ms > 0)
     job.run_at_ms = now_ms + delay_ms;
@@ -611,8 +612,9 @@ caf::error unknown_params(const std::vector<std::string>& names) {
       text += ", ";
     text += clip(name);
   }
-  return invalid(text + (names.size() == 1 ? ": unknown query parameter"
-                                           : ": unknown query parameters"));
+  return invalid(
+      text
+      + (names.size() == 1 ? ": unknown query parameter" : ": unknown query parameters"));
 }
 
 } // namespace
@@ -698,7 +700,8 @@ caf::expected<int64_t> parse_events_after(std::string_view target,
   if (last_event_id && !last_event_id->empty()) {
     int64_t n = 0;
     if (!parse_count(*last_event_id, n))
-      return invalid("Last-Event-ID: expected an event sequence number (an integer >= 0)");
+      return invalid(
+          "Last-Event-ID: expected an event sequence number (an integer >= 0)");
     return n;
   }
   return from_query.value_or(0);
@@ -791,11 +794,11 @@ reply ready_reply(const cluster_stats& stats) {
 
 reply job_created_reply(const job_record& job) {
   auto id = job_id_string(job.id);
-  auto r = json_reply(
-      job.created ? 202 : 200,
-      json{{"id", id},
-                {"state", to_string(job.state)},
-                {"position", job.position >= 0 ? json(job.position) : json()}});
+  auto r
+      = json_reply(job.created ? 202 : 200,
+                   json{{"id", id},
+                        {"state", to_string(job.state)},
+                        {"position", job.position >= 0 ? json(job.position) : json()}});
   r.headers.emplace_back("Location", "/v1/jobs/" + id);
   return r;
 }

@@ -25,6 +25,7 @@
 #include "messages/errors.hpp"
 #include "tools/bench/http_client.hpp"
 #include "tools/bench/queue_bench.hpp"
+#include "tools/bench/format.hpp"
 
 namespace infergrid::bench {
 
@@ -59,19 +60,6 @@ std::string job_body() {
 
 double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
-}
-
-std::string fixed(double x, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
-  return buf;
-}
-
-std::string thousands(double x) {
-  auto s = std::to_string(static_cast<int64_t>(x + 0.5));
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
-    s.insert(static_cast<std::size_t>(i), ",");
-  return s;
 }
 
 std::string statuses(const load_result& r) {

@@ -25,6 +25,7 @@
 #include "messages/errors.hpp"
 #include "persistence/job_store.hpp"
 #include "persistence/raw_baseline.hpp"
+#include "tools/bench/format.hpp"
 
 namespace infergrid::bench {
 
@@ -295,20 +296,6 @@ child_report raw_loop(const queue_round& round, const std::string& path, int ind
 
 const char* engine_name(queue_engine e) {
   return e == queue_engine::store ? "store" : "raw";
-}
-
-std::string fixed(double x, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
-  return buf;
-}
-
-/// 12345.6 -> "12,346".
-std::string thousands(double x) {
-  auto s = std::to_string(static_cast<int64_t>(x + 0.5));
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
-    s.insert(static_cast<std::size_t>(i), ",");
-  return s;
 }
 
 /// `text` as a JSON string literal (ASCII control characters escaped).

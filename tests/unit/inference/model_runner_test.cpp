@@ -77,7 +77,8 @@ std::vector<float> ramp(std::size_t n, float scale) {
 }
 
 std::vector<float> classify(model_runner& r, int64_t batch) {
-  auto x = make_float_tensor("x", {batch, 16}, ramp(static_cast<std::size_t>(batch * 16), 0.37f));
+  auto x = make_float_tensor("x", {batch, 16},
+                             ramp(static_cast<std::size_t>(batch * 16), 0.37f));
   auto out = r.forward({x});
   if (!out)
     CAF_FAIL("forward failed: " << message_of(out.error()));
@@ -105,12 +106,29 @@ generate_params seeded(uint64_t seed, int32_t max_tokens) {
   return p;
 }
 
+/// Median wall time of `n` calls of `fn` in ms, after `warmup` untimed calls.
+/// Reported by tests, never asserted (STYLE.md).
+template <class Fn>
+double median_ms(Fn&& fn, int n, int warmup) {
+  for (int i = 0; i < warmup; ++i)
+    fn();
+  std::vector<double> ms;
+  for (int i = 0; i < n; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(
+                     std::chrono::steady_clock::now() - start)
+                     .count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 } // namespace
 
 CAF_TEST(resolve device) {
   CAF_CHECK_EQUAL(must(resolve_device("cpu")), "cpu");
-  CAF_CHECK_EQUAL(must(resolve_device("auto")),
-                  cuda_available() ? "cuda:0" : "cpu");
+  CAF_CHECK_EQUAL(must(resolve_device("auto")), cuda_available() ? "cuda:0" : "cpu");
   auto bad = resolve_device("tpu");
   CAF_REQUIRE(!bad);
   CAF_CHECK_EQUAL(code_of(bad.error()), errc::invalid_input);
@@ -134,7 +152,8 @@ CAF_TEST(resolve device) {
 
 CAF_TEST(demo models are written with valid configs) {
   auto& repo = demos();
-  CAF_CHECK_EQUAL(repo.names, (std::vector<std::string>{"classifier", "tinylm", "tinyspeech"}));
+  CAF_CHECK_EQUAL(repo.names,
+                  (std::vector<std::string>{"classifier", "tinylm", "tinyspeech"}));
   CAF_REQUIRE_EQUAL(repo.entries.size(), 3u);
   for (auto& e : repo.entries)
     CAF_CHECK_EQUAL(e.error, "");
@@ -209,14 +228,15 @@ CAF_TEST(classifier warm up and forward) {
     CAF_CHECK_LESS(std::abs(one[i] - three[i]), 1e-5f);
   // The classes are not all equally likely (the weights do something).
   CAF_CHECK_GREATER(*std::max_element(one.begin(), one.end())
-                      - *std::min_element(one.begin(), one.end()),
+                        - *std::min_element(one.begin(), one.end()),
                     0.01f);
 }
 
 CAF_TEST(forward errors are values) {
   auto runner = demos().load("classifier");
   // A wrong shape reaches the model, which raises: model_error, no crash.
-  auto bad = runner->forward({make_float_tensor("x", {2, 15}, std::vector<float>(30, 0.5f))});
+  auto bad
+      = runner->forward({make_float_tensor("x", {2, 15}, std::vector<float>(30, 0.5f))});
   CAF_REQUIRE(!bad);
   CAF_CHECK_EQUAL(code_of(bad.error()), errc::model_error);
   auto msg = message_of(bad.error());
@@ -227,10 +247,12 @@ CAF_TEST(forward errors are values) {
   CAF_CHECK_EQUAL(msg.find('\n'), std::string::npos);
   CAF_CHECK_EQUAL(msg.find("Traceback"), std::string::npos);
   // Wrong names and inconsistent data never reach LibTorch.
-  auto unnamed = runner->forward({make_float_tensor("y", {1, 16}, std::vector<float>(16))});
+  auto unnamed
+      = runner->forward({make_float_tensor("y", {1, 16}, std::vector<float>(16))});
   CAF_REQUIRE(!unnamed);
   CAF_CHECK_EQUAL(code_of(unnamed.error()), errc::invalid_input);
-  auto short_data = runner->forward({make_float_tensor("x", {4, 16}, std::vector<float>(16))});
+  auto short_data
+      = runner->forward({make_float_tensor("x", {4, 16}, std::vector<float>(16))});
   CAF_REQUIRE(!short_data);
   CAF_CHECK_EQUAL(code_of(short_data.error()), errc::invalid_input);
   // A wrong dtype fed directly (int64 instead of float32) is a model error.
@@ -341,9 +363,8 @@ CAF_TEST(generate honours max_tokens stop and cancel) {
   CAF_CHECK_EQUAL(stop_stream, stopped->text);
   // Cancel: the callback says no on its third call.
   int seen = 0;
-  auto cancelled = runner->generate(seeded(5, 50), [&](const std::string&) {
-    return ++seen < 3;
-  });
+  auto cancelled
+      = runner->generate(seeded(5, 50), [&](const std::string&) { return ++seen < 3; });
   CAF_REQUIRE(cancelled);
   CAF_CHECK_EQUAL(cancelled->finish_reason, "cancelled");
   CAF_CHECK_EQUAL(seen, 3);
@@ -442,29 +463,17 @@ CAF_TEST(steady state latency) {
   auto lm = demos().load("tinylm");
   auto tts = demos().load("tinyspeech");
   CAF_REQUIRE(clf->warm_up() && lm->warm_up() && tts->warm_up());
-  auto median_ms = [](auto&& fn, int n) {
-    std::vector<double> ms;
-    for (int i = 0; i < n; ++i) {
-      auto start = std::chrono::steady_clock::now();
-      fn();
-      ms.push_back(std::chrono::duration<double, std::milli>(
-                     std::chrono::steady_clock::now() - start)
-                     .count());
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  };
   for (int64_t batch : {1, 32}) {
     auto x = make_float_tensor("x", {batch, 16},
                                ramp(static_cast<std::size_t>(batch * 16), 0.1f));
-    auto ms = median_ms([&] { CAF_CHECK(clf->forward({x})); }, 200);
+    auto ms = median_ms([&] { CAF_CHECK(clf->forward({x})); }, 200, 0);
     CAF_MESSAGE("classifier forward B=" << batch << ": " << ms << " ms");
   }
-  auto gen_ms = median_ms([&] { CAF_CHECK(lm->generate(seeded(1, 32))); }, 10);
-  CAF_MESSAGE("tinylm generate 32 tokens: " << gen_ms << " ms ("
-                                             << gen_ms / 32.0 << " ms/token)");
+  auto gen_ms = median_ms([&] { CAF_CHECK(lm->generate(seeded(1, 32))); }, 10, 0);
+  CAF_MESSAGE("tinylm generate 32 tokens: " << gen_ms << " ms (" << gen_ms / 32.0
+                                            << " ms/token)");
   std::string text = "The quick brown fox jumps over the lazy dog, twice.";
-  auto tts_ms = median_ms([&] { CAF_CHECK(tts->synthesize(text)); }, 20);
+  auto tts_ms = median_ms([&] { CAF_CHECK(tts->synthesize(text)); }, 20, 0);
   CAF_MESSAGE("tinyspeech " << text.size() << " bytes: " << tts_ms << " ms");
 }
 
@@ -481,7 +490,8 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 /// `name` of the seed-42 demo repository, loaded on `device`.
-std::unique_ptr<model_runner> load_on(const std::string& name, const std::string& device) {
+std::unique_ptr<model_runner> load_on(const std::string& name,
+                                      const std::string& device) {
   auto info = demos().entry(name).info;
   info.device = device;
   auto runner = model_runner::load(info, demos().entry(name).dir);
@@ -530,9 +540,8 @@ CAF_TEST(cuda results match cpu) {
   auto lc = must(cpu["tinylm"]->forward({tokens}));
   auto lg = must(gpu["tinylm"]->forward({tokens}));
   auto logit_diff = max_abs_diff(float_values(lc.at(0)), float_values(lg.at(0)));
-  CAF_MESSAGE("tinylm logits max |cuda - cpu| = " << logit_diff
-                                                  << (logit_diff < 1e-4f ? " (< 1e-4)"
-                                                                         : " (>= 1e-4)"));
+  CAF_MESSAGE("tinylm logits max |cuda - cpu| = "
+              << logit_diff << (logit_diff < 1e-4f ? " (< 1e-4)" : " (>= 1e-4)"));
   CAF_CHECK_LESS(logit_diff, 1e-2f);
   auto text_cpu = greedy_text(*cpu["tinylm"], "The ", 32);
   auto text_gpu = greedy_text(*gpu["tinylm"], "The ", 32);
@@ -546,37 +555,23 @@ CAF_TEST(cuda results match cpu) {
   CAF_CHECK_LESS(pcm_diff, 1e-4f);
   // Steady state through the facade (inputs copied in, outputs copied back,
   // so each CUDA call is synchronous). Reported, never asserted.
-  auto median_ms = [](auto&& fn, int n) {
-    for (int i = 0; i < 20; ++i)
-      fn();
-    std::vector<double> ms;
-    for (int i = 0; i < n; ++i) {
-      auto start = std::chrono::steady_clock::now();
-      fn();
-      ms.push_back(std::chrono::duration<double, std::milli>(
-                     std::chrono::steady_clock::now() - start)
-                     .count());
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  };
   for (int64_t batch : {1, 32}) {
     auto x = make_float_tensor("x", {batch, 16},
                                ramp(static_cast<std::size_t>(batch * 16), 0.1f));
     for (auto* side : {&cpu, &gpu}) {
       auto& r = *(*side)["classifier"];
-      auto ms = median_ms([&] { CAF_CHECK(r.forward({x})); }, 500);
-      CAF_MESSAGE("classifier forward B=" << batch << " on " << r.device() << ": "
-                                          << ms << " ms (median of 500)");
+      auto ms = median_ms([&] { CAF_CHECK(r.forward({x})); }, 500, 20);
+      CAF_MESSAGE("classifier forward B=" << batch << " on " << r.device() << ": " << ms
+                                          << " ms (median of 500)");
     }
   }
   for (auto* side : {&cpu, &gpu}) {
     auto& lm = *(*side)["tinylm"];
-    auto ms = median_ms([&] { CAF_CHECK(lm.generate(seeded(1, 32))); }, 20);
+    auto ms = median_ms([&] { CAF_CHECK(lm.generate(seeded(1, 32))); }, 20, 20);
     CAF_MESSAGE("tinylm generate 32 tokens on " << lm.device() << ": " << ms << " ms");
     auto& tts = *(*side)["tinyspeech"];
-    auto tts_ms = median_ms([&] { CAF_CHECK(tts.synthesize(sentence)); }, 50);
-    CAF_MESSAGE("tinyspeech " << sentence.size() << " bytes on " << tts.device()
-                              << ": " << tts_ms << " ms");
+    auto tts_ms = median_ms([&] { CAF_CHECK(tts.synthesize(sentence)); }, 50, 20);
+    CAF_MESSAGE("tinyspeech " << sentence.size() << " bytes on " << tts.device() << ": "
+                              << tts_ms << " ms");
   }
 }
