@@ -1,9 +1,11 @@
-// Executor: loads models in its own thread and runs forward/generate calls.
+// Executor: owns the loaded models of one worker and its memory budget, and
+// runs every forward/generate/synthesize call on its own thread.
 #include "actors/executor.hpp"
 
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
@@ -11,127 +13,618 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/clock.hpp"
+#include "inference/batching.hpp"
+#include "inference/memory_budget.hpp"
 #include "inference/model_runner.hpp"
+#include "inference/phrases.hpp"
+#include "messages/audio.hpp"
 #include "messages/errors.hpp"
 #include "messages/generate_io.hpp"
 #include "messages/kserve.hpp"
+#include "messages/speech_io.hpp"
+#include "persistence/artifacts.hpp"
 
 namespace infergrid {
 
 namespace {
 
 using inference::model_runner;
+using seconds_d = std::chrono::duration<double>;
+using steady = std::chrono::steady_clock;
+
+/// How often generated text of a durable job becomes a data event.
+constexpr auto data_event_interval = std::chrono::milliseconds(50);
+
+/// How long model states and metrics may lag behind before the worker hears.
+constexpr auto status_interval = std::chrono::milliseconds(200);
+
+/// The file name of a durable speech job's audio.
+constexpr const char* speech_artifact = "speech.wav";
 
 struct executor_state {
   executor_config cfg;
-  std::map<std::string, std::unique_ptr<model_runner>> models;
+  std::map<std::string, inference::model_entry> entries;
+  std::map<std::string, std::unique_ptr<model_runner>> runners;
+  /// Models whose last load failed, and why.
+  std::map<std::string, std::string> failed;
+  std::string loading;
+  inference::memory_budget budget{0};
+  std::map<std::string, model_metrics> metrics;
+  bool status_dirty = false;
+  bool status_timer = false;
 };
 
-caf::expected<std::string> run_tensor_job(model_runner& m, const job_record& job) {
-  auto inputs = decode_kserve_request(job.input_json);
-  if (!inputs)
-    return inputs.error();
-  if (auto problem = validate_inputs(m.info(), *inputs))
-    return make_error(errc::invalid_input, *problem);
-  auto outputs = m.forward(*inputs);
-  if (!outputs)
-    return outputs.error();
-  return encode_kserve_response(m.info().name, job_id_string(job.id), *outputs);
+using executor_pointer = executor_actor::stateful_pointer<executor_state>;
+
+double seconds_since(steady::time_point t0) {
+  return seconds_d(steady::now() - t0).count();
 }
 
-caf::expected<std::string>
-run_generate_job(model_runner& m, const job_record& job,
-                 const std::shared_ptr<cancel_flags>& cancels) {
+// Length of the longest prefix of `x` that does not end inside a UTF-8
+// sequence, so streamed pieces never split a character.
+std::size_t utf8_complete(const std::string& x) {
+  auto n = x.size();
+  for (std::size_t back = 1; back <= 3 && back <= n; ++back) {
+    auto c = static_cast<unsigned char>(x[n - back]);
+    if ((c & 0xC0) == 0x80)
+      continue; // continuation byte: look further back
+    std::size_t len = (c & 0x80) == 0 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+                                             : (c & 0xF8) == 0xF0 ? 4 : 1;
+    return len > back ? n - back : n;
+  }
+  return n;
+}
+
+model_metrics& metrics_of(executor_state& st, const std::string& model) {
+  auto i = st.metrics.find(model);
+  if (i == st.metrics.end()) {
+    model_metrics m;
+    m.model = model;
+    i = st.metrics.emplace(model, std::move(m)).first;
+  }
+  return i->second;
+}
+
+std::vector<model_status> model_states(const executor_state& st) {
+  std::vector<model_status> out;
+  for (auto& [name, entry] : st.entries) {
+    model_status s;
+    s.name = name;
+    s.memory_mb = entry.info.memory_mb;
+    if (!entry.error.empty()) {
+      s.state = "FAILED";
+      s.error = entry.error;
+    } else if (st.runners.count(name) > 0) {
+      s.state = "READY";
+      s.last_used_ms = st.budget.last_used_ms(name);
+    } else if (st.loading == name) {
+      s.state = "LOADING";
+    } else if (auto f = st.failed.find(name); f != st.failed.end()) {
+      s.state = "FAILED";
+      s.error = f->second;
+    } else {
+      s.state = "UNLOADED";
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// Tells the worker about model states and metrics now.
+void send_status(executor_pointer self) {
+  auto& st = self->state;
+  st.status_dirty = false;
+  if (!st.cfg.worker)
+    return;
+  std::vector<model_metrics> ms;
+  for (auto& [name, m] : st.metrics)
+    ms.push_back(m);
+  self->send(st.cfg.worker, status_atom::value, model_states(st), std::move(ms));
+}
+
+// Metrics changed: tell the worker soon, at most every status_interval.
+void status_changed(executor_pointer self) {
+  auto& st = self->state;
+  st.status_dirty = true;
+  if (!st.status_timer) {
+    st.status_timer = true;
+    self->delayed_send(self, status_interval, status_atom::value);
+  }
+}
+
+void evict(executor_pointer self, const std::string& name) {
+  auto& st = self->state;
+  st.runners.erase(name);
+  st.budget.unloaded(name);
+  spdlog::info("worker {}: model {} unloaded", st.cfg.worker_id, name);
+}
+
+// Makes `name` resident (evicting least recently used models if the budget
+// needs room) and returns it. Loading happens here, on the executor thread.
+caf::expected<model_runner*> ensure_loaded(executor_pointer self,
+                                           const std::string& name,
+                                           bool may_evict = true) {
+  auto& st = self->state;
+  if (auto i = st.runners.find(name); i != st.runners.end()) {
+    st.budget.touch(name, now_ms());
+    return i->second.get();
+  }
+  auto e = st.entries.find(name);
+  if (e == st.entries.end())
+    return make_error(errc::unavailable, "model '" + name + "' is not served by worker "
+                                             + st.cfg.worker_id);
+  auto& entry = e->second;
+  if (!entry.error.empty())
+    return make_error(errc::unavailable, "model '" + name + "' is broken: " + entry.error);
+  auto need = std::max<int64_t>(entry.info.memory_mb, 0);
+  auto plan = st.budget.plan(need);
+  if (!plan)
+    return make_error(errc::unavailable,
+                      "model '" + name + "' needs " + std::to_string(need)
+                          + " MB; the memory budget of worker " + st.cfg.worker_id
+                          + " is " + std::to_string(st.budget.budget_mb()) + " MB");
+  if (!plan->empty() && !may_evict)
+    return make_error(errc::unavailable, "model '" + name + "' does not fit the budget");
+  for (auto& victim : *plan) {
+    spdlog::info("worker {}: evicting {} (least recently used) to load {}",
+                 st.cfg.worker_id, victim, name);
+    evict(self, victim);
+  }
+  st.loading = name;
+  send_status(self);
+  auto t0 = steady::now();
+  auto runner = model_runner::load(entry.info, entry.dir);
+  caf::expected<double> first_ms = make_error(errc::internal);
+  if (runner)
+    first_ms = (*runner)->warm_up();
+  st.loading.clear();
+  if (!runner || !first_ms) {
+    auto why = !runner ? message_of(runner.error())
+                       : "warm-up: " + message_of(first_ms.error());
+    st.failed[name] = why;
+    spdlog::error("worker {}: model {} failed to load: {}", st.cfg.worker_id, name, why);
+    send_status(self);
+    return make_error(errc::unavailable, "model '" + name + "' failed to load: " + why);
+  }
+  st.failed.erase(name);
+  spdlog::info("worker {}: model {} loaded on {} in {:.1f} ms (first call {:.1f} ms)",
+               st.cfg.worker_id, name, (*runner)->device(), seconds_since(t0) * 1000,
+               *first_ms);
+  auto ptr = runner->get();
+  st.runners.emplace(name, std::move(*runner));
+  st.budget.loaded(name, need, now_ms());
+  send_status(self);
+  return ptr;
+}
+
+void observe_queue(model_metrics& m, int64_t since_ms) {
+  if (since_ms > 0)
+    m.queue_seconds.observe(std::max<int64_t>(now_ms() - since_ms, 0) / 1000.0);
+}
+
+void count_failure(model_metrics& m, const caf::error& err) {
+  ++m.failures[to_string(code_of(err))];
+}
+
+job_outcome failed_outcome(int64_t id, const caf::error& err) {
+  job_outcome out;
+  out.id = id;
+  out.error_code = to_string(code_of(err));
+  out.error_message = message_of(err);
+  return out;
+}
+
+job_outcome ok_outcome(int64_t id, std::string output) {
+  job_outcome out;
+  out.id = id;
+  out.ok = true;
+  out.output_json = std::move(output);
+  return out;
+}
+
+// Tensor jobs: every valid input goes into batched forward calls of at most
+// max_batch_size requests; an invalid input fails only its own job.
+void run_tensor_jobs(executor_state& st, model_runner& m,
+                     const std::vector<job_record>& jobs, std::vector<job_outcome>& out) {
+  auto& mm = metrics_of(st, m.info().name);
+  std::vector<std::size_t> valid;
+  std::vector<std::vector<tensor_data>> inputs;
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    auto xs = decode_kserve_request(jobs[i].input_json);
+    if (!xs) {
+      out[i] = failed_outcome(jobs[i].id, xs.error());
+      continue;
+    }
+    if (auto problem = validate_inputs(m.info(), *xs)) {
+      out[i] = failed_outcome(jobs[i].id, make_error(errc::invalid_input, *problem));
+      continue;
+    }
+    valid.push_back(i);
+    inputs.push_back(std::move(*xs));
+  }
+  auto max_batch = static_cast<std::size_t>(std::max<int64_t>(m.info().max_batch_size, 1));
+  for (std::size_t lo = 0; lo < valid.size(); lo += max_batch) {
+    auto hi = std::min(valid.size(), lo + max_batch);
+    std::vector<std::vector<tensor_data>> chunk(
+        std::make_move_iterator(inputs.begin() + lo),
+        std::make_move_iterator(inputs.begin() + hi));
+    auto fail_all = [&](const caf::error& err) {
+      for (auto k = lo; k < hi; ++k)
+        out[valid[k]] = failed_outcome(jobs[valid[k]].id, err);
+    };
+    auto batch = inference::concat_batch(chunk);
+    if (!batch) {
+      fail_all(batch.error());
+      continue;
+    }
+    auto t0 = steady::now();
+    auto ys = m.forward(batch->inputs);
+    mm.compute_seconds.observe(seconds_since(t0));
+    mm.batch_size.observe(static_cast<double>(hi - lo));
+    if (!ys) {
+      fail_all(ys.error());
+      continue;
+    }
+    auto parts = inference::split_batch(*ys, batch->sizes);
+    if (!parts) {
+      fail_all(parts.error());
+      continue;
+    }
+    for (auto k = lo; k < hi; ++k) {
+      auto& job = jobs[valid[k]];
+      out[valid[k]] = ok_outcome(job.id, encode_kserve_response(m.info().name,
+                                                                job_id_string(job.id),
+                                                                (*parts)[k - lo]));
+    }
+  }
+}
+
+caf::expected<std::string> run_generate_job(executor_pointer self, model_runner& m,
+                                            const job_record& job) {
+  auto& st = self->state;
   auto in = decode_generate_input(job.input_json);
   if (!in)
     return in.error();
-  inference::token_callback keep_going;
-  if (cancels)
-    keep_going
-        = [cancels, id = job.id](const std::string&) { return !cancels->raised(id); };
-  auto out = m.generate(*in, keep_going);
+  auto cancels = st.cfg.cancels;
+  std::string pending;
+  auto last_flush = steady::now();
+  auto flush = [&](bool all) {
+    auto n = all ? pending.size() : utf8_complete(pending);
+    if (n == 0 || !st.cfg.worker)
+      return;
+    self->send(st.cfg.worker, chunk_atom::value, job.id, job.lease_seq,
+               encode_generate_delta(pending.substr(0, n)));
+    pending.erase(0, n);
+    last_flush = steady::now();
+  };
+  inference::token_callback on_token = [&](const std::string& delta) {
+    pending += delta;
+    if (steady::now() - last_flush >= data_event_interval)
+      flush(false);
+    return !(cancels && cancels->raised(job.id));
+  };
+  auto t0 = steady::now();
+  auto out = m.generate(*in, on_token);
+  auto& mm = metrics_of(st, m.info().name);
+  mm.compute_seconds.observe(seconds_since(t0));
+  mm.batch_size.observe(1);
   if (!out)
     return out.error();
+  flush(true);
+  mm.generated_tokens += out->tokens;
+  mm.generate_seconds += seconds_since(t0);
   return encode_generate_output(out->text, out->tokens, out->finish_reason);
 }
 
-executor_actor::behavior_type
-executor_behavior(executor_actor::stateful_pointer<executor_state> self,
-                  executor_config cfg) {
-  self->state.cfg = std::move(cfg);
+/// Synthesises `text` phrase by phrase; `on_phrase` gets each phrase's
+/// PCM16 and may stop the loop by returning false.
+struct synthesis {
+  std::string pcm16;
+  int32_t phrases = 0;
+  double seconds = 0;
+  bool stopped = false;
+};
+
+template <class OnPhrase>
+caf::expected<synthesis> synthesize_phrases(model_runner& m, const std::string& text,
+                                            OnPhrase on_phrase) {
+  synthesis out;
+  auto t0 = steady::now();
+  for (auto& phrase : inference::split_phrases(text)) {
+    auto samples = m.synthesize(phrase);
+    if (!samples)
+      return samples.error();
+    auto pcm = pcm16_from_float(*samples);
+    ++out.phrases;
+    out.pcm16 += pcm;
+    if (!on_phrase(out.phrases - 1, pcm)) {
+      out.stopped = true;
+      break;
+    }
+  }
+  out.seconds = seconds_since(t0);
+  return out;
+}
+
+double audio_seconds(const synthesis& s, int64_t rate) {
+  return rate > 0 ? static_cast<double>(pcm16_samples(s.pcm16)) / rate : 0.0;
+}
+
+caf::expected<std::string> run_speech_job(executor_pointer self, model_runner& m,
+                                          const job_record& job) {
+  auto& st = self->state;
+  auto in = decode_speech_input(job.input_json);
+  if (!in)
+    return in.error();
+  auto rate = m.info().sample_rate;
+  auto cancels = st.cfg.cancels;
+  auto result = synthesize_phrases(m, in->text, [&](int32_t index, const std::string& pcm) {
+    if (st.cfg.worker)
+      self->send(st.cfg.worker, chunk_atom::value, job.id, job.lease_seq,
+                 "{\"phrase\":" + std::to_string(index)
+                     + ",\"sample_rate\":" + std::to_string(rate) + ",\"samples\":"
+                     + std::to_string(pcm16_samples(pcm)) + ",\"pcm16_base64\":\""
+                     + base64_encode(pcm) + "\"}");
+    return !(cancels && cancels->raised(job.id));
+  });
+  if (!result)
+    return result.error();
+  auto& mm = metrics_of(st, m.info().name);
+  mm.compute_seconds.observe(result->seconds);
+  mm.batch_size.observe(1);
+  auto audio_s = audio_seconds(*result, rate);
+  mm.audio_seconds += audio_s;
+  mm.synthesis_seconds += result->seconds;
+  if (result->stopped)
+    return make_error(errc::timeout, "synthesis stopped (cancelled or out of time)");
+  if (st.cfg.artifacts_dir.empty())
+    return make_error(errc::internal, "no artifacts directory configured");
+  persistence::artifact_store files{st.cfg.artifacts_dir};
+  auto written = files.write(job.id, speech_artifact, encode_wav(result->pcm16, rate));
+  if (!written)
+    return written.error();
+  return encode_speech_output(speech_artifact, rate, pcm16_samples(result->pcm16),
+                              result->phrases, audio_s > 0 ? result->seconds / audio_s : 0);
+}
+
+executor_actor::behavior_type executor_behavior(executor_pointer self,
+                                                executor_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.budget = inference::memory_budget{st.cfg.memory_budget_mb};
+  for (auto& e : st.cfg.models)
+    st.entries.emplace(e.info.name, e);
   return {
       [self](load_atom) -> worker_registration {
         auto& st = self->state;
         inference::configure_runtime(st.cfg.intra_op_threads);
         worker_registration reg;
         reg.worker_id = st.cfg.worker_id;
-        for (auto& entry : st.cfg.models) {
-          auto& name = entry.info.name;
+        auto device = inference::resolve_device("auto");
+        reg.device = device ? *device : "cpu";
+        for (auto& [name, entry] : st.entries) {
           if (!entry.error.empty()) {
             reg.failed.push_back(name + ": " + entry.error);
             continue;
           }
-          auto runner = model_runner::load(entry.info, entry.dir);
+          if (!entry.info.preload) {
+            reg.models.push_back(name); // loads on first use
+            continue;
+          }
+          // Preloading never evicts: what does not fit loads on demand.
+          auto fits = st.budget.plan(std::max<int64_t>(entry.info.memory_mb, 0));
+          if (!fits || !fits->empty()) {
+            spdlog::info("worker {}: model {} does not fit the memory budget now; it "
+                         "loads on demand",
+                         st.cfg.worker_id, name);
+            reg.models.push_back(name);
+            continue;
+          }
+          auto runner = ensure_loaded(self, name, false);
           if (!runner) {
             reg.failed.push_back(name + ": " + message_of(runner.error()));
-            spdlog::error("worker {}: model {} failed to load: {}", st.cfg.worker_id,
-                          name, message_of(runner.error()));
             continue;
           }
-          auto first_ms = (*runner)->warm_up();
-          if (!first_ms) {
-            reg.failed.push_back(name + ": warm-up: " + message_of(first_ms.error()));
-            spdlog::error("worker {}: model {} failed its warm-up: {}", st.cfg.worker_id,
-                          name, message_of(first_ms.error()));
-            continue;
-          }
-          spdlog::info("worker {}: model {} loaded on {} (first call {:.1f} ms)",
-                       st.cfg.worker_id, name, (*runner)->device(), *first_ms);
           reg.models.push_back(name);
-          st.models.emplace(name, std::move(*runner));
         }
+        send_status(self);
         return reg;
       },
-      [self](run_job_atom, const job_record& job) -> caf::result<std::string> {
-        auto i = self->state.models.find(job.model);
-        if (i == self->state.models.end())
-          return make_error(errc::unavailable, "model '" + job.model
-                                                   + "' is not loaded on worker "
-                                                   + self->state.cfg.worker_id);
-        auto& m = *i->second;
-        caf::expected<std::string> out = make_error(errc::internal);
-        switch (m.info().kind) {
-          case model_kind::tensor:
-            out = run_tensor_job(m, job);
-            break;
-          case model_kind::generate:
-            out = run_generate_job(m, job, self->state.cfg.cancels);
-            break;
-          case model_kind::speech:
-            out = make_error(errc::invalid_input,
-                             "model: '" + job.model
-                                 + "' is a speech model; durable speech jobs are "
-                                   "not served by this version");
-            break;
+      [self](load_atom, const std::string& name) -> caf::result<std::vector<model_status>> {
+        auto m = ensure_loaded(self, name);
+        if (!m)
+          return m.error();
+        return model_states(self->state);
+      },
+      [self](unload_atom,
+             const std::string& name) -> caf::result<std::vector<model_status>> {
+        auto& st = self->state;
+        if (st.entries.count(name) == 0)
+          return make_error(errc::not_found, "model '" + name + "' is not served by worker "
+                                                 + st.cfg.worker_id);
+        if (st.runners.count(name) > 0)
+          evict(self, name);
+        send_status(self);
+        return model_states(st);
+      },
+      [self](run_job_atom,
+             const std::vector<job_record>& jobs) -> std::vector<job_outcome> {
+        auto& st = self->state;
+        std::vector<job_outcome> out(jobs.size());
+        if (jobs.empty())
+          return out;
+        auto& model = jobs.front().model;
+        auto& mm = metrics_of(st, model);
+        for (auto& job : jobs)
+          observe_queue(mm, std::max(job.created_at_ms, job.run_at_ms));
+        auto runner = ensure_loaded(self, model);
+        if (!runner) {
+          for (std::size_t i = 0; i < jobs.size(); ++i)
+            out[i] = failed_outcome(jobs[i].id, runner.error());
+        } else {
+          auto& m = **runner;
+          switch (m.info().kind) {
+            case model_kind::tensor:
+              run_tensor_jobs(st, m, jobs, out);
+              break;
+            case model_kind::generate:
+              for (std::size_t i = 0; i < jobs.size(); ++i) {
+                auto r = run_generate_job(self, m, jobs[i]);
+                out[i] = r ? ok_outcome(jobs[i].id, std::move(*r))
+                           : failed_outcome(jobs[i].id, r.error());
+              }
+              break;
+            case model_kind::speech:
+              for (std::size_t i = 0; i < jobs.size(); ++i) {
+                auto r = run_speech_job(self, m, jobs[i]);
+                out[i] = r ? ok_outcome(jobs[i].id, std::move(*r))
+                           : failed_outcome(jobs[i].id, r.error());
+              }
+              break;
+          }
+        }
+        for (auto& o : out) {
+          ++mm.requests;
+          if (!o.ok)
+            ++mm.failures[o.error_code];
         }
         // The run is over: a flag raised for it (cancel, timeout) is spent.
-        if (self->state.cfg.cancels)
-          self->state.cfg.cancels->clear(job.id);
-        if (!out)
-          return out.error();
-        return std::move(*out);
+        if (st.cfg.cancels)
+          for (auto& job : jobs)
+            st.cfg.cancels->clear(job.id);
+        status_changed(self);
+        return out;
       },
-      [self](infer_atom,
-             const infer_request& req) -> caf::result<std::vector<tensor_data>> {
-        auto i = self->state.models.find(req.model);
-        if (i == self->state.models.end())
-          return make_error(errc::unavailable, "model '" + req.model
-                                                   + "' is not loaded on worker "
-                                                   + self->state.cfg.worker_id);
-        auto out = i->second->forward(req.inputs);
-        if (!out)
+      [self](infer_atom, infer_batch& batch) -> caf::result<infer_batch_result> {
+        auto& st = self->state;
+        auto& mm = metrics_of(st, batch.model);
+        for (auto& r : batch.requests)
+          observe_queue(mm, r.enqueued_ms);
+        mm.requests += static_cast<int64_t>(batch.requests.size());
+        status_changed(self);
+        auto fail = [&](caf::error err) -> caf::result<infer_batch_result> {
+          mm.failures[to_string(code_of(err))] += static_cast<int64_t>(batch.requests.size());
+          return err;
+        };
+        auto runner = ensure_loaded(self, batch.model);
+        if (!runner)
+          return fail(runner.error());
+        auto& m = **runner;
+        std::vector<std::vector<tensor_data>> inputs;
+        inputs.reserve(batch.requests.size());
+        for (auto& r : batch.requests)
+          inputs.push_back(std::move(r.inputs));
+        auto joined = inference::concat_batch(inputs);
+        if (!joined)
+          return fail(joined.error());
+        auto t0 = steady::now();
+        auto ys = m.forward(joined->inputs);
+        mm.compute_seconds.observe(seconds_since(t0));
+        mm.batch_size.observe(static_cast<double>(batch.requests.size()));
+        if (!ys)
+          return fail(ys.error());
+        auto parts = inference::split_batch(*ys, joined->sizes);
+        if (!parts)
+          return fail(parts.error());
+        return infer_batch_result{std::move(*parts)};
+      },
+      [self](generate_atom, generate_request& req,
+             int64_t key) -> caf::result<generate_reply> {
+        auto& st = self->state;
+        auto& mm = metrics_of(st, req.model);
+        observe_queue(mm, req.enqueued_ms);
+        ++mm.requests;
+        status_changed(self);
+        auto runner = ensure_loaded(self, req.model);
+        if (!runner) {
+          count_failure(mm, runner.error());
+          return runner.error();
+        }
+        auto cancels = st.cfg.cancels;
+        auto sink = req.sink;
+        std::string pending; // holds back an incomplete UTF-8 sequence
+        inference::token_callback on_token = [&](const std::string& delta) {
+          if (sink) {
+            pending += delta;
+            if (auto n = utf8_complete(pending); n > 0) {
+              self->send(sink, chunk_atom::value, pending.substr(0, n));
+              pending.erase(0, n);
+            }
+          }
+          return !(cancels && cancels->raised(key));
+        };
+        auto t0 = steady::now();
+        auto out = (*runner)->generate(req.params, on_token);
+        auto spent = seconds_since(t0);
+        mm.compute_seconds.observe(spent);
+        mm.batch_size.observe(1);
+        if (cancels)
+          cancels->clear(key);
+        if (!out) {
+          count_failure(mm, out.error());
           return out.error();
-        return std::move(*out);
+        }
+        mm.generated_tokens += out->tokens;
+        mm.generate_seconds += spent;
+        generate_reply reply;
+        reply.text = std::move(out->text);
+        reply.prompt_tokens
+            = static_cast<int64_t>(std::max<std::size_t>(req.params.prompt.size(), 1));
+        reply.tokens = out->tokens;
+        reply.finish_reason = std::move(out->finish_reason);
+        reply.worker = st.cfg.worker_id;
+        return reply;
+      },
+      [self](speech_atom, speech_request& req, int64_t key) -> caf::result<speech_reply> {
+        auto& st = self->state;
+        auto& mm = metrics_of(st, req.model);
+        observe_queue(mm, req.enqueued_ms);
+        ++mm.requests;
+        status_changed(self);
+        auto runner = ensure_loaded(self, req.model);
+        if (!runner) {
+          count_failure(mm, runner.error());
+          return runner.error();
+        }
+        auto& m = **runner;
+        auto cancels = st.cfg.cancels;
+        auto sink = req.sink;
+        auto result = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
+          if (sink)
+            self->send(sink, chunk_atom::value, pcm);
+          return !(cancels && cancels->raised(key));
+        });
+        if (cancels)
+          cancels->clear(key);
+        if (!result) {
+          count_failure(mm, result.error());
+          return result.error();
+        }
+        mm.compute_seconds.observe(result->seconds);
+        mm.batch_size.observe(1);
+        auto rate = m.info().sample_rate;
+        auto audio_s = audio_seconds(*result, rate);
+        mm.audio_seconds += audio_s;
+        mm.synthesis_seconds += result->seconds;
+        if (result->stopped) {
+          auto err = make_error(errc::timeout, "synthesis stopped: the client went away");
+          count_failure(mm, err);
+          return err;
+        }
+        speech_reply reply;
+        reply.pcm16 = std::move(result->pcm16);
+        reply.sample_rate = rate;
+        reply.phrases = result->phrases;
+        reply.real_time_factor = audio_s > 0 ? result->seconds / audio_s : 0;
+        reply.worker = st.cfg.worker_id;
+        return reply;
+      },
+      [self](status_atom) {
+        auto& st = self->state;
+        st.status_timer = false;
+        if (st.status_dirty)
+          send_status(self);
       },
   };
 }

@@ -1,5 +1,6 @@
 // The executor: a detached actor (its own thread) that owns one worker's loaded
-// models and makes every blocking LibTorch call, so no event-based actor waits.
+// models, the device's memory budget, and makes every blocking LibTorch call,
+// so no event-based actor waits.
 #pragma once
 
 #include <memory>
@@ -15,21 +16,57 @@
 
 namespace infergrid {
 
+/// What became of one durable job the executor ran.
+struct job_outcome {
+  int64_t id = 0;
+  bool ok = false;
+  /// Output JSON when ok.
+  std::string output_json;
+  /// The error code name and message when not ok (errc names).
+  std::string error_code;
+  std::string error_message;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, job_outcome& x) {
+  return f(caf::meta::type_name("job_outcome"), x.id, x.ok, x.output_json, x.error_code,
+           x.error_message);
+}
+
 using executor_actor = caf::typed_actor<
-    // Loads and warms every model given at spawn; answers which ones are ready.
+    // Loads (within the memory budget) and warms the models marked preload;
+    // answers which models this worker serves and which failed.
     caf::replies_to<load_atom>::with<worker_registration>,
-    // Runs a durable job's input (JSON text of the model's kind) to output JSON.
-    caf::replies_to<run_job_atom, job_record>::with<std::string>,
-    // Runs an interactive request on a tensor model.
-    caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>>;
+    // Loads (evicting the least recently used models if the budget needs it)
+    // or unloads one model; answers every model's state afterwards.
+    caf::replies_to<load_atom, std::string>::with<std::vector<model_status>>,
+    caf::replies_to<unload_atom, std::string>::with<std::vector<model_status>>,
+    // Runs durable jobs of one model: tensor jobs as one batched forward call
+    // (inputs that do not match the model fail alone), the others one by one.
+    // Generated text and speech phrases go to the worker as data events.
+    caf::replies_to<run_job_atom, std::vector<job_record>>::with<std::vector<job_outcome>>,
+    // Interactive work; the int64_t is the cancel key the worker raises when
+    // the client goes away.
+    caf::replies_to<infer_atom, infer_batch>::with<infer_batch_result>,
+    caf::replies_to<generate_atom, generate_request, int64_t>::with<generate_reply>,
+    caf::replies_to<speech_atom, speech_request, int64_t>::with<speech_reply>,
+    // Self-timer: send the latest model states and metrics to the worker.
+    caf::reacts_to<status_atom>>;
 
 struct executor_config {
   std::string worker_id;
   std::vector<inference::model_entry> models;
   int intra_op_threads = 1;
-  /// Raised by the worker for a job to stop (cancel, timeout); generation
-  /// checks it after every token.
+  /// Memory budget of this worker's device in MB (each model's memory_mb
+  /// counts against it); <= 0: unlimited.
+  int64_t memory_budget_mb = 0;
+  /// Where durable jobs' files go (data_dir/artifacts); empty: none written.
+  std::string artifacts_dir;
+  /// Raised by the worker for a job or request to stop (cancel, timeout,
+  /// client gone); generation checks it after every token.
   std::shared_ptr<cancel_flags> cancels;
+  /// Receives data events of running jobs and model status/metrics.
+  worker_actor worker;
 };
 
 /// Spawns an executor on its own thread (caf::detached). It loads nothing

@@ -10,6 +10,7 @@
 #include "messages/errors.hpp"
 #include "messages/generate_io.hpp"
 #include "messages/kserve.hpp"
+#include "messages/speech_io.hpp"
 
 namespace infergrid {
 
@@ -33,6 +34,12 @@ caf::error unknown_model(const std::string& name) {
   return make_error(errc::not_found, "no model '" + name + "'");
 }
 
+caf::error wrong_kind(const model_info& m, model_kind want, const char* route) {
+  return make_error(errc::invalid_input, "model: '" + m.name + "' is a "
+                                             + to_string(m.kind) + " model; " + route
+                                             + " serves " + to_string(want) + " models");
+}
+
 // Checks a durable job's input against its model's kind; "input" prefixes
 // the field names so the client can find them in its request.
 caf::error check_job_input(const model_info& m, const std::string& input_json) {
@@ -51,12 +58,12 @@ caf::error check_job_input(const model_info& m, const std::string& input_json) {
         return in.error();
       return {};
     }
-    case model_kind::speech:
-      return make_error(errc::invalid_input,
-                        "model: '" + m.name
-                            + "' is a speech model; durable speech jobs are not "
-                              "served by this version (kinds served: tensor, "
-                              "generate)");
+    case model_kind::speech: {
+      auto in = decode_speech_input(input_json);
+      if (!in)
+        return in.error();
+      return {};
+    }
   }
   return make_error(errc::internal, "unknown model kind");
 }
@@ -102,6 +109,42 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
           return make_error(errc::invalid_input, *problem);
         return self->delegate(st.queue, infer_atom::value,
                               infer_request{model, std::move(*xs), request_id});
+      },
+      [self](generate_atom, generate_request& req) -> caf::result<generate_reply> {
+        auto& st = self->state;
+        auto m = find_model(st, req.model);
+        if (m == nullptr)
+          return unknown_model(req.model);
+        if (m->kind != model_kind::generate)
+          return wrong_kind(*m, model_kind::generate, "this route");
+        return self->delegate(st.queue, generate_atom::value, std::move(req));
+      },
+      [self](speech_atom, speech_request& req) -> caf::result<speech_reply> {
+        auto& st = self->state;
+        auto m = find_model(st, req.model);
+        if (m == nullptr)
+          return unknown_model(req.model);
+        if (m->kind != model_kind::speech)
+          return wrong_kind(*m, model_kind::speech, "POST /v1/audio/speech");
+        if (req.text.empty())
+          return make_error(errc::invalid_input, "input: expected a non-empty string");
+        return self->delegate(st.queue, speech_atom::value, std::move(req));
+      },
+      [self](load_atom, const std::string& model) -> caf::result<std::vector<worker_status>> {
+        auto& st = self->state;
+        if (find_model(st, model) == nullptr)
+          return unknown_model(model);
+        return self->delegate(st.queue, load_atom::value, model);
+      },
+      [self](unload_atom,
+             const std::string& model) -> caf::result<std::vector<worker_status>> {
+        auto& st = self->state;
+        if (find_model(st, model) == nullptr)
+          return unknown_model(model);
+        return self->delegate(st.queue, unload_atom::value, model);
+      },
+      [self](artifact_atom, int64_t id, const std::string& name) -> caf::result<artifact_ref> {
+        return self->delegate(self->state.queue, artifact_atom::value, id, name);
       },
       [self](models_atom) -> std::vector<model_info> { return self->state.cfg.models; },
       [self](stats_atom) -> caf::result<cluster_stats> {

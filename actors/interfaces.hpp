@@ -12,8 +12,10 @@
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
+#include "messages/generate_io.hpp"
 #include "messages/job.hpp"
 #include "messages/model_info.hpp"
+#include "messages/model_metrics.hpp"
 #include "messages/tensor.hpp"
 
 namespace infergrid {
@@ -41,17 +43,135 @@ using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using claim_atom = caf::atom_constant<caf::atom("claim")>;
 using complete_atom = caf::atom_constant<caf::atom("complete")>;
 using fail_atom = caf::atom_constant<caf::atom("fail")>;
+using generate_atom = caf::atom_constant<caf::atom("generate")>;
+using speech_atom = caf::atom_constant<caf::atom("speech")>;
+using chunk_atom = caf::atom_constant<caf::atom("chunk")>;
+using unload_atom = caf::atom_constant<caf::atom("unload")>;
+using status_atom = caf::atom_constant<caf::atom("status")>;
+using artifact_atom = caf::atom_constant<caf::atom("artifact")>;
+using batch_atom = caf::atom_constant<caf::atom("batch")>;
+
+/// Receives a streamed interactive result piece by piece, in order: the text
+/// deltas of a generation, or the PCM16 little-endian bytes of speech. The
+/// final reply of the request carries the whole result, so a consumer that
+/// saw a prefix can complete it; pieces that arrive after the reply are
+/// dropped by the consumer. When the sink goes down (the client went away),
+/// the worker stops the request within one step.
+using chunk_sink_actor = caf::typed_actor<caf::reacts_to<chunk_atom, std::string>>;
 
 /// An interactive (not durable) inference request for a tensor model.
 struct infer_request {
   std::string model;
   std::vector<tensor_data> inputs;
   std::string request_id;
+  /// Unix ms when the queue accepted it (queue-time metrics); set by the queue.
+  int64_t enqueued_ms = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, infer_request& x) {
-  return f(caf::meta::type_name("infer_request"), x.model, x.inputs, x.request_id);
+  return f(caf::meta::type_name("infer_request"), x.model, x.inputs, x.request_id,
+           x.enqueued_ms);
+}
+
+/// Interactive requests for one tensor model that run as one forward call
+/// (dynamic batching). Every request was validated against the model.
+struct infer_batch {
+  std::string model;
+  std::vector<infer_request> requests;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, infer_batch& x) {
+  return f(caf::meta::type_name("infer_batch"), x.model, x.requests);
+}
+
+/// The outputs of an infer_batch: one tensor list per request, in order.
+struct infer_batch_result {
+  std::vector<std::vector<tensor_data>> outputs;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, infer_batch_result& x) {
+  return f(caf::meta::type_name("infer_batch_result"), x.outputs);
+}
+
+/// An interactive generation (OpenAI completions and chat routes).
+struct generate_request {
+  std::string model;
+  generate_input params;
+  std::string request_id;
+  /// Receives each text delta as soon as it is made; null: no streaming.
+  chunk_sink_actor sink;
+  int64_t enqueued_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
+  return f(caf::meta::type_name("generate_request"), x.model, x.params, x.request_id,
+           x.sink, x.enqueued_ms);
+}
+
+struct generate_reply {
+  /// The whole generated text (every delta concatenated).
+  std::string text;
+  int64_t prompt_tokens = 0;
+  int64_t tokens = 0;
+  /// "length", "stop" or "cancelled".
+  std::string finish_reason;
+  std::string worker;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_reply& x) {
+  return f(caf::meta::type_name("generate_reply"), x.text, x.prompt_tokens, x.tokens,
+           x.finish_reason, x.worker);
+}
+
+/// An interactive synthesis (POST /v1/audio/speech).
+struct speech_request {
+  std::string model;
+  std::string text;
+  std::string voice;
+  std::string request_id;
+  /// Receives the PCM16 of each phrase as soon as it is ready; null: none.
+  chunk_sink_actor sink;
+  int64_t enqueued_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, speech_request& x) {
+  return f(caf::meta::type_name("speech_request"), x.model, x.text, x.voice,
+           x.request_id, x.sink, x.enqueued_ms);
+}
+
+struct speech_reply {
+  /// All audio: PCM 16-bit little-endian mono at sample_rate.
+  std::string pcm16;
+  int64_t sample_rate = 0;
+  int32_t phrases = 0;
+  /// Synthesis time over audio duration.
+  double real_time_factor = 0;
+  std::string worker;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, speech_reply& x) {
+  return f(caf::meta::type_name("speech_reply"), x.pcm16, x.sample_rate, x.phrases,
+           x.real_time_factor, x.worker);
+}
+
+/// A file a durable job produced (data/artifacts/{job}/{name}).
+struct artifact_ref {
+  std::string path;
+  int64_t size = 0;
+  /// e.g. "audio/wav".
+  std::string content_type;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, artifact_ref& x) {
+  return f(caf::meta::type_name("artifact_ref"), x.path, x.size, x.content_type);
 }
 
 /// What a worker tells the queue once its models are loaded and warm.
@@ -61,15 +181,19 @@ struct worker_registration {
   std::vector<std::string> models;
   /// "model: cause" for each model that failed to load.
   std::vector<std::string> failed;
+  /// The device it computes on: "cpu", "cuda:0", ...
+  std::string device;
 };
 
 inline bool operator==(const worker_registration& x, const worker_registration& y) {
-  return x.worker_id == y.worker_id && x.models == y.models && x.failed == y.failed;
+  return x.worker_id == y.worker_id && x.models == y.models && x.failed == y.failed
+         && x.device == y.device;
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_registration& x) {
-  return f(caf::meta::type_name("worker_registration"), x.worker_id, x.models, x.failed);
+  return f(caf::meta::type_name("worker_registration"), x.worker_id, x.models, x.failed,
+           x.device);
 }
 
 /// A snapshot of the queue for /readyz, /metrics and the admin API.
@@ -82,12 +206,15 @@ struct cluster_stats {
   int64_t interactive_waiting = 0;
   /// Models served by at least one ready worker.
   std::vector<std::string> ready_models;
+  /// Every registered worker: phase, model states, per-model metrics.
+  std::vector<worker_status> workers;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cluster_stats& x) {
   return f(caf::meta::type_name("cluster_stats"), x.jobs_by_state, x.workers_total,
-           x.workers_ready, x.workers_busy, x.interactive_waiting, x.ready_models);
+           x.workers_ready, x.workers_busy, x.interactive_waiting, x.ready_models,
+           x.workers);
 }
 
 /// Receives the live events of the jobs it subscribed to (an SSE stream).
@@ -108,27 +235,52 @@ using worker_actor = caf::typed_actor<
     // The queue saw durable work this worker may claim; the worker is busy
     // from now until it sends idle.
     caf::reacts_to<work_atom>,
-    // Run one interactive request; the worker is busy until it sends idle.
-    caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>,
-    // Self-timer: renew the lease of (job id, lease_seq) while it runs.
-    caf::reacts_to<renew_atom, int64_t, int64_t>,
+    // Run interactive work; the worker is busy until it sends idle.
+    caf::replies_to<infer_atom, infer_batch>::with<infer_batch_result>,
+    caf::replies_to<generate_atom, generate_request>::with<generate_reply>,
+    caf::replies_to<speech_atom, speech_request>::with<speech_reply>,
+    // Self-timer: renew the leases of the durable jobs it holds.
+    caf::reacts_to<renew_atom>,
     // A client cancelled this running job: stop it cooperatively.
-    caf::reacts_to<cancel_atom, int64_t>>;
+    caf::reacts_to<cancel_atom, int64_t>,
+    // From its executor: a data event (JSON object) of running job (id,
+    // lease_seq), e.g. generated text {"delta"} or a speech phrase.
+    caf::reacts_to<chunk_atom, int64_t, int64_t, std::string>,
+    // From its executor: the model states (loaded, evicted, failed) and the
+    // per-model metrics, when they changed.
+    caf::reacts_to<status_atom, std::vector<model_status>, std::vector<model_metrics>>,
+    // An operator loads or unloads a model (POST /v1/models/{m}/load|unload);
+    // the answer is the worker's status afterwards.
+    caf::replies_to<load_atom, std::string>::with<worker_status>,
+    caf::replies_to<unload_atom, std::string>::with<worker_status>>;
 
 /// The part of the queue a worker talks to.
 using queue_feedback_actor
     = caf::typed_actor<caf::reacts_to<register_atom, worker_actor, worker_registration>,
                        // The worker finished what it was given; `found_work` is false
                        // when a work message found nothing to claim.
-                       caf::reacts_to<idle_atom, std::string, bool>>;
+                       caf::reacts_to<idle_atom, std::string, bool>,
+                       // The worker's phase, model states or metrics changed.
+                       caf::reacts_to<status_atom, worker_status>>;
 
 /// The queue: the job table, worker membership, the one dispatch point.
 using queue_actor = queue_feedback_actor::extend<
     caf::replies_to<submit_atom, new_job>::with<job_record>,
     caf::replies_to<job_get_atom, int64_t>::with<job_record>,
+    // Interactive work: tensor requests are batched per model (the model's
+    // max_batch_size and max_queue_delay_us), the others run one by one.
     caf::replies_to<infer_atom, infer_request>::with<std::vector<tensor_data>>,
+    caf::replies_to<generate_atom, generate_request>::with<generate_reply>,
+    caf::replies_to<speech_atom, speech_request>::with<speech_reply>,
+    // Self-timer: the oldest waiting tensor request reached its batch delay.
+    caf::reacts_to<batch_atom>,
     caf::replies_to<stats_atom>::with<cluster_stats>,
     caf::replies_to<list_atom, job_filter>::with<job_page>,
+    // Loads/unloads a model on every worker that serves it.
+    caf::replies_to<load_atom, std::string>::with<std::vector<worker_status>>,
+    caf::replies_to<unload_atom, std::string>::with<std::vector<worker_status>>,
+    // (job id, artifact name) -> the file; not_found when either is unknown.
+    caf::replies_to<artifact_atom, int64_t, std::string>::with<artifact_ref>,
     caf::replies_to<cancel_atom, int64_t>::with<job_record>,
     caf::replies_to<events_atom, int64_t, int64_t>::with<std::vector<job_event>>,
     // Self-message: writes the submits that arrived together in one
@@ -157,6 +309,16 @@ using gateway_actor = caf::typed_actor<
     // (model, KServe v2 request body, request id) -> output tensors.
     caf::replies_to<infer_atom, std::string, std::string,
                     std::string>::with<std::vector<tensor_data>>,
+    // (model, decoded parameters, request id, sink) -> the whole text; the
+    // deltas reach `sink` while it is made (OpenAI completions and chat).
+    caf::replies_to<generate_atom, generate_request>::with<generate_reply>,
+    // POST /v1/audio/speech: text -> PCM16; phrases reach the sink, if any.
+    caf::replies_to<speech_atom, speech_request>::with<speech_reply>,
+    // POST /v1/models/{m}/load | unload: not_found for an unknown model.
+    caf::replies_to<load_atom, std::string>::with<std::vector<worker_status>>,
+    caf::replies_to<unload_atom, std::string>::with<std::vector<worker_status>>,
+    // GET /v1/jobs/{id}/artifacts/{name}.
+    caf::replies_to<artifact_atom, int64_t, std::string>::with<artifact_ref>,
     caf::replies_to<models_atom>::with<std::vector<model_info>>,
     caf::replies_to<stats_atom>::with<cluster_stats>,
     // GET /v1/jobs: newest first, filtered, paged.

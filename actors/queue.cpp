@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <map>
 #include <set>
 
 #include <caf/actor_system.hpp>
@@ -13,7 +14,9 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/clock.hpp"
+#include "inference/batching.hpp"
 #include "messages/errors.hpp"
+#include "persistence/artifacts.hpp"
 
 namespace infergrid {
 
@@ -30,6 +33,8 @@ struct worker_entry {
   /// The state last written to the workers table, and when.
   std::string recorded_state;
   int64_t recorded_at_ms = 0;
+  /// What the worker last told about itself (model states, metrics).
+  worker_status status;
 };
 
 struct pending_submit {
@@ -43,10 +48,32 @@ constexpr std::size_t max_submit_batch = 256;
 /// How often an unchanged worker row is refreshed in the workers table.
 constexpr int64_t worker_row_refresh_ms = 5000;
 
-struct pending_infer {
-  infer_request req;
-  caf::typed_response_promise<tensor_list> rp;
-  steady::time_point deadline;
+/// One interactive request waiting for a worker.
+struct pending_work {
+  enum kind_t { infer, generate, speech } kind = infer;
+  std::string model;
+  caf::actor_clock::time_point arrived;
+  caf::actor_clock::time_point deadline;
+  infer_request infer_req;
+  caf::typed_response_promise<tensor_list> infer_rp;
+  generate_request generate_req;
+  caf::typed_response_promise<generate_reply> generate_rp;
+  speech_request speech_req;
+  caf::typed_response_promise<speech_reply> speech_rp;
+
+  void fail(caf::error err) {
+    switch (kind) {
+      case infer:
+        infer_rp.deliver(std::move(err));
+        break;
+      case generate:
+        generate_rp.deliver(std::move(err));
+        break;
+      case speech:
+        speech_rp.deliver(std::move(err));
+        break;
+    }
+  }
 };
 
 struct queue_state {
@@ -56,7 +83,10 @@ struct queue_state {
   std::vector<worker_entry> workers;
   /// Where the next dispatch round starts, so idle workers share the work.
   std::size_t next_worker = 0;
-  std::deque<pending_infer> interactive;
+  std::deque<pending_work> interactive;
+  std::map<std::string, model_info> models;
+  /// When the armed batch timer fires; none armed when max().
+  caf::actor_clock::time_point batch_timer = caf::actor_clock::time_point::max();
   /// Models that may have claimable durable jobs.
   std::set<std::string> maybe_ready;
   uint64_t ticks = 0;
@@ -117,27 +147,131 @@ bool serves(const queue_state& st, const std::string& model) {
   return false;
 }
 
-// Hands the interactive request at `pos` to `w` (marked busy in this step).
-void send_interactive(queue_pointer self, worker_entry& w, pending_infer p) {
+// Hands a batch of tensor requests of one model to `w` (busy in this step).
+void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_work> ps) {
   w.busy = true;
-  auto left
-      = std::chrono::duration_cast<std::chrono::milliseconds>(p.deadline - steady::now());
+  auto now = self->clock().now();
+  auto deadline = ps.front().deadline;
+  infer_batch batch;
+  batch.model = ps.front().model;
+  std::vector<caf::typed_response_promise<tensor_list>> rps;
+  for (auto& p : ps) {
+    deadline = std::min(deadline, p.deadline);
+    batch.requests.push_back(std::move(p.infer_req));
+    rps.push_back(p.infer_rp);
+  }
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
   auto timeout = std::max(left, std::chrono::milliseconds(1));
-  auto rp = p.rp;
-  self->request(w.handle, timeout, infer_atom::value, std::move(p.req))
-      .then([rp](tensor_list& out) mutable { rp.deliver(std::move(out)); },
-            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  self->request(w.handle, timeout, infer_atom::value, std::move(batch))
+      .then(
+          [rps](infer_batch_result& out) mutable {
+            for (std::size_t i = 0; i < rps.size(); ++i) {
+              if (i < out.outputs.size())
+                rps[i].deliver(std::move(out.outputs[i]));
+              else
+                rps[i].deliver(make_error(errc::internal, "batch result too short"));
+            }
+          },
+          [rps](caf::error& err) mutable {
+            for (auto& rp : rps)
+              rp.deliver(err);
+          });
 }
 
-/// The one dispatch point: gives each idle worker the oldest interactive
-/// request it can serve, else a hint to claim durable work.
+// Hands a generation or synthesis to `w`. Its deadline covered the wait;
+// the run is bounded by the worker (it streams for as long as it takes).
+void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
+  w.busy = true;
+  auto timeout = std::chrono::seconds(24 * 3600);
+  if (p.kind == pending_work::generate) {
+    auto rp = p.generate_rp;
+    self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
+        .then([rp](generate_reply& out) mutable { rp.deliver(std::move(out)); },
+              [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  } else {
+    auto rp = p.speech_rp;
+    self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
+        .then([rp](speech_reply& out) mutable { rp.deliver(std::move(out)); },
+              [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  }
+}
+
+inference::batch_policy policy_of(const queue_state& st, const std::string& model) {
+  inference::batch_policy p;
+  if (auto i = st.models.find(model); i != st.models.end()) {
+    p.max_batch_size = std::max<int64_t>(i->second.max_batch_size, 1);
+    p.max_queue_delay_us = std::max<int64_t>(i->second.max_queue_delay_us, 0);
+  }
+  return p;
+}
+
+// Arms the batch timer for `at` unless one fires earlier already.
+void arm_batch_timer(queue_pointer self, caf::actor_clock::time_point at) {
+  auto& st = self->state;
+  if (at >= st.batch_timer)
+    return;
+  st.batch_timer = at;
+  auto delay = std::max(at - self->clock().now(), caf::actor_clock::duration_type{0});
+  self->delayed_send(self, delay, batch_atom::value);
+}
+
+/// Takes the interactive work `w` should run next, if any is ready: the
+/// oldest request of a model it serves. Tensor requests leave as a batch
+/// when the batch is full or its oldest request waited max_queue_delay_us
+/// (a timer is armed otherwise and later requests of other models may go).
+bool take_interactive(queue_pointer self, worker_entry& w) {
+  auto& st = self->state;
+  auto now = self->clock().now();
+  std::set<std::string> waiting_models;
+  for (auto it = st.interactive.begin(); it != st.interactive.end(); ++it) {
+    if (w.models.count(it->model) == 0 || waiting_models.count(it->model) > 0)
+      continue;
+    if (it->kind != pending_work::infer) {
+      auto p = std::move(*it);
+      st.interactive.erase(it);
+      send_streaming(self, w, std::move(p));
+      return true;
+    }
+    // The oldest tensor request of its model: is a batch ready?
+    auto policy = policy_of(st, it->model);
+    int64_t pending = 0;
+    for (auto& q : st.interactive)
+      if (q.kind == pending_work::infer && q.model == it->model)
+        ++pending;
+    auto waited
+        = std::chrono::duration_cast<std::chrono::microseconds>(now - it->arrived).count();
+    auto d = inference::decide_batch(policy, pending, waited);
+    if (!d.ready) {
+      waiting_models.insert(it->model);
+      arm_batch_timer(self, now + std::chrono::microseconds(d.wait_us));
+      continue;
+    }
+    auto model = it->model;
+    std::vector<pending_work> batch;
+    for (auto q = it; q != st.interactive.end()
+                      && static_cast<int64_t>(batch.size()) < d.take;) {
+      if (q->kind == pending_work::infer && q->model == model) {
+        batch.push_back(std::move(*q));
+        q = st.interactive.erase(q);
+      } else {
+        ++q;
+      }
+    }
+    send_infer_batch(self, w, std::move(batch));
+    return true;
+  }
+  return false;
+}
+
+/// The one dispatch point: gives each idle worker the interactive work it
+/// can serve (tensor requests batched), else a hint to claim durable work.
 void dispatch(queue_pointer self) {
   auto& st = self->state;
-  auto now = steady::now();
+  auto now = self->clock().now();
   // Drop expired interactive requests first: their clients have given up.
   for (auto i = st.interactive.begin(); i != st.interactive.end();) {
     if (i->deadline <= now) {
-      i->rp.deliver(make_error(errc::timeout, "request waited past its deadline"));
+      i->fail(make_error(errc::timeout, "request waited past its deadline"));
       i = st.interactive.erase(i);
     } else {
       ++i;
@@ -148,15 +282,8 @@ void dispatch(queue_pointer self) {
     auto& w = st.workers[(st.next_worker + k) % n];
     if (w.busy)
       continue;
-    auto it = std::find_if(
-        st.interactive.begin(), st.interactive.end(),
-        [&](const pending_infer& p) { return w.models.count(p.req.model) > 0; });
-    if (it != st.interactive.end()) {
-      auto p = std::move(*it);
-      st.interactive.erase(it);
-      send_interactive(self, w, std::move(p));
+    if (take_interactive(self, w))
       continue;
-    }
     bool has_hint = std::any_of(w.models.begin(), w.models.end(),
                                 [&](auto& m) { return st.maybe_ready.count(m) > 0; });
     if (has_hint) {
@@ -168,6 +295,89 @@ void dispatch(queue_pointer self) {
     st.next_worker = (st.next_worker + 1) % n;
 }
 
+// Admits interactive work to the FIFO and dispatches; refusals (429 when
+// full) go through the request's promise.
+void admit(queue_pointer self, pending_work p) {
+  auto& st = self->state;
+  if (!serves(st, p.model)) {
+    p.fail(make_error(errc::unavailable, "no ready worker serves model '" + p.model + "'"));
+    return;
+  }
+  auto limit = st.cfg.settings.max_interactive;
+  if (static_cast<int64_t>(st.interactive.size()) >= limit) {
+    p.fail(make_error(errc::queue_full, "interactive queue holds "
+                                            + std::to_string(st.interactive.size())
+                                            + " of " + std::to_string(limit)
+                                            + " requests"));
+    return;
+  }
+  p.arrived = self->clock().now();
+  p.deadline = p.arrived + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
+  st.interactive.push_back(std::move(p));
+  dispatch(self);
+}
+
+// Sends `atom`(model) to every worker that serves `model` and answers with
+// all of their statuses once each has answered (or failed).
+template <class Atom>
+caf::result<std::vector<worker_status>> fan_out(queue_pointer self, Atom atom,
+                                                const std::string& model) {
+  auto& st = self->state;
+  std::vector<worker_actor> targets;
+  for (auto& w : st.workers)
+    if (w.models.count(model) > 0)
+      targets.push_back(w.handle);
+  if (targets.empty())
+    return make_error(errc::unavailable, "no ready worker serves model '" + model + "'");
+  auto rp = self->make_response_promise<std::vector<worker_status>>();
+  struct gather {
+    std::size_t left;
+    std::vector<worker_status> out;
+    caf::error first_error;
+  };
+  auto g = std::make_shared<gather>();
+  g->left = targets.size();
+  auto finish = [g, rp]() mutable {
+    if (--g->left > 0)
+      return;
+    if (g->out.empty() && g->first_error)
+      rp.deliver(g->first_error);
+    else
+      rp.deliver(std::move(g->out));
+  };
+  for (auto& t : targets)
+    self->request(t, std::chrono::minutes(10), atom, model)
+        .then(
+            [self, g, finish](worker_status& ws) mutable {
+              if (auto w = find_worker(self->state, ws.worker_id))
+                w->status.models = ws.models;
+              g->out.push_back(std::move(ws));
+              finish();
+            },
+            [g, finish](caf::error& err) mutable {
+              if (!g->first_error)
+                g->first_error = err;
+              finish();
+            });
+  return rp;
+}
+
+std::string content_type_of(const std::string& name) {
+  auto ends_with = [&](const char* ext) {
+    std::string e{ext};
+    return name.size() >= e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0;
+  };
+  if (ends_with(".wav"))
+    return "audio/wav";
+  if (ends_with(".json"))
+    return "application/json";
+  if (ends_with(".png"))
+    return "image/png";
+  if (ends_with(".txt"))
+    return "text/plain; charset=utf-8";
+  return "application/octet-stream";
+}
+
 queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
                                           std::shared_ptr<persistence::job_store> store,
                                           broker_actor broker) {
@@ -175,6 +385,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
   st.cfg = std::move(cfg);
   st.store = std::move(store);
   st.broker = std::move(broker);
+  for (auto& m : st.cfg.models)
+    st.models.emplace(m.name, m);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
     auto i = std::find_if(st.workers.begin(), st.workers.end(),
@@ -197,9 +409,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     st.next_worker = 0;
     // Interactive requests nobody can serve any more fail now, not at timeout.
     for (auto p = st.interactive.begin(); p != st.interactive.end();) {
-      if (!serves(st, p->req.model)) {
-        p->rp.deliver(make_error(errc::unavailable,
-                                 "no ready worker serves model '" + p->req.model + "'"));
+      if (!serves(st, p->model)) {
+        p->fail(make_error(errc::unavailable,
+                           "no ready worker serves model '" + p->model + "'"));
         p = st.interactive.erase(p);
       } else {
         ++p;
@@ -330,22 +542,65 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         return std::move(**rec);
       },
       [self](infer_atom, infer_request& req) -> caf::result<tensor_list> {
-        auto& st = self->state;
-        if (!serves(st, req.model))
-          return make_error(errc::unavailable,
-                            "no ready worker serves model '" + req.model + "'");
-        auto limit = st.cfg.settings.max_interactive;
-        if (static_cast<int64_t>(st.interactive.size()) >= limit)
-          return make_error(errc::queue_full, "interactive queue holds "
-                                                  + std::to_string(st.interactive.size())
-                                                  + " of " + std::to_string(limit)
-                                                  + " requests");
-        auto rp = self->make_response_promise<tensor_list>();
-        auto deadline
-            = steady::now() + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
-        st.interactive.push_back(pending_infer{std::move(req), rp, deadline});
-        dispatch(self);
+        pending_work p;
+        p.kind = pending_work::infer;
+        p.model = req.model;
+        req.enqueued_ms = now_ms();
+        p.infer_req = std::move(req);
+        p.infer_rp = self->make_response_promise<tensor_list>();
+        auto rp = p.infer_rp;
+        admit(self, std::move(p));
         return rp;
+      },
+      [self](generate_atom, generate_request& req) -> caf::result<generate_reply> {
+        pending_work p;
+        p.kind = pending_work::generate;
+        p.model = req.model;
+        req.enqueued_ms = now_ms();
+        p.generate_req = std::move(req);
+        p.generate_rp = self->make_response_promise<generate_reply>();
+        auto rp = p.generate_rp;
+        admit(self, std::move(p));
+        return rp;
+      },
+      [self](speech_atom, speech_request& req) -> caf::result<speech_reply> {
+        pending_work p;
+        p.kind = pending_work::speech;
+        p.model = req.model;
+        req.enqueued_ms = now_ms();
+        p.speech_req = std::move(req);
+        p.speech_rp = self->make_response_promise<speech_reply>();
+        auto rp = p.speech_rp;
+        admit(self, std::move(p));
+        return rp;
+      },
+      [self](batch_atom) {
+        self->state.batch_timer = caf::actor_clock::time_point::max();
+        dispatch(self);
+      },
+      [self](status_atom, worker_status& ws) {
+        if (auto w = find_worker(self->state, ws.worker_id))
+          w->status = std::move(ws);
+      },
+      [self](load_atom, const std::string& model) -> caf::result<std::vector<worker_status>> {
+        return fan_out(self, load_atom::value, model);
+      },
+      [self](unload_atom,
+             const std::string& model) -> caf::result<std::vector<worker_status>> {
+        return fan_out(self, unload_atom::value, model);
+      },
+      [self](artifact_atom, int64_t id, const std::string& name) -> caf::result<artifact_ref> {
+        auto& st = self->state;
+        auto rec = st.store->get(id);
+        if (!rec)
+          return rec.error();
+        if (!*rec)
+          return make_error(errc::not_found, "no job '" + job_id_string(id) + "'");
+        persistence::artifact_store files{st.cfg.artifacts_dir};
+        auto f = files.find(id, name);
+        if (!f)
+          return f.error();
+        return artifact_ref{f->path, f->size, content_type_of(name)};
       },
       [self](stats_atom) -> caf::result<cluster_stats> {
         auto& st = self->state;
@@ -363,6 +618,11 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
           ready.insert(w.models.begin(), w.models.end());
           if (w.busy)
             ++out.workers_busy;
+          auto ws = w.status;
+          ws.worker_id = w.id;
+          if (ws.phase.empty() || ws.phase == "IDLE" || ws.phase == "BUSY")
+            ws.phase = w.busy ? "BUSY" : "IDLE";
+          out.workers.push_back(std::move(ws));
         }
         out.workers_total = static_cast<int32_t>(st.workers.size());
         out.workers_ready = out.workers_total;

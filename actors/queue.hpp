@@ -4,6 +4,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
@@ -16,8 +18,14 @@ namespace infergrid {
 
 struct queue_config {
   queue_settings settings;
-  /// Deadline of an interactive request waiting in the FIFO and running.
+  /// Deadline of an interactive request waiting in the FIFO and running
+  /// (tensor requests), or waiting only (generations and synthesis, which
+  /// stream and are bounded by the worker's own deadline).
   int64_t interactive_timeout_ms = 30000;
+  /// Every model of the repository: batching settings per model.
+  std::vector<model_info> models;
+  /// data_dir/artifacts: where durable jobs' files are found.
+  std::string artifacts_dir;
   /// Arm the periodic tick (rescue of lapsed leases, wake-ups). Tests that
   /// drive the queue by hand turn it off.
   bool tick = true;

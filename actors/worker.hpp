@@ -16,7 +16,7 @@
 namespace infergrid {
 
 /// Worker states as ARCHITECTURE.md names them.
-enum class worker_phase : uint8_t { loading, idle, busy, error };
+enum class worker_phase : uint8_t { loading, idle, busy, error, draining };
 
 std::string to_string(worker_phase p);
 
@@ -28,8 +28,17 @@ struct worker_config {
   persistence::store_options store;
   int64_t lease_ms = 30000;
   int32_t intra_op_threads = 1;
-  /// Deadline of one interactive request on the executor.
+  /// Deadline of one interactive tensor request on the executor.
   int64_t infer_timeout_ms = 30000;
+  /// Deadline of one interactive generation or synthesis on the executor.
+  int64_t generate_timeout_ms = 600000;
+  /// Memory budget of the device in MB; <= 0: unlimited.
+  int64_t memory_budget_mb = 0;
+  /// data_dir/artifacts: where durable jobs' files go.
+  std::string artifacts_dir;
+  /// Most durable jobs of one tensor model claimed and run as one batch
+  /// (also bounded by the model's max_batch_size).
+  int32_t max_job_batch = 32;
 };
 
 /// Spawns a worker. It loads its models in the background and registers with

@@ -93,4 +93,10 @@ std::string encode_generate_output(const std::string& text, int64_t tokens,
   return out.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+std::string encode_generate_delta(const std::string& delta) {
+  json out;
+  out["delta"] = delta;
+  return out.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 } // namespace infergrid

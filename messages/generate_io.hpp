@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <caf/expected.hpp>
+#include <caf/meta/type_name.hpp>
 
 namespace infergrid {
 
@@ -20,6 +21,12 @@ struct generate_input {
   uint64_t seed = 0;
   std::vector<std::string> stop;
 };
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_input& x) {
+  return f(caf::meta::type_name("generate_input"), x.prompt, x.max_tokens,
+           x.temperature, x.top_k, x.top_p, x.has_seed, x.seed, x.stop);
+}
 
 /// Limits enforced by decode_generate_input.
 constexpr int32_t max_generate_tokens = 4096;
@@ -36,5 +43,9 @@ caf::expected<generate_input> decode_generate_input(const std::string& json_text
 /// UTF-8 are replaced by U+FFFD so the output is always valid JSON.
 std::string encode_generate_output(const std::string& text, int64_t tokens,
                                    const std::string& finish_reason);
+
+/// Encodes a streamed piece of a durable generate job's text, the data of its
+/// "data" events: `{"delta"}` (invalid UTF-8 replaced by U+FFFD).
+std::string encode_generate_delta(const std::string& delta);
 
 } // namespace infergrid

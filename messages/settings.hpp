@@ -37,6 +37,11 @@ struct workers_settings {
   int32_t count = 1;
   /// LibTorch intra-op threads per worker (workers x threads <= cores).
   int32_t intra_op_threads = 1;
+  /// Memory budget of each worker's device in MB (models' memory_mb count
+  /// against it; the least recently used idle model is evicted); 0: none.
+  int64_t memory_budget_mb = 0;
+  /// Longest an interactive generation or synthesis may run.
+  int64_t generate_timeout_ms = 600000;
 };
 
 struct storage_settings {

@@ -161,6 +161,68 @@ SELECT id, state, models,
          AS heartbeat_age_s
 FROM workers;
 )sql",
+    // Version 4: the number of jobs in every state, next to the queued count
+    // and kept the same way, so that count_by_state() (polled by /readyz,
+    // /metrics and drains) reads one row instead of scanning every job ever
+    // run (7-30 ms at 20k jobs on the 2-core build machine, growing without
+    // bound). Same row, same page as `queued`: a claim writes no extra page,
+    // a completion transaction one (4,120 WAL bytes, ~7% more per job with
+    // unbatched completes; complete_batch shares it). The three queued
+    // triggers become three that keep all six counts; the counts start from
+    // the table.
+    R"sql(
+ALTER TABLE queue_stats ADD COLUMN running INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_stats ADD COLUMN succeeded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_stats ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_stats ADD COLUMN dead INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_stats ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+UPDATE queue_stats SET (queued, running, succeeded, failed, dead, cancelled) = (
+  SELECT count(*) FILTER (WHERE state = 'queued'),
+         count(*) FILTER (WHERE state = 'running'),
+         count(*) FILTER (WHERE state = 'succeeded'),
+         count(*) FILTER (WHERE state = 'failed'),
+         count(*) FILTER (WHERE state = 'dead'),
+         count(*) FILTER (WHERE state = 'cancelled')
+  FROM jobs)
+WHERE id = 1;
+DROP TRIGGER jobs_queued_insert;
+DROP TRIGGER jobs_queued_update;
+DROP TRIGGER jobs_queued_delete;
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
+BEGIN
+  UPDATE queue_stats SET
+    queued = queued + (new.state = 'queued'),
+    running = running + (new.state = 'running'),
+    succeeded = succeeded + (new.state = 'succeeded'),
+    failed = failed + (new.state = 'failed'),
+    dead = dead + (new.state = 'dead'),
+    cancelled = cancelled + (new.state = 'cancelled')
+    WHERE id = 1;
+END;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+  WHEN old.state != new.state
+BEGIN
+  UPDATE queue_stats SET
+    queued = queued + (new.state = 'queued') - (old.state = 'queued'),
+    running = running + (new.state = 'running') - (old.state = 'running'),
+    succeeded = succeeded + (new.state = 'succeeded') - (old.state = 'succeeded'),
+    failed = failed + (new.state = 'failed') - (old.state = 'failed'),
+    dead = dead + (new.state = 'dead') - (old.state = 'dead'),
+    cancelled = cancelled + (new.state = 'cancelled') - (old.state = 'cancelled')
+    WHERE id = 1;
+END;
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs
+BEGIN
+  UPDATE queue_stats SET
+    queued = queued - (old.state = 'queued'),
+    running = running - (old.state = 'running'),
+    succeeded = succeeded - (old.state = 'succeeded'),
+    failed = failed - (old.state = 'failed'),
+    dead = dead - (old.state = 'dead'),
+    cancelled = cancelled - (old.state = 'cancelled')
+    WHERE id = 1;
+END;
+)sql",
 };
 
 constexpr int schema_version
@@ -190,7 +252,8 @@ constexpr std::size_t max_event_bytes = 1 << 20;
 
 // -- statements ---------------------------------------------------------------
 
-// Kept by the jobs_queued_* triggers in the same statement as the change.
+// Kept by triggers (jobs_count_* since version 4) in the statement that changes
+// the row.
 const char* const sql_count_queued = "SELECT queued FROM queue_stats WHERE id = 1";
 
 // INDEXED BY, here and below: with sqlite_stat1 statistics (PRAGMA
@@ -379,7 +442,15 @@ const char* const sql_requeue_worker
       INFERGRID_LOST_RETURNING;
 // clang-format on
 
-const char* const sql_count_by_state = "SELECT state, count(*) FROM jobs GROUP BY state";
+// Kept by the jobs_count_* triggers (version 4); the columns in the order of
+// count_states below.
+const char* const sql_count_by_state
+    = "SELECT queued, running, succeeded, failed, dead, cancelled FROM queue_stats "
+      "WHERE id = 1";
+
+constexpr job_state count_states[]
+    = {job_state::queued, job_state::running, job_state::succeeded,
+       job_state::failed, job_state::dead,    job_state::cancelled};
 
 // One savepoint per job of an enqueue batch: a refused job is rolled back to
 // it, leaving the jobs before it in the transaction.
@@ -1007,6 +1078,53 @@ struct job_store::impl {
     return SQLITE_OK;
   }
 
+  // -- completion and heartbeat ----------------------------------------------
+
+  /// complete() of one job inside the open write transaction (also a step
+  /// of complete_batch()): `changed` says whether the lease held.
+  int complete_step(int64_t id, int64_t lease_seq, const std::string& output_json,
+                    int64_t now_ms, bool& changed) {
+    changed = false;
+    job_state state = job_state::succeeded;
+    int32_t attempts = 0;
+    {
+      statement_use use{complete_};
+      int rc = bind_all(use.get(), output_json, now_ms, id, lease_seq);
+      if (rc != SQLITE_OK)
+        return failed(rc);
+      rc = each_row(use.get(), [&] {
+        if (!job_state_from_string(column_text(use.get(), 0), state)) {
+          last_error_ = "job " + std::to_string(id) + " has an unknown state";
+          return SQLITE_CORRUPT;
+        }
+        attempts = column_int32(use.get(), 1);
+        changed = true;
+        return SQLITE_OK;
+      });
+      if (rc != SQLITE_OK)
+        return rc;
+    }
+    if (!changed)
+      return SQLITE_OK; // lease lost
+    return status_event(id, state, attempts, nullptr, now_ms);
+  }
+
+  /// renew() of one lease inside the open write transaction (also a step of
+  /// renew_batch()).
+  int renew_step(int64_t id, int64_t lease_seq, int64_t lease_ms, int64_t now_ms,
+                 lease_status& out) {
+    out = lease_status{};
+    statement_use use{renew_};
+    int rc = bind_all(use.get(), now_ms + lease_ms, id, lease_seq);
+    if (rc != SQLITE_OK)
+      return failed(rc);
+    return each_row(use.get(), [&] {
+      out.held = true;
+      out.cancel_requested = column_int(use.get(), 0) != 0;
+      return SQLITE_OK;
+    });
+  }
+
   // -- reads ----------------------------------------------------------------
 
   /// Reads job `id` into `out` (nullopt if there is no such row), with its
@@ -1623,33 +1741,36 @@ caf::expected<bool> job_store::complete(int64_t id, int64_t lease_seq,
   auto& d = *impl_;
   bool changed = false;
   auto err = d.write_transaction("complete", [&](caf::error&) {
-    changed = false;
-    job_state state = job_state::succeeded;
-    int32_t attempts = 0;
-    {
-      statement_use use{d.complete_};
-      int rc = bind_all(use.get(), output_json, now_ms, id, lease_seq);
-      if (rc != SQLITE_OK)
-        return d.failed(rc);
-      rc = d.each_row(use.get(), [&] {
-        if (!job_state_from_string(column_text(use.get(), 0), state)) {
-          d.last_error_ = "job " + std::to_string(id) + " has an unknown state";
-          return SQLITE_CORRUPT;
-        }
-        attempts = column_int32(use.get(), 1);
-        changed = true;
-        return SQLITE_OK;
-      });
-      if (rc != SQLITE_OK)
-        return rc;
-    }
-    if (!changed)
-      return SQLITE_OK; // lease lost
-    return d.status_event(id, state, attempts, nullptr, now_ms);
+    return d.complete_step(id, lease_seq, output_json, now_ms, changed);
   });
   if (err)
     return err;
   return changed;
+}
+
+caf::expected<std::vector<bool>>
+job_store::complete_batch(const std::vector<job_completion>& xs, int64_t now_ms) {
+  std::vector<bool> result;
+  if (xs.empty())
+    return result;
+  auto& d = *impl_;
+  // No savepoints (unlike enqueue_batch): a lost lease writes nothing, and
+  // any SQLite failure rolls the whole batch back.
+  auto err = d.write_transaction("complete_batch", [&](caf::error&) {
+    result.assign(xs.size(), false);
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+      bool changed = false;
+      auto& x = xs[i];
+      if (int rc = d.complete_step(x.id, x.lease_seq, x.output_json, now_ms, changed);
+          rc != SQLITE_OK)
+        return rc;
+      result[i] = changed;
+    }
+    return SQLITE_OK;
+  });
+  if (err)
+    return err;
+  return result;
 }
 
 caf::expected<std::optional<job_state>>
@@ -1726,16 +1847,27 @@ caf::expected<lease_status> job_store::renew(int64_t id, int64_t lease_seq,
   auto& d = *impl_;
   lease_status result;
   auto err = d.write_transaction("renew", [&](caf::error&) {
-    result = lease_status{};
-    statement_use use{d.renew_};
-    int rc = bind_all(use.get(), now_ms + lease_ms, id, lease_seq);
-    if (rc != SQLITE_OK)
-      return d.failed(rc);
-    return d.each_row(use.get(), [&] {
-      result.held = true;
-      result.cancel_requested = column_int(use.get(), 0) != 0;
-      return SQLITE_OK;
-    });
+    return d.renew_step(id, lease_seq, lease_ms, now_ms, result);
+  });
+  if (err)
+    return err;
+  return result;
+}
+
+caf::expected<std::vector<lease_status>>
+job_store::renew_batch(const std::vector<held_lease>& xs, int64_t lease_ms,
+                       int64_t now_ms) {
+  std::vector<lease_status> result;
+  if (xs.empty())
+    return result;
+  auto& d = *impl_;
+  auto err = d.write_transaction("renew_batch", [&](caf::error&) {
+    result.assign(xs.size(), lease_status{});
+    for (std::size_t i = 0; i < xs.size(); ++i)
+      if (int rc = d.renew_step(xs[i].id, xs[i].lease_seq, lease_ms, now_ms, result[i]);
+          rc != SQLITE_OK)
+        return rc;
+    return SQLITE_OK;
   });
   if (err)
     return err;
@@ -2070,15 +2202,25 @@ caf::expected<std::map<job_state, int64_t>> job_store::count_by_state() {
   auto err = d.read("count_by_state", [&] {
     result.clear();
     statement_use use{d.count_by_state_};
-    return d.each_row(use.get(), [&] {
-      job_state state;
-      if (!job_state_from_string(column_text(use.get(), 0), state)) {
-        d.last_error_ = "unknown state '" + column_text(use.get(), 0) + "'";
+    int rc = d.step(use.get());
+    if (rc == SQLITE_DONE) {
+      d.last_error_ = "queue_stats has no row";
+      return SQLITE_CORRUPT;
+    }
+    if (rc != SQLITE_ROW)
+      return rc;
+    int column = 0;
+    for (auto state : count_states) {
+      auto n = column_int(use.get(), column++);
+      if (n < 0) {
+        d.last_error_
+            = "queue_stats holds " + std::to_string(n) + " " + to_string(state) + " jobs";
         return SQLITE_CORRUPT;
       }
-      result[state] = column_int(use.get(), 1);
-      return SQLITE_OK;
-    });
+      if (n > 0)
+        result[state] = n;
+    }
+    return SQLITE_OK;
   });
   if (err)
     return err;

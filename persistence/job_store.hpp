@@ -48,6 +48,20 @@ struct lease_status {
   bool cancel_requested = false;
 };
 
+/// One job of complete_batch(): the output of a running job and the token of
+/// its claim.
+struct job_completion {
+  int64_t id = 0;
+  int64_t lease_seq = 0;
+  std::string output_json;
+};
+
+/// One lease of renew_batch(), as the claim returned it.
+struct held_lease {
+  int64_t id = 0;
+  int64_t lease_seq = 0;
+};
+
 class job_store {
 public:
   ~job_store();
@@ -57,8 +71,7 @@ public:
   /// Opens (creating if needed) the database, applies pragmas and migrates the
   /// schema to the current version (PRAGMA user_version). Fails with
   /// errc::storage_error naming the path and SQLite's message.
-  static caf::expected<std::unique_ptr<job_store>>
-  open(const store_options& opts);
+  static caf::expected<std::unique_ptr<job_store>> open(const store_options& opts);
 
   /// Inserts a queued job (run_at = job.run_at_ms, or now when 0) unless
   /// `max_queued` jobs are already queued, in which case it fails with
@@ -75,9 +88,9 @@ public:
   /// then FIFO by id; sets state running, worker, attempts+1, lease_seq+1,
   /// lease_until = now + lease_ms, started_at. The result is sorted in that
   /// order. An empty result means nothing is ready.
-  caf::expected<std::vector<job_record>>
-  claim(const std::string& worker, const std::vector<std::string>& models,
-        int n, int64_t lease_ms, int64_t now_ms);
+  caf::expected<std::vector<job_record>> claim(const std::string& worker,
+                                               const std::vector<std::string>& models,
+                                               int n, int64_t lease_ms, int64_t now_ms);
 
   /// Marks a running job succeeded with `output_json` if its lease_seq still
   /// equals `lease_seq` (cancelled instead, output dropped, when a cancel was
@@ -86,6 +99,16 @@ public:
   caf::expected<bool> complete(int64_t id, int64_t lease_seq,
                                const std::string& output_json, int64_t now_ms);
 
+  /// Completes several running jobs in ONE transaction (BEGIN IMMEDIATE ...
+  /// COMMIT: one fsync under synchronous=FULL for a whole batch), each
+  /// exactly as complete() would (fencing by lease_seq, cancelled instead
+  /// when a cancel was requested, a "status" event each), in the order of
+  /// `xs` (an id given twice answers false the second time). result[i] is
+  /// complete()'s answer for xs[i]. A storage failure fails the whole call
+  /// and changes nothing. Empty input: no transaction, empty result.
+  caf::expected<std::vector<bool>> complete_batch(const std::vector<job_completion>& xs,
+                                                  int64_t now_ms);
+
   /// Records a failed attempt if `lease_seq` still holds. A retryable error
   /// with attempts left puts the job back to queued with run_at pushed out by
   /// exponential back-off with jitter (base 1 s * 2^(attempts-1), capped at
@@ -93,19 +116,25 @@ public:
   /// non-retryable error makes it failed; a job whose cancel was requested
   /// becomes cancelled. Returns the resulting state, or nullopt when the
   /// lease was lost. Writes a "status" event with the error.
-  caf::expected<std::optional<job_state>>
-  fail(int64_t id, int64_t lease_seq, const job_error& error, int64_t now_ms);
+  caf::expected<std::optional<job_state>> fail(int64_t id, int64_t lease_seq,
+                                               const job_error& error, int64_t now_ms);
 
   /// Extends the lease of a running job and reports whether a cancel was
   /// requested (the heartbeat is how a worker learns of it).
-  caf::expected<lease_status> renew(int64_t id, int64_t lease_seq,
-                                    int64_t lease_ms, int64_t now_ms);
+  caf::expected<lease_status> renew(int64_t id, int64_t lease_seq, int64_t lease_ms,
+                                    int64_t now_ms);
+
+  /// Renews several leases in ONE transaction, each as renew() would;
+  /// result[i] is renew()'s answer for xs[i]. A storage failure fails the
+  /// whole call and extends nothing. Empty input: no transaction, empty
+  /// result.
+  caf::expected<std::vector<lease_status>> renew_batch(const std::vector<held_lease>& xs,
+                                                       int64_t lease_ms, int64_t now_ms);
 
   /// Ends a running job whose cancel the worker has acted on: state
   /// cancelled if `lease_seq` still holds (false otherwise). Writes a
   /// "status" event.
-  caf::expected<bool> finish_cancelled(int64_t id, int64_t lease_seq,
-                                       int64_t now_ms);
+  caf::expected<bool> finish_cancelled(int64_t id, int64_t lease_seq, int64_t now_ms);
 
   /// Cancels a job: queued -> cancelled at once; running -> cancel_requested
   /// (its worker stops at its next heartbeat or step). nullopt: no such job;
@@ -115,13 +144,11 @@ public:
 
   /// Records a "progress" (progress in [0,1], also stored on the row) or
   /// "data" event for a running job if `lease_seq` still holds.
-  caf::expected<bool> add_event(int64_t id, int64_t lease_seq,
-                                const std::string& kind,
+  caf::expected<bool> add_event(int64_t id, int64_t lease_seq, const std::string& kind,
                                 const std::string& data_json, int64_t now_ms);
 
   /// Events of one job with seq > after_seq, oldest first, at most `limit`.
-  caf::expected<std::vector<job_event>> events_after(int64_t id,
-                                                     int64_t after_seq,
+  caf::expected<std::vector<job_event>> events_after(int64_t id, int64_t after_seq,
                                                      int32_t limit);
 
   /// The events this connection wrote since the last call, in commit order,
@@ -168,7 +195,9 @@ public:
   /// position and, when the model has recent throughput, an ETA.
   caf::expected<std::optional<job_record>> get(int64_t id);
 
-  /// Number of jobs in each state (states without jobs are absent).
+  /// Number of jobs in each state (states without jobs are absent). One row
+  /// read: the counts are kept by triggers in queue_stats (schema version
+  /// 4), exact in every snapshot.
   caf::expected<std::map<job_state, int64_t>> count_by_state();
 
   /// Runs a PASSIVE WAL checkpoint (only meaningful on the checkpointer).

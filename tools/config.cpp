@@ -127,6 +127,13 @@ const std::vector<key_def>& keys() {
     {"workers.intra_op_threads", int_setter(1, 256, [](settings& s, int64_t v) {
        s.workers.intra_op_threads = static_cast<int32_t>(v);
      })},
+    {"workers.memory_budget_mb", int_setter(0, 16 * 1024 * 1024, [](settings& s, int64_t v) {
+       s.workers.memory_budget_mb = v;
+     })},
+    {"workers.generate_timeout_ms", int_setter(1000, 24LL * 3600 * 1000,
+                                               [](settings& s, int64_t v) {
+                                                 s.workers.generate_timeout_ms = v;
+                                               })},
     {"storage.data_dir", string_setter([](settings& s, std::string v) {
        s.storage.data_dir = v;
      })},

@@ -110,6 +110,9 @@ int run_serve(const settings& s) {
   queue_config qcfg;
   qcfg.settings = s.queue;
   qcfg.interactive_timeout_ms = s.http.request_timeout_ms;
+  qcfg.models = valid;
+  auto artifacts_dir = (fs::path{s.storage.data_dir} / "artifacts").string();
+  qcfg.artifacts_dir = artifacts_dir;
   auto queue = spawn_queue(sys, qcfg,
                            std::shared_ptr<persistence::job_store>(std::move(*queue_store)),
                            broker);
@@ -126,6 +129,9 @@ int run_serve(const settings& s) {
     wcfg.lease_ms = s.queue.lease_ms;
     wcfg.intra_op_threads = s.workers.intra_op_threads;
     wcfg.infer_timeout_ms = s.http.request_timeout_ms;
+    wcfg.generate_timeout_ms = s.workers.generate_timeout_ms;
+    wcfg.memory_budget_mb = s.workers.memory_budget_mb;
+    wcfg.artifacts_dir = artifacts_dir;
     workers.push_back(spawn_worker(sys, queue, broker, std::move(wcfg)));
   }
 

@@ -6,32 +6,15 @@
 #include <caf/test/dsl.hpp>
 
 #include "actors/clock.hpp"
+#include "tests/unit/actors/fake_worker.hpp"
 #include "messages/errors.hpp"
 
 using namespace infergrid;
 
 namespace {
 
-// A worker that records what the queue gives it and answers interactive
-// requests at once with one tensor.
-struct fake_worker_state {
-  int work_messages = 0;
-  int infer_messages = 0;
-  std::vector<int64_t> cancels;
-};
-
-worker_actor::behavior_type
-fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
-  return {
-    [self](work_atom) { ++self->state.work_messages; },
-    [self](infer_atom, const infer_request& req) -> std::vector<tensor_data> {
-      ++self->state.infer_messages;
-      return {make_float_tensor("echo", {1}, {static_cast<float>(req.inputs.size())})};
-    },
-    [](renew_atom, int64_t, int64_t) {},
-    [self](cancel_atom, int64_t id) { self->state.cancels.push_back(id); },
-  };
-}
+using testing::fake_worker;
+using testing::fake_worker_state;
 
 struct fixture : test_coordinator_fixture<> {
   testing::temp_dir dir;
@@ -72,7 +55,7 @@ struct fixture : test_coordinator_fixture<> {
 
   worker_actor register_worker(const std::string& id, std::vector<std::string> models) {
     auto w = sys.spawn(fake_worker);
-    worker_registration reg{id, std::move(models), {}};
+    worker_registration reg{id, std::move(models), {}, "cpu"};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     return w;

@@ -1,7 +1,8 @@
 // job_store against real SQLite files in a temp dir: schema and migrations,
 // claim order, fencing, back-off, rescue, events, cancel, idempotency,
-// listing, ETAs, group commit (enqueue_batch), the workers table, injected
-// faults and two connections claiming one table.
+// listing, ETAs, group commit (enqueue_batch, complete_batch, renew_batch),
+// the per-state counts, the workers table, injected faults and two
+// connections claiming one table.
 #define CAF_SUITE job_store
 #include "tests/unit/test_support.hpp"
 
@@ -181,6 +182,27 @@ SELECT id, model, state, priority, attempts, max_attempts, worker, lease_seq,
 FROM jobs;
 )sql";
 
+/// Migration 3 exactly as shipped.
+const char* const migration_3 = R"sql(
+CREATE TABLE workers (
+  id             TEXT    PRIMARY KEY,
+  state          TEXT    NOT NULL,
+  models         TEXT    NOT NULL,
+  current_job    INTEGER,
+  started_at     INTEGER NOT NULL,
+  last_heartbeat INTEGER NOT NULL
+);
+CREATE VIEW workers_readable AS
+SELECT id, state, models,
+       CASE WHEN current_job IS NOT NULL THEN 'j_' || current_job END AS current_job,
+       strftime('%Y-%m-%d %H:%M:%f', started_at / 1000.0, 'unixepoch') AS started,
+       strftime('%Y-%m-%d %H:%M:%f', last_heartbeat / 1000.0, 'unixepoch')
+         AS last_heartbeat,
+       round((julianday('now') - 2440587.5) * 86400.0 - last_heartbeat / 1000.0, 1)
+         AS heartbeat_age_s
+FROM workers;
+)sql";
+
 bool have_sqlite3_shell() {
   return std::system("command -v sqlite3 >/dev/null 2>&1") == 0;
 }
@@ -238,6 +260,18 @@ int64_t wall_ms() {
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
+/// A count per state as "queued=2 running=1", in enum order (a state
+/// count_by_state() reports with 0 shows as "=0": it must be absent).
+std::string describe_counts(const std::map<job_state, int64_t>& counts) {
+  std::string out;
+  for (auto& [state, n] : counts) {
+    if (!out.empty())
+      out += ' ';
+    out += to_string(state) + "=" + std::to_string(n);
+  }
+  return out;
+}
+
 struct fixture {
   testing::temp_dir dir;
   std::string path = dir.str("infergrid.db");
@@ -275,6 +309,27 @@ struct fixture {
     auto counts = value_of(store->count_by_state(), "count_by_state");
     auto i = counts.find(state);
     return i == counts.end() ? 0 : i->second;
+  }
+
+  /// count_by_state() as "queued=2 running=1 ...", in enum order.
+  std::string counts() {
+    return describe_counts(value_of(store->count_by_state(), "count_by_state"));
+  }
+
+  /// The same figure the slow way, from every row (through list()).
+  std::string counted_rows() {
+    std::map<job_state, int64_t> out;
+    job_filter filter;
+    filter.limit = 1000;
+    for (;;) {
+      auto page = value_of(store->list(filter), "list");
+      for (auto& job : page.jobs)
+        ++out[job.state];
+      if (page.next_before_id == 0)
+        break;
+      filter.before_id = page.next_before_id;
+    }
+    return describe_counts(out);
   }
 
   /// The state a fail() that must hold the lease leads to.
@@ -332,7 +387,7 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
   CAF_CHECK_EQUAL(bytes.substr(0, 16), std::string("SQLite format 3\0", 16));
   CAF_CHECK_EQUAL(static_cast<int>(bytes[18]), 2); // WAL
   CAF_CHECK_EQUAL(static_cast<int>(bytes[19]), 2);
-  CAF_CHECK_EQUAL(header_user_version(bytes), 3);
+  CAF_CHECK_EQUAL(header_user_version(bytes), 4);
   for (auto text :
        {"CREATE TABLE jobs", "CREATE INDEX jobs_ready", "WHERE state = 'queued'",
         "CREATE INDEX jobs_leased", "CREATE TABLE meta", "CREATE VIEW jobs_readable",
@@ -340,7 +395,7 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
         "CREATE INDEX jobs_by_model", "CREATE INDEX jobs_ended",
         "CREATE INDEX jobs_succeeded", "CREATE INDEX job_events_job",
         "cancel_requested INTEGER NOT NULL DEFAULT 0", "CREATE TABLE workers",
-        "CREATE VIEW workers_readable"})
+        "CREATE VIEW workers_readable", "CREATE TRIGGER jobs_count_update"})
     CAF_CHECK_NOT_EQUAL(bytes.find(text), std::string::npos);
   // Reopening (twice, one of them not the checkpointer) keeps the data and
   // the version.
@@ -357,7 +412,7 @@ CAF_TEST(open creates the schema and reopening is idempotent) {
   CAF_CHECK_EQUAL(count(job_state::queued), 2);
   store.reset();
   CAF_CHECK(!std::filesystem::exists(path + "-wal"));
-  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 3);
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 4);
 }
 
 CAF_TEST(open refuses a newer schema and a missing directory) {
@@ -841,7 +896,7 @@ CAF_TEST(two connections claim every job exactly once) {
   CAF_CHECK_EQUAL(last.lease_seq, 1);
 }
 
-CAF_TEST(the queued count follows every transition) {
+CAF_TEST(the counts follow every transition) {
   // A refused enqueue reports the stored count: "queue holds N of 0 jobs".
   auto stored = [&] {
     auto refused = store->enqueue(make_job("m"), 0, t0);
@@ -849,9 +904,12 @@ CAF_TEST(the queued count follows every transition) {
       CAF_FAIL("enqueue with max_queued 0 succeeded");
     return message_of(refused.error());
   };
+  // The queued count behind the capacity check, and every count against
+  // the rows themselves.
   auto expect = [&](int64_t n) {
     CAF_CHECK_EQUAL(count(job_state::queued), n);
     CAF_CHECK_EQUAL(stored(), "queue holds " + std::to_string(n) + " of 0 jobs");
+    CAF_CHECK_EQUAL(counts(), counted_rows());
   };
   for (int i = 0; i < 6; ++i)
     enqueue(make_job(i < 5 ? "m" : "n", 0, 2));
@@ -870,8 +928,35 @@ CAF_TEST(the queued count follows every transition) {
   expect(3);
   CAF_CHECK_EQUAL(value_of(store->requeue_worker("w2", t0), "requeue"), 1);
   expect(4);
-  CAF_CHECK_EQUAL(claim({"m", "n"}, 10, t0 + 60'000).size(), 4u);
+  auto last = claim({"m", "n"}, 10, t0 + 60'000); // 1, 3, 5, 6, each on its last try
+  CAF_REQUIRE_EQUAL(ids_of(last), (std::vector<int64_t>{1, 3, 5, 6}));
   expect(0);
+  CAF_CHECK_EQUAL(counts(), "running=4 succeeded=1 cancelled=1");
+  // Every final state: succeeded and cancelled (a cancel requested) from one
+  // batch, failed, dead.
+  CAF_REQUIRE(value_of(store->cancel(3, t0), "cancel"));
+  CAF_CHECK_EQUAL(counts(), "running=4 succeeded=1 cancelled=1");
+  auto done = value_of(
+      store->complete_batch({{1, last[0].lease_seq, "{}"}, {3, last[1].lease_seq, "{}"}},
+                            t0 + 60'001),
+      "complete_batch");
+  CAF_CHECK_EQUAL(done, (std::vector<bool>{true, true}));
+  CAF_CHECK_EQUAL(fail_to(5, last[2].lease_seq, job_error{"bad", "x", false}, t0),
+                  job_state::failed);
+  CAF_CHECK_EQUAL(fail_to(6, last[3].lease_seq, job_error{"oom", "x", true}, t0),
+                  job_state::dead);
+  expect(0);
+  CAF_CHECK_EQUAL(counts(), "succeeded=2 failed=1 dead=1 cancelled=2");
+  // Hand edits keep them too (a deleted job).
+  if (have_sqlite3_shell()) {
+    CAF_CHECK_EQUAL(sqlite3_shell(path,
+                                  "delete from job_events where job_id = 2;\n"
+                                  "delete from jobs where id = 2;\n",
+                                  true),
+                    "");
+    CAF_CHECK_EQUAL(counts(), "succeeded=1 failed=1 dead=1 cancelled=2");
+    CAF_CHECK_EQUAL(counts(), counted_rows());
+  }
 }
 
 CAF_TEST(a claim over several models takes the best jobs of all of them) {
@@ -915,6 +1000,8 @@ COMMIT;
   CAF_REQUIRE_EQUAL(out, "wal\n");
   CAF_REQUIRE_EQUAL(header_user_version(slurp(path)), 1);
   store = open(true);
+  // The per-state counts start from the old rows.
+  CAF_CHECK_EQUAL(counts(), "queued=1 running=1 succeeded=1");
   auto queued = get(1);
   CAF_CHECK_EQUAL(queued.state, job_state::queued);
   CAF_CHECK_EQUAL(queued.priority, 2);
@@ -944,12 +1031,12 @@ COMMIT;
   CAF_CHECK_EQUAL(message_of(store->enqueue(make_job("m"), 2, t0).error()),
                   "queue holds 2 of 2 jobs");
   store.reset();
-  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 3);
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 4);
   CAF_CHECK_EQUAL(sqlite3_shell(path, "select value from meta where key = "
                                       "'schema_version';\npragma integrity_check;\n"
                                       "select count(*) from jobs_readable "
                                       "where cancel_requested = 0;\n"),
-                  "3\nok\n4\n");
+                  "4\nok\n4\n");
   // Reopening is idempotent.
   store = open(false);
   CAF_CHECK_EQUAL(count(job_state::queued), 2);
@@ -1647,7 +1734,7 @@ CAF_TEST(queued jobs carry an eta from the recent throughput) {
   CAF_CHECK_EQUAL(get(other.id).eta_ms, -1);
 }
 
-CAF_TEST(a version 2 file migrates to version 3 with its jobs and events intact) {
+CAF_TEST(a version 2 file migrates to the current version with its jobs and events) {
   if (!have_sqlite3_shell()) {
     CAF_MESSAGE("sqlite3 shell not installed: skipped");
     return;
@@ -1731,8 +1818,9 @@ COMMIT;
   // The new table works and starts empty.
   CAF_CHECK(value_of(store->list_workers(), "list_workers").empty());
   CAF_CHECK(store->record_worker(worker_row{"w1", "IDLE", "m", 0, 0, 0}, t0));
+  CAF_CHECK_EQUAL(counts(), "queued=2 running=1 succeeded=1");
   store.reset();
-  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 3);
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 4);
   CAF_CHECK_EQUAL(sqlite3_shell(path, "select value from meta where key = "
                                       "'schema_version';\npragma integrity_check;\n"
                                       "select count(*), sum(cancel_requested) "
@@ -1740,11 +1828,67 @@ COMMIT;
                                       "select count(*) from job_events;\n"
                                       "select id, state, models, current_job is null "
                                       "from workers_readable;\n"),
-                  "3\nok\n4|1\n8\nw1|IDLE|m|1\n");
+                  "4\nok\n4|1\n8\nw1|IDLE|m|1\n");
   // Reopening is idempotent.
   store = open(false);
   CAF_CHECK_EQUAL(count(job_state::queued), 2);
   CAF_CHECK_EQUAL(value_of(store->list_workers(), "list_workers").size(), 1u);
+}
+
+CAF_TEST(a version 3 file migrates to version 4 with counts from its rows) {
+  if (!have_sqlite3_shell()) {
+    CAF_MESSAGE("sqlite3 shell not installed: skipped");
+    return;
+  }
+  store.reset();
+  std::filesystem::remove(path);
+  std::filesystem::remove(path + "-wal");
+  std::filesystem::remove(path + "-shm");
+  // Migrations 1 to 3 exactly as shipped, then jobs in all six states (two
+  // queued, two succeeded) the way version 3 wrote them.
+  auto v3 = std::string{"PRAGMA journal_mode = WAL;\nBEGIN;\n"} + migration_1
+            + migration_2 + migration_3 + R"sql(
+PRAGMA user_version = 3;
+INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3');
+INSERT INTO jobs (model, state, attempts, max_attempts, input, run_at, created_at)
+  VALUES ('m', 'queued', 0, 3, '{}', 1700000000000, 1700000000000),
+         ('m', 'queued', 0, 3, '{}', 1700000000000, 1700000000000),
+         ('m', 'succeeded', 1, 3, '{}', 1700000000000, 1700000000000),
+         ('m', 'succeeded', 1, 3, '{}', 1700000000000, 1700000000000),
+         ('m', 'failed', 1, 3, '{}', 1700000000000, 1700000000000),
+         ('m', 'dead', 3, 3, '{}', 1700000000000, 1700000000000),
+         ('m', 'cancelled', 0, 3, '{}', 1700000000000, 1700000000000);
+INSERT INTO jobs (model, state, attempts, max_attempts, input, worker, lease_seq,
+                  lease_until, run_at, created_at, started_at)
+  VALUES ('m', 'running', 1, 3, '{}', 'w1', 1, 1700000030000, 1700000000000,
+          1700000000000, 1700000000001);
+COMMIT;
+)sql";
+  CAF_REQUIRE_EQUAL(sqlite3_shell(path, v3, true), "wal\n");
+  CAF_REQUIRE_EQUAL(header_user_version(slurp(path)), 3);
+  CAF_REQUIRE_EQUAL(sqlite3_shell(path, "select * from queue_stats;\n"), "1|2\n");
+  store = open(true);
+  CAF_CHECK_EQUAL(counts(), "queued=2 running=1 succeeded=2 failed=1 dead=1 cancelled=1");
+  CAF_CHECK_EQUAL(counts(), counted_rows());
+  // The counts go on from there; the capacity check still reads `queued`.
+  CAF_CHECK(value_of(store->complete(8, 1, "{}", t0), "complete"));
+  CAF_CHECK_EQUAL(code_of(store->enqueue(make_job("m"), 2, t0).error()),
+                  errc::queue_full);
+  CAF_CHECK_EQUAL(enqueue(make_job("m")).id, 9);
+  CAF_CHECK_EQUAL(counts(), "queued=3 succeeded=3 failed=1 dead=1 cancelled=1");
+  CAF_CHECK_EQUAL(counts(), counted_rows());
+  store.reset();
+  CAF_CHECK_EQUAL(header_user_version(slurp(path)), 4);
+  CAF_CHECK_EQUAL(sqlite3_shell(path, "select value from meta where key = "
+                                      "'schema_version';\npragma integrity_check;\n"
+                                      "select * from queue_stats;\n"
+                                      "select name from sqlite_master where type = "
+                                      "'trigger' order by name;\n"),
+                  "4\nok\n1|3|0|3|1|1|1\n"
+                  "jobs_count_delete\njobs_count_insert\njobs_count_update\n");
+  // Reopening is idempotent.
+  store = open(false);
+  CAF_CHECK_EQUAL(counts(), "queued=3 succeeded=3 failed=1 dead=1 cancelled=1");
 }
 
 CAF_TEST(enqueue_batch writes a whole batch with one commit) {
@@ -1951,6 +2095,238 @@ CAF_TEST(an io error on the batch commit writes nothing) {
     CAF_CHECK_EQUAL(sqlite3_shell(path, "pragma integrity_check;\n"
                                         "select count(*) from job_events;\n"),
                     "ok\n11\n");
+}
+
+CAF_TEST(complete_batch completes each job as complete would in one transaction) {
+  std::map<std::string, int> calls;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    ++calls[op + " " + step];
+    return 0;
+  };
+  auto worker = value_of(job_store::open(opts), "open");
+  // `a` loses its first lease (rescued, claimed again: lease_seq 2); `c`
+  // gets a cancel request while it runs.
+  auto a = enqueue(make_job("m"));
+  claim({"m"}, 1, t0);
+  auto b = enqueue(make_job("m"));
+  auto c = enqueue(make_job("m"));
+  auto d = enqueue(make_job("m"));
+  CAF_REQUIRE_EQUAL(ids_of(claim({"m"}, 3, t0 + lease_ms)),
+                    (std::vector<int64_t>{b.id, c.id, d.id}));
+  CAF_REQUIRE_EQUAL(value_of(store->rescue_expired(t0 + lease_ms + 1), "rescue"), 1);
+  auto a2 = claim({"m"}, 1, t0 + lease_ms + 2).at(0);
+  CAF_REQUIRE_EQUAL(a2.id, a.id);
+  CAF_REQUIRE_EQUAL(a2.lease_seq, 2);
+  CAF_REQUIRE(value_of(store->cancel(c.id, t0 + lease_ms + 3), "cancel"));
+  auto t1 = t0 + lease_ms + 10;
+  calls.clear();
+  std::vector<job_completion> batch{
+      {b.id, 1, R"({"y":"b"})"},   // succeeds
+      {a.id, 1, R"({"y":"old"})"}, // stale token: lease lost
+      {c.id, 1, R"({"y":"c"})"},   // cancel requested: cancelled, output dropped
+      {999, 1, "{}"},              // no such job
+      {d.id, 1, R"({"y":"d"})"},   // succeeds
+      {b.id, 1, R"({"y":"b2"})"},  // b again: no longer running
+  };
+  auto results = value_of(worker->complete_batch(batch, t1), "complete_batch");
+  CAF_CHECK_EQUAL(results, (std::vector<bool>{true, false, true, false, true, false}));
+  CAF_CHECK_EQUAL(calls.size(), 2u);
+  CAF_CHECK_EQUAL(calls["complete_batch begin"], 1);
+  CAF_CHECK_EQUAL(calls["complete_batch commit"], 1);
+  auto done_b = get(b.id);
+  CAF_CHECK_EQUAL(done_b.state, job_state::succeeded);
+  CAF_CHECK_EQUAL(done_b.output_json, R"({"y":"b"})");
+  CAF_CHECK_EQUAL(done_b.finished_at_ms, t1);
+  CAF_CHECK_EQUAL(done_b.lease_until_ms, 0);
+  auto still = get(a.id);
+  CAF_CHECK_EQUAL(still.state, job_state::running);
+  CAF_CHECK_EQUAL(still.lease_seq, 2);
+  CAF_CHECK_EQUAL(still.output_json, "");
+  CAF_CHECK_EQUAL(still.lease_until_ms, t0 + lease_ms + 2 + lease_ms);
+  auto cancelled = get(c.id);
+  CAF_CHECK_EQUAL(cancelled.state, job_state::cancelled);
+  CAF_CHECK_EQUAL(cancelled.output_json, "");
+  CAF_CHECK_EQUAL(cancelled.finished_at_ms, t1);
+  CAF_CHECK_EQUAL(get(d.id).state, job_state::succeeded);
+  CAF_CHECK_EQUAL(get(d.id).output_json, R"({"y":"d"})");
+  // One status event per completed job, in batch order, as take_events()
+  // and the stored log both say.
+  auto events = worker->take_events();
+  CAF_CHECK_EQUAL(describe(events),
+                  (std::vector<std::string>{
+                      describe_one(b.id, "status", status_data("succeeded", 1)),
+                      describe_one(c.id, "status", status_data("cancelled", 1)),
+                      describe_one(d.id, "status", status_data("succeeded", 1)),
+                  }));
+  CAF_REQUIRE_EQUAL(events.size(), 3u);
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (i > 0)
+      CAF_CHECK_GREATER(events[i].seq, events[i - 1].seq);
+    CAF_CHECK_EQUAL(events[i].time_ms, t1);
+    CAF_CHECK_EQUAL(events_of(events[i].job_id).back().seq, events[i].seq);
+  }
+  CAF_CHECK(events_of(a.id).back().data_json == status_data("running", 2));
+  CAF_CHECK_EQUAL(counts(), "running=1 succeeded=2 cancelled=1");
+  // The current token still completes `a`; an empty batch opens no
+  // transaction.
+  calls.clear();
+  CAF_CHECK_EQUAL(value_of(worker->complete_batch({{a.id, 2, "{}"}}, t1 + 1), "batch"),
+                  std::vector<bool>{true});
+  CAF_CHECK_EQUAL(get(a.id).attempts, 2);
+  CAF_CHECK_EQUAL(describe(worker->take_events()),
+                  std::vector<std::string>{
+                      describe_one(a.id, "status", status_data("succeeded", 2))});
+  calls.clear();
+  CAF_CHECK(value_of(worker->complete_batch({}, t1 + 2), "empty").empty());
+  CAF_CHECK(calls.empty());
+  CAF_CHECK_EQUAL(counts(), "succeeded=3 cancelled=1");
+}
+
+CAF_TEST(renew_batch extends only held leases and reports cancel requests) {
+  std::map<std::string, int> calls;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    ++calls[op + " " + step];
+    return 0;
+  };
+  auto worker = value_of(job_store::open(opts), "open");
+  auto a = enqueue(make_job("m"));
+  auto b = enqueue(make_job("m"));
+  auto c = enqueue(make_job("m"));
+  auto d = enqueue(make_job("m"));
+  claim({"m"}, 4, t0); // lease_until t0 + lease_ms each
+  CAF_REQUIRE(value_of(store->cancel(b.id, t0 + 1), "cancel"));
+  CAF_REQUIRE(value_of(store->complete(c.id, 1, "{}", t0 + 2), "complete"));
+  worker->take_events();
+  calls.clear();
+  constexpr int64_t longer = 60'000;
+  auto results = value_of(worker->renew_batch({{a.id, 1},
+                                               {b.id, 1},
+                                               {c.id, 1}, // finished
+                                               {d.id, 2}, // not its token
+                                               {999, 1}}, // no such job
+                                              longer, t0 + 1000),
+                          "renew_batch");
+  CAF_REQUIRE_EQUAL(results.size(), 5u);
+  std::vector<std::string> seen;
+  for (auto& r : results)
+    seen.push_back(std::string{r.held ? "held" : "lost"}
+                   + (r.cancel_requested ? "+cancel" : ""));
+  CAF_CHECK_EQUAL(
+      seen, (std::vector<std::string>{"held", "held+cancel", "lost", "lost", "lost"}));
+  CAF_CHECK_EQUAL(calls.size(), 2u);
+  CAF_CHECK_EQUAL(calls["renew_batch begin"], 1);
+  CAF_CHECK_EQUAL(calls["renew_batch commit"], 1);
+  CAF_CHECK_EQUAL(get(a.id).lease_until_ms, t0 + 1000 + longer);
+  CAF_CHECK_EQUAL(get(b.id).lease_until_ms, t0 + 1000 + longer);
+  CAF_CHECK_EQUAL(get(c.id).lease_until_ms, 0);
+  CAF_CHECK_EQUAL(get(c.id).state, job_state::succeeded);
+  CAF_CHECK_EQUAL(get(d.id).lease_until_ms, t0 + lease_ms);
+  CAF_CHECK(worker->take_events().empty()); // heartbeats write no events
+  // Only the lease that was not renewed lapses.
+  CAF_CHECK_EQUAL(value_of(store->rescue_expired(t0 + lease_ms + 1), "rescue"), 1);
+  CAF_CHECK_EQUAL(get(d.id).state, job_state::queued);
+  CAF_CHECK_EQUAL(get(a.id).state, job_state::running);
+  CAF_CHECK_EQUAL(get(b.id).state, job_state::running);
+  calls.clear();
+  CAF_CHECK(value_of(worker->renew_batch({}, longer, t0), "empty").empty());
+  CAF_CHECK(calls.empty());
+}
+
+CAF_TEST(a fault on a complete_batch or renew_batch commit changes nothing) {
+  std::string fail_op;
+  int busy = 0;
+  int failing = 0;
+  int commits = 0;
+  auto opts = options();
+  opts.fault_hook = [&](const std::string& op, const std::string& step) {
+    if (op != fail_op || step != "commit")
+      return 0;
+    ++commits;
+    if (busy > 0) {
+      --busy;
+      return sqlite_busy;
+    }
+    if (failing > 0) {
+      --failing;
+      return sqlite_ioerr;
+    }
+    return 0;
+  };
+  auto faulty = value_of(job_store::open(opts), "open");
+  auto a = enqueue(make_job("m"));
+  auto b = enqueue(make_job("m"));
+  auto c = enqueue(make_job("m"));
+  CAF_REQUIRE_EQUAL(value_of(faulty->claim("w1", {"m"}, 3, lease_ms, t0), "claim").size(),
+                    3u);
+  CAF_REQUIRE(value_of(store->cancel(c.id, t0 + 1), "cancel"));
+  faulty->take_events();
+  std::vector<job_completion> batch{
+      {a.id, 1, R"({"y":"a"})"}, {b.id, 1, R"({"y":"b"})"}, {c.id, 1, R"({"y":"c"})"}};
+  auto unchanged = [&] {
+    for (auto id : {a.id, b.id, c.id}) {
+      auto rec = get(id);
+      CAF_CHECK_EQUAL(rec.state, job_state::running);
+      CAF_CHECK_EQUAL(rec.lease_seq, 1);
+      CAF_CHECK_EQUAL(rec.output_json, "");
+      CAF_CHECK_EQUAL(rec.finished_at_ms, 0);
+      CAF_CHECK_EQUAL(rec.lease_until_ms, t0 + lease_ms);
+      CAF_CHECK_EQUAL(events_of(id).size(), id == c.id ? 3u : 2u);
+    }
+    CAF_CHECK(get(c.id).cancel_requested);
+    CAF_CHECK_EQUAL(counts(), "running=3");
+    CAF_CHECK(faulty->take_events().empty());
+  };
+  // An I/O error on the COMMIT: an error naming the operation, nothing
+  // written, no events.
+  fail_op = "complete_batch";
+  failing = 1;
+  auto broken = faulty->complete_batch(batch, t0 + 5);
+  CAF_REQUIRE(!broken);
+  CAF_CHECK_EQUAL(code_of(broken.error()), errc::storage_error);
+  CAF_CHECK_NOT_EQUAL(message_of(broken.error()).find("complete_batch: "),
+                      std::string::npos);
+  CAF_CHECK_NOT_EQUAL(message_of(broken.error()).find("injected"), std::string::npos);
+  CAF_CHECK_EQUAL(commits, 1);
+  unchanged();
+  fail_op = "renew_batch";
+  failing = 1;
+  commits = 0;
+  auto no_renew = faulty->renew_batch({{a.id, 1}, {b.id, 1}}, 60'000, t0 + 5);
+  CAF_REQUIRE(!no_renew);
+  CAF_CHECK_EQUAL(code_of(no_renew.error()), errc::storage_error);
+  CAF_CHECK_NOT_EQUAL(message_of(no_renew.error()).find("renew_batch: "),
+                      std::string::npos);
+  CAF_CHECK_EQUAL(commits, 1);
+  unchanged();
+  // Busy commits are retried: each job completed once, one event each.
+  fail_op = "renew_batch";
+  busy = 2;
+  commits = 0;
+  auto renewed = value_of(faulty->renew_batch({{a.id, 1}}, 60'000, t0 + 6), "renew");
+  CAF_CHECK_EQUAL(commits, 3);
+  CAF_REQUIRE_EQUAL(renewed.size(), 1u);
+  CAF_CHECK(renewed[0].held);
+  CAF_CHECK_EQUAL(get(a.id).lease_until_ms, t0 + 6 + 60'000);
+  fail_op = "complete_batch";
+  busy = 2;
+  commits = 0;
+  auto results = value_of(faulty->complete_batch(batch, t0 + 7), "complete_batch");
+  CAF_CHECK_EQUAL(commits, 3);
+  CAF_CHECK_EQUAL(results, (std::vector<bool>{true, true, true}));
+  CAF_CHECK_EQUAL(describe(faulty->take_events()),
+                  (std::vector<std::string>{
+                      describe_one(a.id, "status", status_data("succeeded", 1)),
+                      describe_one(b.id, "status", status_data("succeeded", 1)),
+                      describe_one(c.id, "status", status_data("cancelled", 1)),
+                  }));
+  CAF_CHECK_EQUAL(get(a.id).output_json, R"({"y":"a"})");
+  CAF_CHECK_EQUAL(counts(), "succeeded=2 cancelled=1");
+  if (have_sqlite3_shell())
+    CAF_CHECK_EQUAL(sqlite3_shell(path, "pragma integrity_check;\n"
+                                        "select count(*) from job_events;\n"),
+                    "ok\n10\n");
 }
 
 CAF_TEST(record_worker inserts then updates and keeps started_at) {

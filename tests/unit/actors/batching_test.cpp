@@ -1,0 +1,170 @@
+// Dynamic batching in the queue actor, on CAF's deterministic coordinator
+// with its virtual clock: a batch leaves when full or when its oldest request
+// has waited max_queue_delay_us, never earlier.
+#define CAF_SUITE batching
+#include "tests/unit/test_support.hpp"
+
+#include "actors/queue.hpp"
+
+#include <caf/test/dsl.hpp>
+
+#include "messages/errors.hpp"
+#include "tests/unit/actors/fake_worker.hpp"
+
+using namespace infergrid;
+using testing::fake_worker;
+using testing::fake_worker_state;
+
+namespace {
+
+constexpr int64_t delay_us = 2000;
+
+struct fixture : test_coordinator_fixture<> {
+  testing::temp_dir dir;
+  queue_actor queue;
+
+  fixture() {
+    persistence::store_options opts;
+    opts.path = dir.str("infergrid.db");
+    opts.checkpointer = true;
+    auto store = persistence::job_store::open(opts);
+    CAF_REQUIRE(store);
+    queue_config cfg;
+    cfg.settings.max_interactive = 64;
+    cfg.tick = false;
+    model_info classifier;
+    classifier.name = "classifier";
+    classifier.max_batch_size = 4;
+    classifier.max_queue_delay_us = delay_us;
+    model_info lm;
+    lm.name = "tinylm";
+    lm.kind = model_kind::generate;
+    cfg.models = {classifier, lm};
+    queue = spawn_queue(sys, cfg, std::shared_ptr<persistence::job_store>(std::move(*store)));
+    sched.run();
+  }
+
+  ~fixture() {
+    anon_send_exit(queue, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+
+  // Registers an idle worker (its first look for durable work found none).
+  worker_actor add_worker(const std::string& id) {
+    auto w = sys.spawn(fake_worker);
+    worker_registration reg{id, {"classifier", "tinylm"}, {}, "cpu"};
+    inject((register_atom, worker_actor, worker_registration),
+           from(self).to(queue).with(register_atom::value, w, reg));
+    expect((work_atom), from(queue).to(w));
+    inject((idle_atom, std::string, bool),
+           from(w).to(queue).with(idle_atom::value, id, false));
+    return w;
+  }
+
+  void idle(const worker_actor& w, const std::string& id) {
+    inject((idle_atom, std::string, bool),
+           from(w).to(queue).with(idle_atom::value, id, true));
+    sched.run();
+  }
+
+  void infer(int n) {
+    for (int i = 0; i < n; ++i)
+      self->send(queue, infer_atom::value,
+                 infer_request{"classifier", {make_float_tensor("x", {1}, {1.f})},
+                               "r" + std::to_string(i)});
+    sched.run();
+  }
+
+  // The answers self received so far: the batch size each request ran in.
+  std::vector<float> answers() {
+    std::vector<float> out;
+    while (!self->mailbox().empty())
+      self->receive(
+        [&](std::vector<tensor_data>& ys) { out.push_back(float_values(ys.at(0)).at(0)); },
+        [&](generate_reply& r) { out.push_back(-1.f * static_cast<float>(r.text.size())); },
+        [&](caf::error& err) { CAF_FAIL("request failed: " << message_of(err)); });
+    return out;
+  }
+
+  std::vector<std::size_t> batches(const worker_actor& w) {
+    return deref<worker_actor::stateful_base<fake_worker_state>>(w).state.batch_sizes;
+  }
+
+  void advance_us(int64_t us) {
+    sched.advance_time(std::chrono::microseconds(us));
+    sched.run();
+  }
+};
+
+} // namespace
+
+CAF_TEST_FIXTURE_SCOPE(batching_tests, fixture)
+
+CAF_TEST(a lone request waits exactly max_queue_delay_us) {
+  auto w = add_worker("w1");
+  infer(1);
+  CAF_CHECK(batches(w).empty());
+  advance_us(delay_us - 1);
+  CAF_CHECK(batches(w).empty());
+  advance_us(1);
+  CAF_CHECK_EQUAL(batches(w), std::vector<std::size_t>{1});
+  CAF_CHECK_EQUAL(answers(), std::vector<float>{1.f});
+}
+
+CAF_TEST(a full batch leaves at once) {
+  auto w = add_worker("w1");
+  infer(4);
+  CAF_CHECK_EQUAL(batches(w), std::vector<std::size_t>{4});
+  CAF_CHECK_EQUAL(answers(), std::vector<float>(4, 4.f));
+}
+
+CAF_TEST(requests gather while the worker is busy and leave in batches) {
+  auto w = add_worker("w1");
+  infer(4); // fills a batch: the worker is busy from now on
+  CAF_CHECK_EQUAL(answers().size(), 4u);
+  infer(6); // wait: the worker has not said idle
+  CAF_CHECK_EQUAL(batches(w).size(), 1u);
+  idle(w, "w1");
+  // Four are a full batch; the other two have not waited long enough.
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4}));
+  idle(w, "w1");
+  CAF_CHECK_EQUAL(batches(w).size(), 2u);
+  advance_us(delay_us);
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4, 2}));
+  auto got = answers();
+  CAF_CHECK_EQUAL(got.size(), 6u);
+}
+
+CAF_TEST(a request of another model does not wait behind a forming batch) {
+  auto w = add_worker("w1");
+  infer(1);
+  generate_request g;
+  g.model = "tinylm";
+  g.params.prompt = "abc";
+  self->send(queue, generate_atom::value, g);
+  sched.run();
+  // The generation went first; the tensor request still waits for its delay.
+  auto& st = deref<worker_actor::stateful_base<fake_worker_state>>(w).state;
+  CAF_CHECK_EQUAL(st.generate_prompts, std::vector<std::string>{"abc"});
+  CAF_CHECK(batches(w).empty());
+  CAF_CHECK_EQUAL(answers(), std::vector<float>{-3.f});
+  idle(w, "w1");
+  advance_us(delay_us);
+  CAF_CHECK_EQUAL(batches(w), std::vector<std::size_t>{1});
+}
+
+CAF_TEST(requests past their deadline are refused not run) {
+  auto w = add_worker("w1");
+  infer(4);
+  CAF_CHECK_EQUAL(answers().size(), 4u);
+  infer(1); // the worker is busy; this one waits
+  advance_us(31'000'000); // past interactive_timeout_ms (30 s)
+  idle(w, "w1");
+  CAF_CHECK_EQUAL(batches(w).size(), 1u);
+  bool timed_out = false;
+  self->receive([](std::vector<tensor_data>&) { CAF_FAIL("expired request ran"); },
+                [&](caf::error& err) { timed_out = code_of(err) == errc::timeout; });
+  CAF_CHECK(timed_out);
+}
+
+CAF_TEST_FIXTURE_SCOPE_END()

@@ -1,0 +1,53 @@
+// A worker for queue tests: records what the queue gives it and answers
+// interactive work at once.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "actors/interfaces.hpp"
+
+namespace infergrid::testing {
+
+struct fake_worker_state {
+  int work_messages = 0;
+  int infer_messages = 0;
+  /// Requests per infer batch received, in order.
+  std::vector<std::size_t> batch_sizes;
+  std::vector<int64_t> cancels;
+  std::vector<std::string> generate_prompts;
+};
+
+/// Answers each request of a batch with one tensor "echo" holding the batch's
+/// size; a generation with the prompt reversed.
+inline worker_actor::behavior_type
+fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
+  return {
+    [self](work_atom) { ++self->state.work_messages; },
+    [self](infer_atom, const infer_batch& batch) -> infer_batch_result {
+      ++self->state.infer_messages;
+      self->state.batch_sizes.push_back(batch.requests.size());
+      infer_batch_result out;
+      for (std::size_t i = 0; i < batch.requests.size(); ++i)
+        out.outputs.push_back(
+          {make_float_tensor("echo", {1}, {static_cast<float>(batch.requests.size())})});
+      return out;
+    },
+    [self](generate_atom, const generate_request& req) -> generate_reply {
+      self->state.generate_prompts.push_back(req.params.prompt);
+      generate_reply out;
+      out.text = std::string(req.params.prompt.rbegin(), req.params.prompt.rend());
+      out.finish_reason = "length";
+      return out;
+    },
+    [](speech_atom, const speech_request&) -> speech_reply { return {}; },
+    [](renew_atom) {},
+    [self](cancel_atom, int64_t id) { self->state.cancels.push_back(id); },
+    [](chunk_atom, int64_t, int64_t, const std::string&) {},
+    [](status_atom, const std::vector<model_status>&, const std::vector<model_metrics>&) {},
+    [](load_atom, const std::string&) -> worker_status { return {}; },
+    [](unload_atom, const std::string&) -> worker_status { return {}; },
+  };
+}
+
+} // namespace infergrid::testing
