@@ -261,8 +261,13 @@ caf::result<Reply> run_streaming(worker_pointer self, Atom atom, Request req) {
             done();
           },
           [self, rp, done, key](caf::error& err) mutable {
-            if (err == caf::sec::request_timeout)
+            if (err == caf::sec::request_timeout) {
               self->state.cancels->raise(key);
+              err = make_error(errc::timeout,
+                               "the request ran past workers.generate_timeout_ms of "
+                                   + std::to_string(self->state.cfg.generate_timeout_ms)
+                                   + " ms");
+            }
             rp.deliver(std::move(err));
             done();
           });

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "actors/interfaces.hpp"
 
@@ -37,8 +38,9 @@ public:
                    unsigned status) const;
 
   /// Renders every series in Prometheus text format 0.0.4. The cluster
-  /// gauges (jobs, workers, interactive waiting) appear only when `stats`
-  /// is given; `in_flight` < 0 leaves out infergrid_http_in_flight.
+  /// gauges (jobs, workers, interactive waiting) and the per-model series
+  /// (render_model_metrics) appear only when `stats` is given; `in_flight` < 0 leaves out
+  /// infergrid_http_in_flight.
   std::string render(const cluster_stats* stats = nullptr, int64_t in_flight = -1) const;
 
 private:
@@ -52,6 +54,13 @@ private:
   std::map<std::tuple<std::string, std::string, unsigned>, int64_t> requests_;
   std::map<std::string, histogram> durations_;
 };
+
+/// Appends the per-model series of `workers` (requests, failures, queue,
+/// compute and batch-size histograms, tokens, audio, residency, memory) and
+/// infergrid_worker_state, each family with its HELP and TYPE lines, labelled
+/// {model, worker}. Histogram counts in histogram_data are per bucket; they
+/// are rendered cumulative. Part of render() when stats are given.
+void render_model_metrics(std::string& out, const std::vector<worker_status>& workers);
 
 /// Renders a double the shortest way that reads back exactly ("0.0005",
 /// "10", "+Inf", "NaN"), as Prometheus clients do.

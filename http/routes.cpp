@@ -6,13 +6,16 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <ctime>
 #include <random>
 
 #include <caf/sec.hpp>
 #include <nlohmann/json.hpp>
 
+#include "messages/audio.hpp"
 #include "messages/kserve.hpp"
 
 namespace infergrid::http {
@@ -293,6 +296,7 @@ route_match match_route(std::string_view method, std::string_view target) {
   std::vector<method_route> methods;
   const char* pattern = nullptr;
   std::string_view param;
+  std::string_view param2;
   auto get = [&](route_id id, const char* p) {
     methods = {{"GET", id}};
     pattern = p;
@@ -324,8 +328,26 @@ route_match match_route(std::string_view method, std::string_view target) {
   } else if (job_path && n == 4 && is(3, "events")) {
     get(route_id::job_events, "/v1/jobs/{id}/events");
     param = seg[2];
+  } else if (job_path && n == 5 && is(3, "artifacts") && !seg[4].empty()) {
+    get(route_id::job_artifact, "/v1/jobs/{id}/artifacts/{name}");
+    param = seg[2];
+    param2 = seg[4];
   } else if (n == 2 && is(0, "v1") && is(1, "models")) {
     get(route_id::models_list, "/v1/models");
+  } else if (n == 4 && is(0, "v1") && is(1, "models") && !seg[2].empty()
+             && is(3, "load")) {
+    post(route_id::model_load, "/v1/models/{m}/load");
+    param = seg[2];
+  } else if (n == 4 && is(0, "v1") && is(1, "models") && !seg[2].empty()
+             && is(3, "unload")) {
+    post(route_id::model_unload, "/v1/models/{m}/unload");
+    param = seg[2];
+  } else if (n == 2 && is(0, "v1") && is(1, "completions")) {
+    post(route_id::completions, "/v1/completions");
+  } else if (n == 3 && is(0, "v1") && is(1, "chat") && is(2, "completions")) {
+    post(route_id::chat_completions, "/v1/chat/completions");
+  } else if (n == 3 && is(0, "v1") && is(1, "audio") && is(2, "speech")) {
+    post(route_id::audio_speech, "/v1/audio/speech");
   } else if (n >= 3 && n <= 4 && is(0, "v2") && is(1, "models") && !seg[2].empty()) {
     param = seg[2];
     if (n == 3)
@@ -339,6 +361,7 @@ route_match match_route(std::string_view method, std::string_view target) {
     return m;
   m.pattern = pattern;
   m.param = percent_decode(param);
+  m.param2 = percent_decode(param2);
   for (auto& x : methods) {
     if (x.method == method) {
       m.id = x.id;
@@ -841,27 +864,193 @@ reply model_metadata_reply(const std::vector<model_info>& models,
                               {"outputs", specs_json(i->outputs)}});
 }
 
-reply model_ready_reply(const cluster_stats& stats, const std::string& name) {
+namespace {
+
+// The model's entry in a worker's status, or null.
+const model_status* find_model(const worker_status& w, const std::string& name) {
+  for (auto& m : w.models)
+    if (m.name == name)
+      return &m;
+  return nullptr;
+}
+
+// A worker that takes no new work: its models do not count as servable.
+bool out_of_service(const worker_status& w) {
+  return w.phase == "DRAINING" || w.phase == "ERROR";
+}
+
+bool in_ready_models(const cluster_stats& stats, const std::string& name) {
   auto& ready = stats.ready_models;
-  if (std::find(ready.begin(), ready.end(), name) != ready.end())
+  return std::find(ready.begin(), ready.end(), name) != ready.end();
+}
+
+} // namespace
+
+std::string model_state(const cluster_stats& stats, const std::string& name) {
+  if (stats.workers.empty())
+    return in_ready_models(stats, name) ? "READY" : "unavailable";
+  // Best first: what a client can expect of a request for the model.
+  static constexpr const char* order[] = {"READY", "LOADING", "UNLOADED", "FAILED"};
+  std::size_t best = std::size(order);
+  bool listed = false;
+  for (auto& w : stats.workers) {
+    auto m = find_model(w, name);
+    if (m == nullptr)
+      continue;
+    listed = true;
+    for (std::size_t i = 0; i < best; ++i)
+      if (m->state == order[i])
+        best = i;
+  }
+  if (best < std::size(order))
+    return order[best];
+  // Listed only with states we do not know: say so rather than guess.
+  return listed ? "unknown" : "unavailable";
+}
+
+bool model_servable(const cluster_stats& stats, const std::string& name) {
+  if (in_ready_models(stats, name))
+    return true;
+  for (auto& w : stats.workers) {
+    if (out_of_service(w))
+      continue;
+    if (auto m = find_model(w, name);
+        m && (m->state == "READY" || m->state == "UNLOADED"))
+      return true;
+  }
+  return false;
+}
+
+reply model_ready_reply(const cluster_stats& stats, const std::string& name) {
+  if (model_servable(stats, name))
     return json_reply(200, json{{"name", name}, {"ready", true}});
   return error_reply(errc::unavailable,
                      "model '" + clip(name) + "' is not ready on any worker");
 }
 
+namespace {
+
+json model_on_worker(const worker_status& w, const model_status& m) {
+  json out{{"worker", w.worker_id}, {"state", m.state}};
+  if (!m.error.empty())
+    out["error"] = m.error;
+  return out;
+}
+
+} // namespace
+
 reply models_list_reply(const std::vector<model_info>& models,
                         const cluster_stats& stats) {
-  auto& ready = stats.ready_models;
   auto list = json::array();
   for (auto& m : models) {
-    bool is_ready = std::find(ready.begin(), ready.end(), m.name) != ready.end();
-    list.push_back(json{{"name", m.name},
-                        {"kind", to_string(m.kind)},
-                        {"state", is_ready ? "ready" : "not_ready"},
-                        {"inputs", specs_json(m.inputs)},
-                        {"outputs", specs_json(m.outputs)}});
+    auto workers = json::array();
+    for (auto& w : stats.workers) {
+      auto st = find_model(w, m.name);
+      if (st == nullptr)
+        continue;
+      auto entry = model_on_worker(w, *st);
+      entry["device"] = w.device;
+      entry["memory_mb"] = st->memory_mb;
+      entry["last_used"] = time_or_null(st->last_used_ms);
+      workers.push_back(std::move(entry));
+    }
+    json entry{{"name", m.name},
+               {"kind", to_string(m.kind)},
+               {"state", model_state(stats, m.name)},
+               {"device", m.device}};
+    if (m.kind == model_kind::speech)
+      entry["sample_rate"] = m.sample_rate;
+    entry["inputs"] = specs_json(m.inputs);
+    entry["outputs"] = specs_json(m.outputs);
+    entry["workers"] = std::move(workers);
+    list.push_back(std::move(entry));
   }
   return json_reply(200, json{{"models", std::move(list)}});
+}
+
+reply model_change_reply(const std::string& model,
+                         const std::vector<worker_status>& workers) {
+  auto list = json::array();
+  for (auto& w : workers)
+    if (auto st = find_model(w, model))
+      list.push_back(model_on_worker(w, *st));
+  return json_reply(200, json{{"model", model}, {"workers", std::move(list)}});
+}
+
+caf::expected<openai_request> parse_openai_request(const std::string& body, bool chat) {
+  if (json_depth(body) > max_json_depth)
+    return invalid("body: nested deeper than " + std::to_string(max_json_depth)
+                   + " levels");
+  return chat ? decode_chat_request(body) : decode_completion_request(body);
+}
+
+caf::expected<speech_http_request> parse_speech_request(const std::string& body) {
+  if (json_depth(body) > max_json_depth)
+    return invalid("body: nested deeper than " + std::to_string(max_json_depth)
+                   + " levels");
+  return decode_speech_request(body);
+}
+
+std::string completion_id(bool chat, const std::string& request_id) {
+  return (chat ? "chatcmpl-" : "cmpl-") + request_id;
+}
+
+openai_result openai_result_of(const generate_reply& r) {
+  openai_result out;
+  out.text = r.text;
+  out.prompt_tokens = r.prompt_tokens;
+  out.completion_tokens = r.tokens;
+  out.finish_reason = r.finish_reason;
+  return out;
+}
+
+reply completion_reply(const openai_request& req, const std::string& request_id,
+                       int64_t created_s, const generate_reply& r) {
+  reply out;
+  auto id = completion_id(req.chat, request_id);
+  auto result = openai_result_of(r);
+  out.body = req.chat ? encode_chat_completion(id, req.model, created_s, result)
+                      : encode_completion(id, req.model, created_s, result);
+  if (!r.worker.empty())
+    out.headers.emplace_back("X-Worker", r.worker);
+  return out;
+}
+
+std::string real_time_factor_text(double rtf) {
+  if (!(rtf >= 0) || std::isinf(rtf))
+    rtf = 0;
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.4f", rtf);
+  return buf;
+}
+
+reply speech_response(const speech_http_request& req, const speech_reply& r) {
+  reply out;
+  if (req.response_format == "pcm") {
+    out.content_type = "audio/pcm";
+    out.body = r.pcm16;
+  } else {
+    out.content_type = "audio/wav";
+    out.body = encode_wav(r.pcm16, r.sample_rate);
+  }
+  out.headers.emplace_back("X-Sample-Rate", std::to_string(r.sample_rate));
+  out.headers.emplace_back("X-Real-Time-Factor",
+                           real_time_factor_text(r.real_time_factor));
+  out.headers.emplace_back("X-Worker", r.worker);
+  return out;
+}
+
+bool valid_artifact_name(std::string_view name) {
+  if (name.empty() || name.size() > 255 || name == "." || name == "..")
+    return false;
+  return std::none_of(name.begin(), name.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return c == '/' || c == '\\' || u < 0x20 || u == 0x7f;
+  });
+}
+
+std::string artifact_content_type(const artifact_ref& ref) {
+  return ref.content_type.empty() ? "application/octet-stream" : ref.content_type;
 }
 
 } // namespace infergrid::http

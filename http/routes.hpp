@@ -15,6 +15,8 @@
 
 #include "actors/interfaces.hpp"
 #include "messages/errors.hpp"
+#include "messages/openai.hpp"
+#include "messages/speech_io.hpp"
 
 namespace infergrid::http {
 
@@ -66,6 +68,16 @@ enum class route_id {
   model_metadata,
   model_ready,
   model_infer,
+  /// POST /v1/completions and /v1/chat/completions (OpenAI shapes).
+  completions,
+  chat_completions,
+  /// POST /v1/audio/speech.
+  audio_speech,
+  /// GET /v1/jobs/{id}/artifacts/{name}.
+  job_artifact,
+  /// POST /v1/models/{m}/load | unload.
+  model_load,
+  model_unload,
 };
 
 struct route_match {
@@ -75,6 +87,8 @@ struct route_match {
   std::string pattern = "unmatched";
   /// The path parameter ({id} or {m}), percent-decoded.
   std::string param;
+  /// The second path parameter ({name} of an artifact), percent-decoded.
+  std::string param2;
   /// The path without query string.
   std::string path;
   /// Set when the path is known but the method is not allowed on it: the
@@ -176,9 +190,65 @@ reply infer_reply(const std::string& model, const std::string& id,
                   const std::vector<tensor_data>& outputs);
 reply model_metadata_reply(const std::vector<model_info>& models,
                            const std::string& name);
+/// 200 while at least one worker that is not draining or in error holds the
+/// model READY or UNLOADED (loaded on demand); 503 otherwise.
 reply model_ready_reply(const cluster_stats& stats, const std::string& name);
+/// {"models": [{"name", "kind", "state", "device", "sample_rate" (speech
+///  models only), "inputs", "outputs",
+///  "workers": [{"worker", "device", "state", "error"?, "memory_mb",
+///  "last_used"}]}]}; "state" is model_state().
 reply models_list_reply(const std::vector<model_info>& models,
                         const cluster_stats& stats);
+
+/// A model's state over all workers: READY if one holds it READY, else
+/// LOADING, else UNLOADED (loads on demand), else FAILED; "unavailable" when
+/// no worker serves it ("unknown" when workers list it only with states
+/// other than these). Without per-worker states (stats.workers empty) the
+/// model is READY when it is in stats.ready_models.
+std::string model_state(const cluster_stats& stats, const std::string& name);
+
+/// Whether a request for the model can run now or after an on-demand load:
+/// see model_ready_reply.
+bool model_servable(const cluster_stats& stats, const std::string& name);
+
+/// POST /v1/models/{m}/load | unload: {"model", "workers": [{"worker",
+/// "state", "error"?}]}, the model's state on each worker that serves it.
+reply model_change_reply(const std::string& model,
+                         const std::vector<worker_status>& workers);
+
+// -- OpenAI routes and speech --------------------------------------------------
+
+/// decode_completion_request (chat false) or decode_chat_request (chat
+/// true), after refusing bodies nested deeper than max_json_depth.
+caf::expected<openai_request> parse_openai_request(const std::string& body, bool chat);
+
+/// decode_speech_request after the same depth check.
+caf::expected<speech_http_request> parse_speech_request(const std::string& body);
+
+/// "cmpl-<request id>" or "chatcmpl-<request id>".
+std::string completion_id(bool chat, const std::string& request_id);
+
+/// The result of a finished generation as openai_result.
+openai_result openai_result_of(const generate_reply& r);
+
+/// 200 with encode_completion or encode_chat_completion; X-Worker names the
+/// worker.
+reply completion_reply(const openai_request& req, const std::string& request_id,
+                       int64_t created_s, const generate_reply& r);
+
+/// 200 audio/wav (a WAV file) or audio/pcm (raw PCM16 LE mono) with
+/// X-Sample-Rate, X-Real-Time-Factor and X-Worker.
+reply speech_response(const speech_http_request& req, const speech_reply& r);
+
+/// The value of X-Real-Time-Factor: fixed, 4 decimals ("0.0123").
+std::string real_time_factor_text(double rtf);
+
+/// An artifact name a client may ask for: 1-255 bytes, no '/', '\\' or
+/// control character, not "." or "..".
+bool valid_artifact_name(std::string_view name);
+
+/// "audio/wav" etc., or application/octet-stream when the store gave none.
+std::string artifact_content_type(const artifact_ref& ref);
 
 /// The job as API.md shows it, as JSON text.
 std::string job_json(const job_record& job);

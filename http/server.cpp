@@ -2,7 +2,8 @@
 // own strand, and the bridge to the gateway through one-shot requester actors
 // (caf-0.17-notes.md §6.1). No I/O thread ever waits on an actor. Event
 // streams (SSE) get a per-connection subscriber actor that posts each live
-// event to the connection's strand (§6.2).
+// event to the connection's strand (§6.2); streamed completions and speech
+// get a chunk sink actor that does the same with each piece of the result.
 #include "http/server.hpp"
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/http/file_body.hpp>
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
@@ -39,6 +41,7 @@
 
 #include "http/metrics.hpp"
 #include "http/routes.hpp"
+#include "http/streams.hpp"
 #include "messages/errors.hpp"
 
 namespace infergrid::http {
@@ -71,6 +74,18 @@ constexpr auto sse_keepalive_interval = std::chrono::seconds(15);
 /// resumes with Last-Event-ID.
 constexpr std::size_t sse_max_pending = 1024;
 
+/// Generated text a streamed completion holds for a client that does not keep
+/// up; past it deltas are dropped and the final reply supplies the rest.
+constexpr std::size_t completion_max_pending = 256 * 1024;
+
+/// The same for the PCM of a streamed synthesis (about 87 s at 24 kHz).
+constexpr std::size_t speech_max_pending = 4 * 1024 * 1024;
+
+/// How long a model load may take; a generation or synthesis may take
+/// http_settings::run_timeout_ms (workers.generate_timeout_ms). The workers
+/// enforce the real limits; these backstops only cover lost answers.
+constexpr auto load_backstop = std::chrono::minutes(10);
+
 constexpr const char* metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
 class session;
@@ -99,6 +114,28 @@ struct shared_state {
     // A backstop: the gateway and queue enforce request_timeout_ms with a
     // message that says what was late; ours only covers lost answers.
     actor_timeout = request_timeout + timeout_grace;
+    auto run_ms = this->opts.run_timeout_ms > 0 ? this->opts.run_timeout_ms : int64_t{600000};
+    run_timeout = request_timeout
+                  + std::max(std::chrono::milliseconds(run_ms),
+                             std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 load_backstop))
+                  + timeout_grace;
+  }
+
+  /// The sample rate of a speech model as GET /v1/models last listed it.
+  bool sample_rate_of(const std::string& model, int64_t& rate) {
+    std::lock_guard<std::mutex> guard{rates_mtx};
+    auto i = sample_rates.find(model);
+    if (i == sample_rates.end())
+      return false;
+    rate = i->second;
+    return true;
+  }
+
+  void remember_models(const std::vector<model_info>& models) {
+    std::lock_guard<std::mutex> guard{rates_mtx};
+    for (auto& m : models)
+      sample_rates[m.name] = m.sample_rate;
   }
 
   caf::actor_system& sys;
@@ -106,10 +143,17 @@ struct shared_state {
   http_settings opts;
   std::chrono::milliseconds request_timeout{30000};
   std::chrono::milliseconds actor_timeout{30250};
+  /// For requests that wait for a model to run: generate, speech, load.
+  std::chrono::milliseconds run_timeout{630250};
   std::atomic<int64_t> in_flight{0};
   std::atomic<bool> accepting{true};
   metrics_registry metrics;
   std::shared_ptr<gate> gate_ptr = std::make_shared<gate>();
+
+  /// Model name -> sample rate (0 for other kinds), from models_atom answers;
+  /// the repository does not change while the server runs.
+  std::mutex rates_mtx;
+  std::unordered_map<std::string, int64_t> sample_rates;
 
   /// Open connections. Strong references: a session waiting for an actor has
   /// no pending I/O operation, so this map keeps it alive. Guarded by
@@ -162,15 +206,14 @@ public:
   using executor_type = beast::tcp_stream::executor_type;
 
   session(tcp::socket&& socket, std::shared_ptr<shared_state> state, uint64_t id)
-      : stream_(std::move(socket)),
-        keepalive_timer_(stream_.get_executor()),
-        state_(std::move(state)),
-        id_(id) {}
+      : stream_(std::move(socket)), keepalive_timer_(stream_.get_executor()),
+        state_(std::move(state)), id_(id) {}
 
   ~session() {
     if (busy_)
       state_->in_flight.fetch_sub(1);
     stream_cleanup();
+    result_cleanup();
   }
 
   executor_type executor() {
@@ -194,6 +237,9 @@ public:
   /// A live event from the subscriber of stream `sid` (on the strand).
   void on_live_event(uint64_t sid, job_event ev);
 
+  /// A piece of the streamed result `sid` from its chunk sink (on the strand).
+  void on_result_chunk(uint64_t sid, std::string data);
+
   /// Sends `r` as the answer to the current request. Only call while busy.
   void respond(reply r);
 
@@ -201,7 +247,15 @@ public:
   /// `on_ok(session&, T&)` or `on_err(session&, caf::error&)` on the strand
   /// while the current request is unanswered.
   template <class T, class OnOk, class OnErr, class... Ts>
-  void ask_or(OnOk on_ok, OnErr on_err, Ts... xs);
+  void ask_or(OnOk on_ok, OnErr on_err, Ts... xs) {
+    ask_or_within<T>(state_->actor_timeout, std::move(on_ok), std::move(on_err),
+                     std::move(xs)...);
+  }
+
+  /// ask_or with its own deadline.
+  template <class T, class OnOk, class OnErr, class... Ts>
+  void ask_or_within(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err,
+                     Ts... xs);
 
   /// ask_or with the default error path: gateway_error_reply.
   template <class T, class OnOk, class... Ts>
@@ -210,6 +264,17 @@ public:
         std::move(on_ok),
         [](session& s, caf::error& err) {
           s.respond(gateway_error_reply(err, s.state_->actor_timeout.count()));
+        },
+        std::move(xs)...);
+  }
+
+  /// ask for a request that waits for a model to run (run_timeout).
+  template <class T, class OnOk, class... Ts>
+  void ask_run(OnOk on_ok, Ts... xs) {
+    ask_or_within<T>(
+        state_->run_timeout, std::move(on_ok),
+        [](session& s, caf::error& err) {
+          s.respond(gateway_error_reply(err, s.state_->run_timeout.count()));
         },
         std::move(xs)...);
   }
@@ -227,7 +292,7 @@ private:
   /// ask_or without the guard: the callbacks run on the strand whenever the
   /// answer comes, as long as the session exists.
   template <class T, class OnOk, class OnErr, class... Ts>
-  void ask_raw(OnOk on_ok, OnErr on_err, Ts... xs);
+  void ask_raw(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err, Ts... xs);
 
   /// ask_or for an event stream whose header is out: the callbacks run while
   /// the stream is open.
@@ -397,6 +462,7 @@ private:
 
   void finish() {
     stream_cleanup();
+    result_cleanup();
     if (closed_)
       return;
     closed_ = true;
@@ -462,14 +528,93 @@ private:
   void end_stream(const char* why);
   void stream_cleanup();
 
+  // -- streamed results (completions and speech with "stream": true) ---------
+
+  /// One streamed answer. Until its header goes out, the request is answered
+  /// the ordinary way (an error before the first piece is a JSON error); from
+  /// then on the body is written as pieces come, and the connection closes
+  /// after it. It counts as in flight until it ends.
+  struct result_stream {
+    /// Tells this stream's posts from those of an earlier one.
+    uint64_t id = 0;
+    /// "completion" or "speech", for log lines.
+    const char* what = "completion";
+    /// Receives the pieces; told to exit when the stream ends, which stops
+    /// the worker (it monitors the sink).
+    chunk_sink_actor sink;
+    /// Exactly one of these is set.
+    std::optional<completion_stream> text;
+    std::optional<speech_stream> audio;
+    /// Speech: "audio/wav" or "audio/pcm".
+    std::string content_type;
+    /// The body uses HTTP/1.1 chunked transfer (speech, HTTP/1.1 clients).
+    bool chunked = false;
+    /// The header is being written or was written.
+    bool streaming = false;
+    /// An async_write (header or body) is out.
+    bool writing = false;
+    /// The last chunk (with its trailer) is queued or written.
+    bool last_chunk = false;
+    /// The sink is gone and everything else is dropped.
+    bool ended = false;
+    /// The bytes of the write that is out.
+    std::string out;
+    uint64_t keepalive_gen = 0;
+    std::array<char, 1024> discard{};
+    bhttp::response<bhttp::empty_body> head;
+    std::optional<bhttp::response_serializer<bhttp::empty_body>> serializer;
+    /// Chunked speech: X-Worker and X-Real-Time-Factor, known at the end.
+    bhttp::fields trailer;
+  };
+
+  bool result_current(uint64_t sid) const {
+    return !closed_ && result_ && result_->id == sid && !result_->ended;
+  }
+
+  /// ask_raw for the current result stream: the callbacks run while it is
+  /// open, before and after its header.
+  template <class T, class OnOk, class OnErr, class... Ts>
+  void ask_result(OnOk on_ok, OnErr on_err, Ts... xs);
+
+  void open_completion(openai_request req);
+  void open_speech(speech_http_request req);
+  void start_speech(speech_http_request req, int64_t rate);
+  /// Makes the result stream and its sink, and watches for the client
+  /// going away.
+  chunk_sink_actor open_result(const char* what);
+  void on_generate_done(generate_reply& r);
+  void on_speech_done(speech_reply& r);
+  void on_result_error(caf::error& err);
+  bool result_has_output() const;
+  bool result_finished() const;
+  void start_result();
+  void on_result_head(beast::error_code ec, std::size_t);
+  void on_result_write(beast::error_code ec, std::size_t);
+  void pump_result();
+  void write_result();
+  void watch_result_disconnect();
+  void arm_result_keepalive();
+  void release_sink();
+  void end_result(const char* why);
+  void result_cleanup();
+
+  // -- artifacts -------------------------------------------------------------
+
+  void respond_file(const artifact_ref& ref);
+  /// Metrics and the log line of an answer with `status`.
+  void note_answer(unsigned status, const std::string& error_code,
+                   const std::string& error_message);
+
   beast::tcp_stream stream_;
   asio::steady_timer keepalive_timer_;
   std::unique_ptr<event_stream> sse_;
+  std::unique_ptr<result_stream> result_;
   uint64_t next_stream_id_ = 0;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bhttp::response<bhttp::empty_body> continue_;
   bhttp::response<bhttp::string_body> res_;
+  std::optional<bhttp::response<bhttp::file_body>> file_res_;
   std::shared_ptr<shared_state> state_;
   uint64_t id_;
 
@@ -501,11 +646,11 @@ void gate::post(const std::weak_ptr<session>& weak, F&& f) {
 }
 
 template <class T, class OnOk, class OnErr, class... Ts>
-void session::ask_raw(OnOk on_ok, OnErr on_err, Ts... xs) {
+void session::ask_raw(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err,
+                      Ts... xs) {
   std::weak_ptr<session> weak = weak_from_this();
   auto g = state_->gate_ptr;
   auto gw = state_->gateway;
-  auto timeout = state_->actor_timeout;
   auto body = [=](caf::event_based_actor* self) mutable {
     self->request(gw, timeout, std::move(xs)...)
         .then(
@@ -525,10 +670,11 @@ void session::ask_raw(OnOk on_ok, OnErr on_err, Ts... xs) {
 }
 
 template <class T, class OnOk, class OnErr, class... Ts>
-void session::ask_or(OnOk on_ok, OnErr on_err, Ts... xs) {
+void session::ask_or_within(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err,
+                            Ts... xs) {
   auto gen = generation_;
   ask_raw<T>(
-      [on_ok, gen](session& s, T& r) { s.resume(gen, [&] { on_ok(s, r); }); },
+      timeout, [on_ok, gen](session& s, T& r) { s.resume(gen, [&] { on_ok(s, r); }); },
       [on_err, gen](session& s, caf::error& err) {
         s.resume(gen, [&] { on_err(s, err); });
       },
@@ -539,6 +685,7 @@ template <class T, class OnOk, class OnErr, class... Ts>
 void session::ask_stream(OnOk on_ok, OnErr on_err, Ts... xs) {
   auto sid = sse_->id;
   ask_raw<T>(
+      state_->actor_timeout,
       [on_ok, sid](session& s, T& r) {
         if (s.stream_current(sid))
           s.guarded([&] { on_ok(s, r); });
@@ -550,12 +697,43 @@ void session::ask_stream(OnOk on_ok, OnErr on_err, Ts... xs) {
       std::move(xs)...);
 }
 
+template <class T, class OnOk, class OnErr, class... Ts>
+void session::ask_result(OnOk on_ok, OnErr on_err, Ts... xs) {
+  auto sid = result_->id;
+  ask_raw<T>(
+      state_->run_timeout,
+      [on_ok, sid](session& s, T& r) {
+        if (s.result_current(sid))
+          s.guarded([&] { on_ok(s, r); });
+      },
+      [on_err, sid](session& s, caf::error& err) {
+        if (s.result_current(sid))
+          s.guarded([&] { on_err(s, err); });
+      },
+      std::move(xs)...);
+}
+
+void session::note_answer(unsigned status, const std::string& error_code,
+                          const std::string& error_message) {
+  auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
+  state_->metrics.observe(route_.pattern, method_label(method_), status, seconds);
+  auto ms = seconds * 1000.0;
+  if (status >= 500 && status != 503 && status != 504)
+    spdlog::error("{} {} {} -> {} {:.2f}ms {}: {}", request_id_, method_, clip(target_),
+                  status, ms, error_code, clip(error_message, 1024));
+  else if (status >= 400)
+    spdlog::info("{} {} {} -> {} {:.2f}ms {}: {}", request_id_, method_, clip(target_),
+                 status, ms, error_code, clip(error_message, 1024));
+  else
+    spdlog::info("{} {} {} -> {} {:.2f}ms", request_id_, method_, clip(target_), status,
+                 ms);
+}
+
 void session::respond(reply r) {
   if (!busy_ || responding_)
     return;
   responding_ = true;
   bool keep = keep_alive_ && state_->accepting.load();
-  auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
   res_ = {};
   res_.version(version_);
   res_.result(r.status);
@@ -570,21 +748,42 @@ void session::respond(reply r) {
   // A 204 carries neither a body nor a Content-Length.
   if (r.status != 204)
     res_.prepare_payload();
-  state_->metrics.observe(route_.pattern, method_label(method_), r.status, seconds);
-  auto ms = seconds * 1000.0;
-  if (r.status >= 500 && r.status != 503 && r.status != 504)
-    spdlog::error("{} {} {} -> {} {:.2f}ms {}: {}", request_id_, method_, clip(target_),
-                  r.status, ms, r.error_code, clip(r.error_message, 1024));
-  else if (r.status >= 400)
-    spdlog::info("{} {} {} -> {} {:.2f}ms {}: {}", request_id_, method_, clip(target_),
-                 r.status, ms, r.error_code, clip(r.error_message, 1024));
-  else
-    spdlog::info("{} {} {} -> {} {:.2f}ms", request_id_, method_, clip(target_), r.status,
-                 ms);
+  note_answer(r.status, r.error_code, r.error_message);
   stream_.expires_after(io_deadline);
   bhttp::async_write(
       stream_, res_,
       beast::bind_front_handler(&session::on_write, shared_from_this(), keep));
+}
+
+void session::respond_file(const artifact_ref& ref) {
+  if (!busy_ || responding_)
+    return;
+  beast::error_code ec;
+  bhttp::file_body::value_type body;
+  body.open(ref.path.c_str(), beast::file_mode::scan, ec);
+  if (ec) {
+    // Listed but gone (cleanup removed it meanwhile, or the disk failed).
+    spdlog::warn("{} artifact {}: {}", request_id_, ref.path, ec.message());
+    return respond(error_reply(errc::not_found, "the artifact's file is gone"));
+  }
+  responding_ = true;
+  bool keep = keep_alive_ && state_->accepting.load();
+  file_res_.emplace(std::piecewise_construct, std::make_tuple(std::move(body)),
+                    std::make_tuple(bhttp::status::ok, version_));
+  auto& res = *file_res_;
+  res.set(bhttp::field::server, "infergrid");
+  res.set(bhttp::field::content_type, artifact_content_type(ref));
+  res.set("X-Request-Id", request_id_);
+  res.keep_alive(keep);
+  res.prepare_payload();
+  note_answer(200, {}, {});
+  stream_.expires_after(io_deadline);
+  bhttp::async_write(
+      stream_, res,
+      [self = shared_from_this(), keep](beast::error_code wec, std::size_t n) {
+        self->file_res_.reset(); // closes the file
+        self->on_write(keep, wec, n);
+      });
 }
 
 void session::dispatch_request() {
@@ -663,6 +862,7 @@ void session::dispatch_request() {
     case route_id::models_list:
       return ask<std::vector<model_info>>(
           [](session& s, std::vector<model_info>& models) {
+            s.state_->remember_models(models);
             s.ask<cluster_stats>(
                 [models = std::move(models)](session& s2, cluster_stats& stats) {
                   s2.respond(models_list_reply(models, stats));
@@ -693,8 +893,385 @@ void session::dispatch_request() {
           },
           infer_atom::value, model, std::move(req.body()), request_id_);
     }
+    case route_id::completions:
+    case route_id::chat_completions: {
+      auto parsed
+          = parse_openai_request(req.body(), route_.id == route_id::chat_completions);
+      if (!parsed)
+        return respond(error_reply(parsed.error()));
+      return open_completion(std::move(*parsed));
+    }
+    case route_id::audio_speech: {
+      auto parsed = parse_speech_request(req.body());
+      if (!parsed)
+        return respond(error_reply(parsed.error()));
+      return open_speech(std::move(*parsed));
+    }
+    case route_id::job_artifact: {
+      int64_t id = 0;
+      if (!parse_job_id(route_.param, id))
+        return respond(
+            error_reply(errc::not_found, "no job '" + clip(route_.param, 64) + "'"));
+      if (!valid_artifact_name(route_.param2))
+        return respond(
+            error_reply(errc::not_found, "no artifact '" + clip(route_.param2, 64)
+                                             + "' of job " + job_id_string(id)));
+      return ask<artifact_ref>([](session& s, artifact_ref& ref) { s.respond_file(ref); },
+                               artifact_atom::value, id, route_.param2);
+    }
+    case route_id::model_load:
+    case route_id::model_unload: {
+      auto model = route_.param;
+      auto answer = [model](session& s, std::vector<worker_status>& workers) {
+        s.respond(model_change_reply(model, workers));
+      };
+      if (route_.id == route_id::model_load)
+        return ask_run<std::vector<worker_status>>(answer, load_atom::value, model);
+      return ask_run<std::vector<worker_status>>(answer, unload_atom::value, model);
+    }
   }
   respond(error_reply(errc::internal, "unhandled route"));
+}
+
+// -- streamed results ----------------------------------------------------------
+//
+// A streamed completion or synthesis: a chunk sink actor posts each piece to
+// the strand; the gateway's final reply (through a one-shot requester) carries
+// the whole result. The header goes out with the first piece that can be
+// written, or with the final reply, so that errors before any output (unknown
+// model, wrong kind, queue full) are ordinary JSON errors. Pieces that come
+// after the final reply are dropped; the reply supplies what they carried.
+// One write at a time; pieces that come meanwhile are coalesced (bounded: past
+// the bound they are dropped and the final reply fills in). When the client
+// goes away (a read on the socket completes) or the stream ends, the sink is
+// told to exit, and the worker, which monitors it, stops within one step.
+
+/// The sink of one streamed result: posts each piece to the connection.
+chunk_sink_actor::behavior_type chunk_sink(chunk_sink_actor::pointer,
+                                           std::shared_ptr<gate> g,
+                                           std::weak_ptr<session> weak, uint64_t sid) {
+  return {
+      [g, weak, sid](chunk_atom, const std::string& data) {
+        g->post(weak, [sid, data](session& s) mutable {
+          s.on_result_chunk(sid, std::move(data));
+        });
+      },
+  };
+}
+
+void session::open_completion(openai_request req) {
+  auto created = unix_now_ms() / 1000;
+  generate_request gen{req.model, req.params, request_id_, {}, 0};
+  if (!req.stream)
+    return ask_run<generate_reply>(
+        [req = std::move(req), created](session& s, generate_reply& r) {
+          s.respond(completion_reply(req, s.request_id_, created, r));
+        },
+        generate_atom::value, std::move(gen));
+  gen.sink = open_result("completion");
+  result_->text.emplace(completion_id(req.chat, request_id_), req.model, created,
+                        req.chat, req.include_usage, completion_max_pending);
+  ask_result<generate_reply>([](session& s, generate_reply& r) { s.on_generate_done(r); },
+                             [](session& s, caf::error& err) { s.on_result_error(err); },
+                             generate_atom::value, std::move(gen));
+}
+
+void session::open_speech(speech_http_request req) {
+  if (!req.stream) {
+    speech_request sreq{req.model, req.input.text, req.input.voice, request_id_, {}, 0};
+    return ask_run<speech_reply>(
+        [req = std::move(req)](session& s, speech_reply& r) {
+          s.respond(speech_response(req, r));
+        },
+        speech_atom::value, std::move(sreq));
+  }
+  // The header of a stream states the sample rate before the first phrase.
+  int64_t rate = 0;
+  if (state_->sample_rate_of(req.model, rate))
+    return start_speech(std::move(req), rate);
+  auto model = req.model;
+  auto lookup = [model](session& s) {
+    int64_t r = 0;
+    s.state_->sample_rate_of(model, r);
+    return r;
+  };
+  ask_or<std::vector<model_info>>(
+      [req, lookup](session& s, std::vector<model_info>& models) {
+        s.state_->remember_models(models);
+        s.start_speech(req, lookup(s));
+      },
+      [req](session& s, caf::error& err) {
+        // Without the rate the stream still works: the final reply carries it.
+        spdlog::warn("{} speech stream: no model list: {}", s.request_id_,
+                     message_of(err));
+        s.start_speech(req, 0);
+      },
+      models_atom::value);
+}
+
+void session::start_speech(speech_http_request req, int64_t rate) {
+  speech_request sreq{req.model, req.input.text, req.input.voice, request_id_, {}, 0};
+  sreq.sink = open_result("speech");
+  bool wav = req.response_format != "pcm";
+  result_->audio.emplace(wav, rate, speech_max_pending);
+  result_->content_type = wav ? "audio/wav" : "audio/pcm";
+  result_->chunked = version_ == 11;
+  ask_result<speech_reply>([](session& s, speech_reply& r) { s.on_speech_done(r); },
+                           [](session& s, caf::error& err) { s.on_result_error(err); },
+                           speech_atom::value, std::move(sreq));
+}
+
+chunk_sink_actor session::open_result(const char* what) {
+  result_cleanup(); // an earlier stream of this connection
+  // The body ends with the connection, and the disconnect watch may read
+  // what the client sends next.
+  keep_alive_ = false;
+  auto st = std::make_unique<result_stream>();
+  st->id = ++next_stream_id_;
+  st->what = what;
+  st->sink = state_->sys.spawn(chunk_sink, state_->gate_ptr, weak_from_this(), st->id);
+  auto sink = st->sink;
+  result_ = std::move(st);
+  watch_result_disconnect();
+  return sink;
+}
+
+void session::on_result_chunk(uint64_t sid, std::string data) {
+  if (!result_current(sid))
+    return;
+  guarded([&] {
+    auto& st = *result_;
+    bool taken = st.text ? st.text->add_delta(data) : st.audio->add_chunk(data);
+    if (!taken)
+      return;
+    if (!st.streaming) {
+      if (result_has_output())
+        start_result();
+      return;
+    }
+    pump_result();
+  });
+}
+
+void session::on_generate_done(generate_reply& r) {
+  auto& st = *result_;
+  release_sink(); // done: later chunks are dropped anyway
+  if (st.text->text_bytes() > r.text.size())
+    spdlog::warn("{} completion stream: {} bytes streamed, reply has {}", request_id_,
+                 st.text->text_bytes(), r.text.size());
+  st.text->finish(r);
+  if (!st.streaming)
+    return start_result();
+  pump_result();
+}
+
+void session::on_speech_done(speech_reply& r) {
+  auto& st = *result_;
+  release_sink();
+  if (!st.audio->finish(r))
+    spdlog::warn("{} speech stream: announced {} Hz, the audio is at {} Hz", request_id_,
+                 st.audio->sample_rate(), r.sample_rate);
+  st.trailer.set("X-Worker", r.worker);
+  st.trailer.set("X-Real-Time-Factor", real_time_factor_text(r.real_time_factor));
+  if (!st.streaming)
+    return start_result();
+  pump_result();
+}
+
+void session::on_result_error(caf::error& err) {
+  auto& st = *result_;
+  release_sink();
+  auto r = gateway_error_reply(err, state_->run_timeout.count());
+  if (!st.streaming) {
+    result_cleanup();
+    return respond(std::move(r));
+  }
+  spdlog::info("{} {} stream failed after its header: {}: {}", request_id_, st.what,
+               r.error_code, clip(r.error_message, 1024));
+  if (!st.text)
+    // A chunked body that ends without its last chunk tells the client that
+    // the answer is incomplete.
+    return end_result("synthesis failed");
+  errc code = errc::internal;
+  from_string(r.error_code, code);
+  st.text->fail(code, r.error_message);
+  pump_result();
+}
+
+bool session::result_has_output() const {
+  auto& st = *result_;
+  return st.text ? st.text->has_output() : st.audio->has_output();
+}
+
+bool session::result_finished() const {
+  auto& st = *result_;
+  return st.text ? st.text->finished() : st.audio->finished();
+}
+
+void session::start_result() {
+  auto& st = *result_;
+  st.streaming = true;
+  st.writing = true;
+  // From here on, no ordinary answer: the request ends with the stream.
+  responding_ = true;
+  auto& h = st.head;
+  h.version(version_);
+  h.result(bhttp::status::ok);
+  h.set(bhttp::field::server, "infergrid");
+  h.set("X-Request-Id", request_id_);
+  h.set(bhttp::field::cache_control, "no-cache");
+  h.set("X-Accel-Buffering", "no"); // proxies: do not buffer the stream
+  if (st.text) {
+    h.set(bhttp::field::content_type, "text/event-stream");
+  } else {
+    h.set(bhttp::field::content_type, st.content_type);
+    if (st.audio->sample_rate() > 0)
+      h.set("X-Sample-Rate", std::to_string(st.audio->sample_rate()));
+    if (st.chunked) {
+      h.chunked(true);
+      h.set(bhttp::field::trailer, "X-Worker, X-Real-Time-Factor");
+    }
+  }
+  // Without chunks the body ends when the connection does.
+  h.keep_alive(false);
+  note_answer(200, {}, {});
+  stream_.expires_after(io_deadline);
+  st.serializer.emplace(h);
+  bhttp::async_write_header(
+      stream_, *st.serializer,
+      beast::bind_front_handler(&session::on_result_head, shared_from_this()));
+}
+
+void session::on_result_head(beast::error_code ec, std::size_t) {
+  result_->writing = false;
+  guarded([&] {
+    if (closed_ || result_->ended)
+      return;
+    if (ec)
+      return end_result("write failed");
+    arm_result_keepalive();
+    pump_result();
+  });
+}
+
+void session::on_result_write(beast::error_code ec, std::size_t) {
+  result_->writing = false;
+  guarded([&] {
+    if (closed_ || result_->ended)
+      return;
+    if (ec)
+      return end_result(ec == beast::error::timeout ? "client not reading"
+                                                    : "write failed");
+    arm_result_keepalive();
+    pump_result();
+  });
+}
+
+void session::pump_result() {
+  auto& st = *result_;
+  if (closed_ || st.ended || !st.streaming || st.writing)
+    return;
+  if (result_has_output()) {
+    st.out = st.text ? st.text->take() : st.audio->take();
+    if (!st.out.empty())
+      return write_result();
+  }
+  if (!result_finished())
+    return;
+  if (st.chunked && !st.last_chunk) {
+    st.last_chunk = true;
+    st.writing = true;
+    stream_.expires_after(io_deadline);
+    asio::async_write(
+        stream_, bhttp::make_chunk_last(st.trailer),
+        beast::bind_front_handler(&session::on_result_write, shared_from_this()));
+    return;
+  }
+  end_result("done");
+}
+
+void session::write_result() {
+  auto& st = *result_;
+  st.writing = true;
+  stream_.expires_after(io_deadline);
+  auto done = beast::bind_front_handler(&session::on_result_write, shared_from_this());
+  if (st.chunked)
+    asio::async_write(stream_, bhttp::make_chunk(asio::buffer(st.out)), std::move(done));
+  else
+    asio::async_write(stream_, asio::buffer(st.out), std::move(done));
+}
+
+void session::watch_result_disconnect() {
+  // The client sends nothing more; a read that completes means it closed (or
+  // sent bytes we drop). Raw socket: no tcp_stream timeout.
+  auto sid = result_->id;
+  stream_.socket().async_read_some(
+      asio::buffer(result_->discard),
+      [self = shared_from_this(), sid](beast::error_code ec, std::size_t) {
+        if (!self->result_current(sid))
+          return;
+        if (ec)
+          return self->end_result("client closed");
+        self->watch_result_disconnect();
+      });
+}
+
+void session::arm_result_keepalive() {
+  auto& st = *result_;
+  if (!st.text) // a chunked audio body has no comments
+    return;
+  auto gen = ++st.keepalive_gen;
+  auto sid = st.id;
+  keepalive_timer_.expires_after(sse_keepalive_interval);
+  keepalive_timer_.async_wait(
+      [self = shared_from_this(), sid, gen](beast::error_code ec) {
+        if (ec || !self->result_current(sid) || gen != self->result_->keepalive_gen)
+          return;
+        auto& rs = *self->result_;
+        // While a write is out, its completion arms the next one.
+        if (rs.writing || !rs.streaming || self->result_has_output())
+          return;
+        rs.out = std::string{sse_keepalive};
+        self->guarded([&] { self->write_result(); });
+      });
+}
+
+void session::release_sink() {
+  auto& st = *result_;
+  if (st.sink) {
+    caf::anon_send_exit(st.sink, caf::exit_reason::user_shutdown);
+    st.sink = nullptr;
+  }
+}
+
+void session::end_result(const char* why) {
+  if (result_ && !result_->ended) {
+    auto& st = *result_;
+    auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
+    if (st.streaming)
+      spdlog::info("{} {} stream ended after {:.2f}ms: {} ({} bytes)", request_id_,
+                   st.what, seconds * 1000.0, why,
+                   st.text ? st.text->text_bytes() : st.audio->pcm_bytes());
+    else
+      spdlog::info("{} {} {} -> no answer after {:.2f}ms: {}", request_id_, method_,
+                   clip(target_), seconds * 1000.0, why);
+  }
+  result_cleanup();
+  if (busy_) {
+    busy_ = false;
+    state_->in_flight.fetch_sub(1);
+  }
+  finish();
+}
+
+void session::result_cleanup() {
+  if (!result_ || result_->ended)
+    return;
+  auto& st = *result_;
+  st.ended = true;
+  ++st.keepalive_gen;
+  keepalive_timer_.cancel();
+  release_sink();
 }
 
 // -- event streams -----------------------------------------------------------
@@ -716,7 +1293,8 @@ event_subscriber_actor::behavior_type event_subscriber(event_subscriber_actor::p
                                                        uint64_t sid) {
   return {
       [g, weak, sid](const job_event& ev) {
-        g->post(weak, [sid, ev](session& s) mutable { s.on_live_event(sid, std::move(ev)); });
+        g->post(weak,
+                [sid, ev](session& s) mutable { s.on_live_event(sid, std::move(ev)); });
       },
   };
 }
@@ -731,7 +1309,8 @@ void session::open_events(int64_t job, int64_t after) {
   st->id = ++next_stream_id_;
   st->job = job;
   st->last_seq = after;
-  st->sub = state_->sys.spawn(event_subscriber, state_->gate_ptr, weak_from_this(), st->id);
+  st->sub
+      = state_->sys.spawn(event_subscriber, state_->gate_ptr, weak_from_this(), st->id);
   auto sub = st->sub;
   sse_ = std::move(st);
   ask_or<bool>(
@@ -871,7 +1450,8 @@ void session::on_stream_write(beast::error_code ec, std::size_t) {
     if (closed_ || sse_->ended)
       return;
     if (ec)
-      return end_stream(ec == beast::error::timeout ? "client not reading" : "write failed");
+      return end_stream(ec == beast::error::timeout ? "client not reading"
+                                                    : "write failed");
     arm_keepalive();
     pump();
   });
@@ -881,8 +1461,8 @@ void session::watch_disconnect() {
   // A client sends nothing on an event stream; a read that completes means
   // it closed (or sent bytes we drop). Raw socket: no tcp_stream timeout.
   stream_.socket().async_read_some(
-      asio::buffer(sse_->discard), [self = shared_from_this()](beast::error_code ec,
-                                                               std::size_t) {
+      asio::buffer(sse_->discard),
+      [self = shared_from_this()](beast::error_code ec, std::size_t) {
         if (self->closed_ || !self->sse_ || self->sse_->ended)
           return;
         if (ec)
@@ -910,19 +1490,22 @@ void session::pump() {
   if (closed_ || st.ended || !st.streaming || st.writing)
     return;
   if (st.backlog_done && !st.live.empty()) {
-    std::sort(st.live.begin(), st.live.end(),
-              [](const job_event& x, const job_event& y) { return x.seq < y.seq; });
-    append_events(st.live);
-    st.live.clear();
+    bool gap = false;
+    auto ready = take_in_order(st.live, st.last_seq, gap);
+    append_events(ready);
+    // An earlier event of the job is still on its way from another writer:
+    // read on from the table, which has it, instead of skipping it.
+    if (gap && !st.ending)
+      st.backlog_done = false;
   }
   if (!st.pending.empty()) {
     st.out.clear();
     st.out.swap(st.pending);
     st.writing = true;
     stream_.expires_after(io_deadline);
-    asio::async_write(stream_, asio::buffer(st.out),
-                      beast::bind_front_handler(&session::on_stream_write,
-                                                shared_from_this()));
+    asio::async_write(
+        stream_, asio::buffer(st.out),
+        beast::bind_front_handler(&session::on_stream_write, shared_from_this()));
     return;
   }
   if (st.ending)

@@ -1,7 +1,8 @@
-// The HTTP front door (Boost.Beast behind a pimpl): REST, KServe v2, health,
-// metrics, job event streams (SSE). It never waits on an actor from an I/O
-// thread: each request that needs an actor spawns a one-shot requester and is
-// called back on its strand.
+// The HTTP front door (Boost.Beast behind a pimpl): REST, KServe v2, OpenAI
+// completions (streamed as SSE), speech (streamed with chunked transfer),
+// artifacts, health, metrics, job event streams (SSE). It never waits on an
+// actor from an I/O thread: each request that needs an actor spawns a
+// one-shot requester and is called back on its strand.
 #pragma once
 
 #include <cstdint>
@@ -28,12 +29,14 @@ public:
   caf::expected<uint16_t> start();
 
   /// Closes the listener; open connections finish the request they are on
-  /// and are closed after answering it; open event streams (SSE) are closed
-  /// at once (clients resume with Last-Event-ID). Thread-safe; idempotent.
+  /// and are closed after answering it (a streamed completion or synthesis
+  /// runs to its end); open job event streams (SSE) are closed at once
+  /// (clients resume with Last-Event-ID). Thread-safe; idempotent.
   void stop_accepting();
 
-  /// Requests received and not yet answered. An event stream counts until
-  /// its response header is written, not while it streams. Thread-safe.
+  /// Requests received and not yet answered. A job event stream counts until
+  /// its response header is written, not while it streams; a streamed
+  /// completion or synthesis counts until it ends. Thread-safe.
   int64_t in_flight() const;
 
   /// Stops the I/O threads and joins them. Idempotent.

@@ -116,12 +116,18 @@ struct job_event {
   /// {"progress"}; for data whatever the model streams (e.g. {"delta"}).
   std::string data_json;
   int64_t time_ms = 0;
+  /// The seq of the job's previous event (0: none), known to the writer
+  /// and to events_after(). Events of one job reach the broker from more
+  /// than one writer (the queue, a worker); a live subscriber that has sent
+  /// up to seq S and receives an event with prev_seq > S knows it missed one
+  /// and reads the gap from the table instead of skipping it.
+  int64_t prev_seq = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_event& x) {
   return f(caf::meta::type_name("job_event"), x.seq, x.job_id, x.kind,
-           x.data_json, x.time_ms);
+           x.data_json, x.time_ms, x.prev_seq);
 }
 
 /// One row of the workers table: what `sqlite3 data/infergrid.db` shows about

@@ -17,6 +17,9 @@ struct http_settings {
   int32_t threads = 1;
   /// Deadline for an interactive request from arrival to answer.
   int64_t request_timeout_ms = 30000;
+  /// How long a streamed generation or synthesis may run once it started
+  /// (not a configuration key: `serve` copies workers.generate_timeout_ms).
+  int64_t run_timeout_ms = 600000;
 };
 
 struct queue_settings {

@@ -270,7 +270,9 @@ const char* const sql_insert
       "VALUES (?1, 'queued', ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const char* const sql_insert_event
-    = "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4)";
+    = "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4) "
+      "RETURNING seq, (SELECT max(e.seq) FROM job_events e "
+      "WHERE e.job_id = ?1 AND e.seq < job_events.seq)";
 
 // Position = queued jobs of the same model that a claim takes first. Two
 // counts keep both halves range scans over jobs_ready.
@@ -354,7 +356,9 @@ const char* const sql_check_json
       "CASE WHEN json_valid(?1) THEN json_extract(?1, '$.progress') END";
 
 const char* const sql_events_after
-    = "SELECT seq, job_id, kind, data, created_at FROM job_events "
+    = "SELECT seq, job_id, kind, data, created_at, "
+      "(SELECT coalesce(max(p.seq), 0) FROM job_events p "
+      "WHERE p.job_id = ?1 AND p.seq <= ?2) FROM job_events "
       "WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 // list(): ids first, newest first, from the index that fits the filter
@@ -987,16 +991,23 @@ struct job_store::impl {
   /// take_events().
   int add_event(int64_t job_id, const std::string& kind, std::string data,
                 int64_t now_ms) {
+    int64_t seq = 0;
+    int64_t prev = 0;
     {
       statement_use use{insert_event_};
       int rc = bind_all(use.get(), job_id, kind, data, now_ms);
       if (rc != SQLITE_OK)
         return failed(rc);
+      if (rc = step(use.get()); rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? failed(SQLITE_INTERNAL) : rc;
+      seq = sqlite3_column_int64(use.get(), 0);
+      prev = sqlite3_column_int64(use.get(), 1); // NULL (first event) reads 0
       if (rc = step(use.get()); rc != SQLITE_DONE)
         return rc;
     }
     job_event ev;
-    ev.seq = sqlite3_last_insert_rowid(db());
+    ev.seq = seq;
+    ev.prev_seq = prev;
     ev.job_id = job_id;
     ev.kind = kind;
     ev.data_json = std::move(data);
@@ -2036,6 +2047,8 @@ job_store::events_after(int64_t id, int64_t after_seq, int32_t limit) {
       ev.kind = column_text(use.get(), 2);
       ev.data_json = column_text(use.get(), 3);
       ev.time_ms = column_int(use.get(), 4);
+      // The first row's predecessor comes from the query; then they chain.
+      ev.prev_seq = result.empty() ? column_int(use.get(), 5) : result.back().seq;
       result.push_back(std::move(ev));
       return SQLITE_OK;
     });

@@ -42,7 +42,9 @@ const char* const sql_insert
       "VALUES (?1, 'queued', ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const char* const sql_insert_event
-    = "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4)";
+    = "INSERT INTO job_events (job_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4) "
+      "RETURNING seq, (SELECT max(e.seq) FROM job_events e "
+      "WHERE e.job_id = ?1 AND e.seq < job_events.seq)";
 
 const char* const sql_ready = "SELECT id, priority FROM jobs INDEXED BY jobs_ready "
                               "WHERE state = 'queued' AND model = ?1 AND run_at <= ?2 "

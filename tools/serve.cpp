@@ -143,7 +143,9 @@ int run_serve(const settings& s) {
     caf::anon_send_exit(broker, caf::exit_reason::user_shutdown);
   };
 
-  http::server server{sys, gateway, s.http};
+  auto http_opts = s.http;
+  http_opts.run_timeout_ms = s.workers.generate_timeout_ms;
+  http::server server{sys, gateway, http_opts};
   auto port = server.start();
   if (!port) {
     spdlog::error("serve: {}", message_of(port.error()));

@@ -314,8 +314,8 @@ CAF_TEST(delayed jobs take delay_ms or run_at) {
     auto r = parse(extra);
     return !r && fails_with(r.error(), message);
   };
-  CAF_CHECK(fails(R"(,"delay_ms":-1)",
-                  "delay_ms: must be between 0 and 2592000000 (30 days)"));
+  CAF_CHECK(
+      fails(R"(,"delay_ms":-1)", "delay_ms: must be between 0 and 2592000000 (30 days)"));
   CAF_CHECK(fails(R"(,"delay_ms":2592000001)",
                   "delay_ms: must be between 0 and 2592000000 (30 days)"));
   CAF_CHECK(fails(R"(,"delay_ms":1.5)", "delay_ms: expected an integer"));
@@ -346,18 +346,31 @@ CAF_TEST(iso8601 times parse strictly) {
   CAF_CHECK_EQUAL(iso8601_utc(ms), "2024-02-29T23:59:59.000Z");
   CAF_CHECK(parse_iso8601_utc("2026-11-22T10:00:00Z", ms));
   CAF_CHECK_EQUAL(iso8601_utc(ms), "2026-11-22T10:00:00.000Z");
-  for (auto bad : {"", "2024-05-01", "2024-05-01T12:00:00", "2024-05-01T12:00:00z",
-                   "2024-05-01t12:00:00Z", "2024-05-01T12:00:00.Z",
-                   "2024-05-01T12:00:00.1234567890Z", "2024-05-01T12:00:00ZZ",
-                   " 2024-05-01T12:00:00Z", "2024-5-01T12:00:00Z", "2023-02-29T00:00:00Z",
-                   "2024-04-31T00:00:00Z", "2024-13-01T00:00:00Z", "2024-00-01T00:00:00Z",
-                   "2024-05-00T00:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T23:60:00Z",
-                   "2024-05-01T23:59:60Z", "1969-12-31T23:59:59Z", "+024-05-01T12:00:00Z",
+  for (auto bad : {"",
+                   "2024-05-01",
+                   "2024-05-01T12:00:00",
+                   "2024-05-01T12:00:00z",
+                   "2024-05-01t12:00:00Z",
+                   "2024-05-01T12:00:00.Z",
+                   "2024-05-01T12:00:00.1234567890Z",
+                   "2024-05-01T12:00:00ZZ",
+                   " 2024-05-01T12:00:00Z",
+                   "2024-5-01T12:00:00Z",
+                   "2023-02-29T00:00:00Z",
+                   "2024-04-31T00:00:00Z",
+                   "2024-13-01T00:00:00Z",
+                   "2024-00-01T00:00:00Z",
+                   "2024-05-00T00:00:00Z",
+                   "2024-05-01T24:00:00Z",
+                   "2024-05-01T23:60:00Z",
+                   "2024-05-01T23:59:60Z",
+                   "1969-12-31T23:59:59Z",
+                   "+024-05-01T12:00:00Z",
                    "2024-05-01T12:00:00+00:00"})
     CAF_CHECK(!parse_iso8601_utc(bad, ms));
 }
 
-CAF_TEST(queries are split and percent-decoded) {
+CAF_TEST(queries are split and percent - decoded) {
   auto q = parse_query("/v1/jobs?model=a%20b&state=queued%2Crunning&x&&y=1+2&z=%zz");
   CAF_REQUIRE_EQUAL(q.size(), 5u);
   CAF_CHECK_EQUAL(q[0].first, "model");
@@ -419,7 +432,7 @@ CAF_TEST(job filters are checked parameter by parameter) {
   CAF_CHECK_EQUAL(ok->limit, 1000);
 }
 
-CAF_TEST(event streams resume after Last-Event-ID or after) {
+CAF_TEST(event streams resume after Last - Event - ID or after) {
   auto r = parse_events_after("/v1/jobs/j_1/events", std::nullopt);
   CAF_REQUIRE(r);
   CAF_CHECK_EQUAL(*r, 0);
@@ -452,11 +465,13 @@ CAF_TEST(sse frames carry id event and data) {
   ev.job_id = 3;
   ev.kind = "status";
   ev.data_json = R"({"state":"running","attempt":1})";
-  CAF_CHECK_EQUAL(sse_frame(ev),
-                  "id: 17\nevent: status\ndata: {\"state\":\"running\",\"attempt\":1}\n\n");
+  CAF_CHECK_EQUAL(
+      sse_frame(ev),
+      "id: 17\nevent: status\ndata: {\"state\":\"running\",\"attempt\":1}\n\n");
   ev.kind = "da\r\nta";
   ev.data_json = "{\n\"a\": 1\r\n}";
-  CAF_CHECK_EQUAL(sse_frame(ev), "id: 17\nevent: data\ndata: {\ndata: \"a\": 1\ndata: }\n\n");
+  CAF_CHECK_EQUAL(sse_frame(ev),
+                  "id: 17\nevent: data\ndata: {\ndata: \"a\": 1\ndata: }\n\n");
   ev.kind.clear();
   ev.data_json = "{}";
   CAF_CHECK_EQUAL(sse_frame(ev), "id: 17\ndata: {}\n\n");
@@ -482,4 +497,270 @@ CAF_TEST(final status events end a stream) {
   CAF_CHECK(!is_final_event(event("status", R"(["succeeded"])")));
   CAF_CHECK(!is_final_event(event("status", "not json")));
   CAF_CHECK(!is_final_event(event("status", R"({"state":"bogus"})")));
+}
+
+CAF_TEST(inference routes match and refuse other methods) {
+  struct expect_route {
+    const char* method;
+    const char* target;
+    route_id id;
+    const char* pattern;
+  };
+  expect_route ok[] = {
+      {"POST", "/v1/completions", route_id::completions, "/v1/completions"},
+      {"POST", "/v1/chat/completions", route_id::chat_completions,
+       "/v1/chat/completions"},
+      {"POST", "/v1/audio/speech?x=1", route_id::audio_speech, "/v1/audio/speech"},
+      {"GET", "/v1/jobs/j_3/artifacts/audio.wav", route_id::job_artifact,
+       "/v1/jobs/{id}/artifacts/{name}"},
+      {"POST", "/v1/models/tinylm/load", route_id::model_load, "/v1/models/{m}/load"},
+      {"POST", "/v1/models/tinylm/unload", route_id::model_unload,
+       "/v1/models/{m}/unload"},
+  };
+  for (auto& x : ok) {
+    auto m = match_route(x.method, x.target);
+    CAF_CHECK(m.id == x.id);
+    CAF_CHECK_EQUAL(m.pattern, x.pattern);
+    CAF_CHECK(m.allow.empty());
+  }
+  auto a = match_route("GET", "/v1/jobs/j_3/artifacts/a%20b.wav");
+  CAF_CHECK_EQUAL(a.param, "j_3");
+  CAF_CHECK_EQUAL(a.param2, "a b.wav");
+  auto l = match_route("POST", "/v1/models/tiny%6cm/unload");
+  CAF_CHECK_EQUAL(l.param, "tinylm");
+  CAF_CHECK(l.param2.empty());
+  // Known paths, wrong method: 405 with Allow.
+  expect_route wrong[] = {
+      {"GET", "/v1/completions", route_id::none, "/v1/completions"},
+      {"PUT", "/v1/chat/completions", route_id::none, "/v1/chat/completions"},
+      {"GET", "/v1/audio/speech", route_id::none, "/v1/audio/speech"},
+      {"GET", "/v1/models/tinylm/load", route_id::none, "/v1/models/{m}/load"},
+      {"DELETE", "/v1/models/tinylm/unload", route_id::none, "/v1/models/{m}/unload"},
+  };
+  for (auto& x : wrong) {
+    auto m = match_route(x.method, x.target);
+    CAF_CHECK(m.id == route_id::none);
+    CAF_CHECK_EQUAL(m.pattern, x.pattern);
+    CAF_CHECK_EQUAL(m.allow, "POST");
+  }
+  auto d = match_route("POST", "/v1/jobs/j_3/artifacts/a.wav");
+  CAF_CHECK(d.id == route_id::none);
+  CAF_CHECK_EQUAL(d.allow, "GET");
+  // Unknown shapes.
+  for (auto target :
+       {"/v1/jobs/j_3/artifacts", "/v1/jobs/j_3/artifacts/", "/v1/jobs/j_3/artifacts/a/b",
+        "/v1/models//load", "/v1/models/m/reload", "/v1/chat", "/v1/audio/speech/x",
+        "/v1/completions/"}) {
+    auto m = match_route("POST", target);
+    CAF_CHECK(m.id == route_id::none);
+    CAF_CHECK(m.allow.empty());
+    CAF_CHECK_EQUAL(m.pattern, "unmatched");
+  }
+}
+
+namespace {
+
+model_status model_on(const std::string& name, const std::string& state,
+                      std::string error = {}) {
+  model_status m;
+  m.name = name;
+  m.state = state;
+  m.error = std::move(error);
+  m.memory_mb = 64;
+  return m;
+}
+
+worker_status worker_with(const std::string& id, std::vector<model_status> models,
+                          const std::string& phase = "IDLE") {
+  worker_status w;
+  w.worker_id = id;
+  w.phase = phase;
+  w.device = "cpu";
+  w.models = std::move(models);
+  return w;
+}
+
+model_info info_of(const std::string& name, model_kind kind) {
+  model_info m;
+  m.name = name;
+  m.kind = kind;
+  return m;
+}
+
+} // namespace
+
+CAF_TEST(the state of a model is the best over its workers) {
+  cluster_stats stats;
+  stats.workers.push_back(
+      worker_with("w1", {model_on("a", "UNLOADED"), model_on("b", "FAILED", "bad file"),
+                         model_on("c", "LOADING"), model_on("d", "FAILED", "oom")}));
+  stats.workers.push_back(
+      worker_with("w2", {model_on("a", "READY"), model_on("b", "UNLOADED"),
+                         model_on("c", "FAILED"), model_on("d", "FAILED", "oom")}));
+  CAF_CHECK_EQUAL(model_state(stats, "a"), "READY");
+  CAF_CHECK_EQUAL(model_state(stats, "b"), "UNLOADED");
+  CAF_CHECK_EQUAL(model_state(stats, "c"), "LOADING");
+  CAF_CHECK_EQUAL(model_state(stats, "d"), "FAILED");
+  CAF_CHECK_EQUAL(model_state(stats, "e"), "unavailable");
+  CAF_CHECK(model_servable(stats, "a"));
+  CAF_CHECK(model_servable(stats, "b")); // loads on demand
+  CAF_CHECK(!model_servable(stats, "c"));
+  CAF_CHECK(!model_servable(stats, "d"));
+  CAF_CHECK(!model_servable(stats, "e"));
+  CAF_CHECK_EQUAL(model_ready_reply(stats, "b").status, 200u);
+  CAF_CHECK_EQUAL(model_ready_reply(stats, "b").body, R"({"name":"b","ready":true})");
+  CAF_CHECK_EQUAL(model_ready_reply(stats, "c").status, 503u);
+  // A draining worker serves nothing new.
+  cluster_stats draining;
+  draining.workers.push_back(worker_with("w1", {model_on("a", "READY")}, "DRAINING"));
+  CAF_CHECK_EQUAL(model_state(draining, "a"), "READY");
+  CAF_CHECK(!model_servable(draining, "a"));
+  // Without per-worker states, ready_models decides.
+  cluster_stats old;
+  old.ready_models = {"a"};
+  CAF_CHECK_EQUAL(model_state(old, "a"), "READY");
+  CAF_CHECK_EQUAL(model_state(old, "b"), "unavailable");
+  CAF_CHECK(model_servable(old, "a"));
+}
+
+CAF_TEST(the models list shows the state per worker) {
+  cluster_stats stats;
+  auto ready = model_on("tinylm", "READY");
+  ready.last_used_ms = 1714564800123;
+  stats.workers.push_back(
+      worker_with("w1", {ready, model_on("classifier", "FAILED", "cannot load")}));
+  stats.workers.push_back(worker_with("w2", {model_on("tinylm", "UNLOADED")}));
+  std::vector<model_info> models{info_of("tinylm", model_kind::generate),
+                                 info_of("classifier", model_kind::tensor),
+                                 info_of("tinyspeech", model_kind::speech)};
+  models[0].device = "cpu";
+  models[2].sample_rate = 24000;
+  auto r = models_list_reply(models, stats);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(
+      r.body,
+      R"({"models":[)"
+      R"({"name":"tinylm","kind":"generate","state":"READY","device":"cpu","inputs":[],)"
+      R"("outputs":[],"workers":[)"
+      R"({"worker":"w1","state":"READY","device":"cpu","memory_mb":64,)"
+      R"("last_used":"2024-05-01T12:00:00.123Z"},)"
+      R"({"worker":"w2","state":"UNLOADED","device":"cpu","memory_mb":64,"last_used":null}]},)"
+      R"({"name":"classifier","kind":"tensor","state":"FAILED","device":"auto","inputs":[],)"
+      R"("outputs":[],"workers":[{"worker":"w1","state":"FAILED","error":"cannot load",)"
+      R"("device":"cpu","memory_mb":64,"last_used":null}]},)"
+      R"({"name":"tinyspeech","kind":"speech","state":"unavailable","device":"auto",)"
+      R"("sample_rate":24000,)"
+      R"("inputs":[],"outputs":[],"workers":[]}]})");
+}
+
+CAF_TEST(load and unload answer the state per worker) {
+  std::vector<worker_status> ws{
+      worker_with("w1", {model_on("tinylm", "UNLOADED"), model_on("x", "READY")}),
+      worker_with("w2", {model_on("tinylm", "FAILED", "oom")}),
+      worker_with("w3", {model_on("x", "READY")})};
+  auto r = model_change_reply("tinylm", ws);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(r.body,
+                  R"({"model":"tinylm","workers":[{"worker":"w1","state":"UNLOADED"},)"
+                  R"({"worker":"w2","state":"FAILED","error":"oom"}]})");
+  CAF_CHECK_EQUAL(model_change_reply("y", {}).body, R"({"model":"y","workers":[]})");
+}
+
+CAF_TEST(artifact names are one plain path segment) {
+  CAF_CHECK(valid_artifact_name("audio.wav"));
+  CAF_CHECK(valid_artifact_name("a b-1_2.wav"));
+  CAF_CHECK(!valid_artifact_name(""));
+  CAF_CHECK(!valid_artifact_name("."));
+  CAF_CHECK(!valid_artifact_name(".."));
+  CAF_CHECK(!valid_artifact_name("../x"));
+  CAF_CHECK(!valid_artifact_name("a/b"));
+  CAF_CHECK(!valid_artifact_name("a\\b"));
+  CAF_CHECK(!valid_artifact_name(std::string("a\0b", 3)));
+  CAF_CHECK(!valid_artifact_name("a\nb"));
+  CAF_CHECK(!valid_artifact_name(std::string(256, 'a')));
+  artifact_ref ref;
+  CAF_CHECK_EQUAL(artifact_content_type(ref), "application/octet-stream");
+  ref.content_type = "audio/wav";
+  CAF_CHECK_EQUAL(artifact_content_type(ref), "audio/wav");
+}
+
+namespace {
+
+std::string header_of(const reply& r, const std::string& name) {
+  for (auto& [k, v] : r.headers)
+    if (k == name)
+      return v;
+  return "<none>";
+}
+
+} // namespace
+
+CAF_TEST(speech answers carry the audio and its headers) {
+  speech_http_request req;
+  req.model = "tinyspeech";
+  speech_reply r;
+  r.pcm16 = std::string("\x01\x00\xff\x7f", 4);
+  r.sample_rate = 24000;
+  r.real_time_factor = 0.0123456;
+  r.worker = "w2";
+  auto wav = speech_response(req, r);
+  CAF_CHECK_EQUAL(wav.status, 200u);
+  CAF_CHECK_EQUAL(wav.content_type, "audio/wav");
+  CAF_CHECK_EQUAL(wav.body.size(), 44u + 4u);
+  CAF_CHECK_EQUAL(wav.body.substr(0, 4), "RIFF");
+  CAF_CHECK_EQUAL(wav.body.substr(44), r.pcm16);
+  CAF_CHECK_EQUAL(header_of(wav, "X-Real-Time-Factor"), "0.0123");
+  CAF_CHECK_EQUAL(header_of(wav, "X-Worker"), "w2");
+  CAF_CHECK_EQUAL(header_of(wav, "X-Sample-Rate"), "24000");
+  req.response_format = "pcm";
+  auto pcm = speech_response(req, r);
+  CAF_CHECK_EQUAL(pcm.content_type, "audio/pcm");
+  CAF_CHECK_EQUAL(pcm.body, r.pcm16);
+  CAF_CHECK_EQUAL(header_of(pcm, "X-Sample-Rate"), "24000");
+  CAF_CHECK_EQUAL(real_time_factor_text(-1), "0.0000");
+  CAF_CHECK_EQUAL(real_time_factor_text(2.5), "2.5000");
+}
+
+CAF_TEST(completions answer in the OpenAI shape) {
+  CAF_CHECK_EQUAL(completion_id(false, "r_1"), "cmpl-r_1");
+  CAF_CHECK_EQUAL(completion_id(true, "r_1"), "chatcmpl-r_1");
+  auto req
+      = parse_openai_request(R"({"model":"tinylm","prompt":"hi","max_tokens":3})", false);
+  CAF_REQUIRE(req);
+  CAF_CHECK_EQUAL(req->model, "tinylm");
+  CAF_CHECK(!req->stream);
+  generate_reply g;
+  g.text = "abc";
+  g.prompt_tokens = 2;
+  g.tokens = 3;
+  g.finish_reason = "length";
+  g.worker = "w1";
+  auto r = completion_reply(*req, "r_1", 1700000000, g);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(r.content_type, "application/json");
+  CAF_CHECK_EQUAL(
+      r.body, encode_completion("cmpl-r_1", "tinylm", 1700000000, openai_result_of(g)));
+  CAF_CHECK(r.body.find(R"("text":"abc")") != std::string::npos);
+  CAF_CHECK_EQUAL(header_of(r, "X-Worker"), "w1");
+  auto chat = parse_openai_request(
+      R"({"model":"tinylm","messages":[{"role":"user","content":"hi"}],"stream":true})",
+      true);
+  CAF_REQUIRE(chat);
+  CAF_CHECK(chat->chat && chat->stream);
+  auto c = completion_reply(*chat, "r_2", 1700000000, g);
+  CAF_CHECK(c.body.find(R"("id":"chatcmpl-r_2")") != std::string::npos);
+  CAF_CHECK(c.body.find(R"("object":"chat.completion")") != std::string::npos);
+  // Bad bodies name the field; deep ones are refused before decoding.
+  auto bad
+      = parse_openai_request(R"({"model":"tinylm","prompt":"x","max_tokens":0})", false);
+  CAF_REQUIRE(!bad);
+  CAF_CHECK(code_of(bad.error()) == errc::invalid_input);
+  CAF_CHECK(message_of(bad.error()).find("max_tokens") != std::string::npos);
+  std::string deep(100, '[');
+  auto too_deep = parse_openai_request(deep, true);
+  CAF_REQUIRE(!too_deep);
+  CAF_CHECK_EQUAL(message_of(too_deep.error()), "body: nested deeper than 64 levels");
+  auto speech = parse_speech_request(R"({"model":"tinyspeech","input":"hi","x":1})");
+  CAF_REQUIRE(!speech);
+  CAF_CHECK(message_of(speech.error()).find('x') != std::string::npos);
 }

@@ -2398,4 +2398,39 @@ CAF_TEST(list_workers returns every row by id) {
   CAF_CHECK_EQUAL(value_of(other->list_workers(), "list_workers").size(), 4u);
 }
 
+CAF_TEST(every event knows the seq of the previous event of its job) {
+  // Two jobs whose events interleave, as the queue and a worker write them.
+  auto events = events_during([&] {
+    auto a = enqueue(make_job("m"), t0);
+    auto b = enqueue(make_job("m"), t0);
+    auto run = claim({"m"}, 2, t0 + 1);
+    CAF_REQUIRE_EQUAL(run.size(), 2u);
+    CAF_CHECK(value_of(store->add_event(a.id, run[0].lease_seq, "data", R"({"delta":"x"})",
+                                        t0 + 2),
+                       "add_event"));
+    CAF_CHECK(value_of(store->complete(b.id, run[1].lease_seq, "{}", t0 + 3), "c"));
+    CAF_CHECK(value_of(store->complete(a.id, run[0].lease_seq, "{}", t0 + 4), "c"));
+  });
+  CAF_REQUIRE_EQUAL(events.size(), 7u);
+  std::map<int64_t, int64_t> last; // job -> seq of its latest event so far
+  for (auto& ev : events) {
+    CAF_CHECK_EQUAL(ev.prev_seq, last[ev.job_id]);
+    last[ev.job_id] = ev.seq;
+  }
+  // events_after gives the same chain, from any starting point.
+  auto a_id = events.front().job_id;
+  auto all = value_of(store->events_after(a_id, 0, 100), "events_after");
+  CAF_REQUIRE_EQUAL(all.size(), 4u);
+  CAF_CHECK_EQUAL(all[0].prev_seq, 0);
+  for (std::size_t i = 1; i < all.size(); ++i)
+    CAF_CHECK_EQUAL(all[i].prev_seq, all[i - 1].seq);
+  auto tail = value_of(store->events_after(a_id, all[1].seq, 100), "events_after");
+  CAF_REQUIRE_EQUAL(tail.size(), 2u);
+  CAF_CHECK_EQUAL(tail[0].prev_seq, all[1].seq);
+  // A starting point between two of the job's events (another job's seq).
+  auto mid = value_of(store->events_after(a_id, all[1].seq + 1, 100), "events_after");
+  CAF_REQUIRE_EQUAL(mid.size(), 2u);
+  CAF_CHECK_EQUAL(mid[0].prev_seq, all[1].seq);
+}
+
 CAF_TEST_FIXTURE_SCOPE_END()
