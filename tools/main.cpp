@@ -9,6 +9,7 @@
 
 #include "messages/errors.hpp"
 #include "tools/bench/e2e_bench.hpp"
+#include "tools/bench/infer_bench.hpp"
 #include "tools/bench/queue_bench.hpp"
 #include "tools/config.hpp"
 #include "tools/logging.hpp"
@@ -99,6 +100,36 @@ int main(int argc, char** argv) {
   bench_e2e->add_option("--dir", e2e_opts.dir,
                         "Parent of the scratch directory (default $TMPDIR or /tmp)");
 
+  bench::infer_bench_options infer_opts;
+  auto bench_infer = bench->add_subcommand(
+      "infer",
+      "Interactive inference over HTTP via `serve` vs the same models in-process");
+  bench_infer
+      ->add_option("--requests", infer_opts.requests,
+                   "Classifier requests at concurrency 1 (default 3000)")
+      ->check(CLI::Range(int64_t{1}, int64_t{10'000'000}));
+  bench_infer
+      ->add_option("--seconds", infer_opts.seconds,
+                   "Length of each classifier throughput run (default 15)")
+      ->check(CLI::Range(0.1, 600.0));
+  bench_infer
+      ->add_option("--concurrency", infer_opts.concurrency,
+                   "Connections of the throughput runs (default 16)")
+      ->check(CLI::Range(1, 256));
+  bench_infer
+      ->add_option("--tokens", infer_opts.tokens,
+                   "max_tokens of each streamed completion (default 512)")
+      ->check(CLI::Range(1, 4096));
+  bench_infer
+      ->add_option("--streams", infer_opts.streams, "Streamed completions (default 16)")
+      ->check(CLI::Range(1, 10'000));
+  bench_infer
+      ->add_option("--speech-requests", infer_opts.speech_requests,
+                   "Speech requests (default 15)")
+      ->check(CLI::Range(1, 10'000));
+  bench_infer->add_option("--dir", infer_opts.dir,
+                          "Parent of the scratch directory (default $TMPDIR or /tmp)");
+
   CLI11_PARSE(app, argc, argv);
 
   if (*make_models) {
@@ -111,6 +142,8 @@ int main(int argc, char** argv) {
       queue_opts.synchronous_full = bench_sync == "FULL";
       return bench::run_bench_queue(queue_opts);
     }
+    if (*bench_infer)
+      return bench::run_bench_infer(infer_opts);
     e2e_opts.synchronous_full = bench_sync == "FULL";
     return bench::run_bench_e2e(e2e_opts);
   }

@@ -3,6 +3,7 @@
 #include "tools/bench/http_client.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -54,6 +55,13 @@ sockaddr_in loopback(uint16_t port) {
 }
 
 } // namespace
+
+std::string http_response::header(const std::string& name) const {
+  for (auto& [key, value] : headers)
+    if (iequals(key, name.c_str()))
+      return value;
+  return {};
+}
 
 http_connection::http_connection(uint16_t port, int timeout_ms)
     : port_(port), timeout_ms_(timeout_ms) {}
@@ -116,7 +124,8 @@ bool http_connection::fill(std::string& error) {
   }
 }
 
-bool http_connection::read_response(http_response& out, std::string& error) {
+bool http_connection::read_response(http_response& out, std::string& error,
+                                    const body_observer& on_body) {
   std::size_t head_end;
   while ((head_end = buf_.find("\r\n\r\n")) == std::string::npos)
     if (!fill(error))
@@ -130,6 +139,7 @@ bool http_connection::read_response(http_response& out, std::string& error) {
   }
   out.status = std::atoi(status_line.c_str() + 9);
   out.close = status_line.compare(0, 8, "HTTP/1.0") == 0;
+  out.headers.clear();
   bool chunked = false;
   long long length = -1;
   while (pos < head_end) {
@@ -141,6 +151,7 @@ bool http_connection::read_response(http_response& out, std::string& error) {
       continue;
     auto name = line.substr(0, colon);
     auto value = trim(line.substr(colon + 1));
+    out.headers.emplace_back(name, value);
     if (iequals(name, "content-length"))
       length = std::atoll(value.c_str());
     else if (iequals(name, "transfer-encoding"))
@@ -168,6 +179,9 @@ bool http_connection::read_response(http_response& out, std::string& error) {
           if (!fill(error))
             return false;
         while (end != at) {
+          auto line = buf_.substr(at, end - at);
+          if (auto colon = line.find(':'); colon != std::string::npos)
+            out.headers.emplace_back(line.substr(0, colon), trim(line.substr(colon + 1)));
           at = end + 2;
           while ((end = buf_.find("\r\n", at)) == std::string::npos)
             if (!fill(error))
@@ -180,6 +194,8 @@ bool http_connection::read_response(http_response& out, std::string& error) {
         if (!fill(error))
           return false;
       out.body.append(buf_, at, size);
+      if (on_body)
+        on_body(std::string_view{buf_}.substr(at, size));
       at += size + 2;
     }
   }
@@ -187,25 +203,36 @@ bool http_connection::read_response(http_response& out, std::string& error) {
     length = 0;
   if (length < 0) {
     // Close-delimited.
+    if (on_body && buf_.size() > body_at)
+      on_body(std::string_view{buf_}.substr(body_at));
     std::string ignored;
-    while (fill(ignored)) {
-    }
+    for (auto seen = buf_.size(); fill(ignored); seen = buf_.size())
+      if (on_body)
+        on_body(std::string_view{buf_}.substr(seen));
     out.body = buf_.substr(body_at);
     out.close = true;
     buf_.clear();
     return true;
   }
   auto need = body_at + static_cast<std::size_t>(length);
-  while (buf_.size() < need)
+  auto seen = body_at;
+  for (;;) {
+    auto upto = std::min(buf_.size(), need);
+    if (on_body && upto > seen)
+      on_body(std::string_view{buf_}.substr(seen, upto - seen));
+    seen = upto;
+    if (buf_.size() >= need)
+      break;
     if (!fill(error))
       return false;
+  }
   out.body = buf_.substr(body_at, static_cast<std::size_t>(length));
   buf_.erase(0, need);
   return true;
 }
 
 bool http_connection::exchange(const std::string& request, http_response& out,
-                               std::string& error) {
+                               std::string& error, const body_observer& on_body) {
   if (fd_ < 0 && !connect(error))
     return false;
   const char* p = request.data();
@@ -222,7 +249,7 @@ bool http_connection::exchange(const std::string& request, http_response& out,
     p += n;
     left -= static_cast<std::size_t>(n);
   }
-  if (!read_response(out, error)) {
+  if (!read_response(out, error, on_body)) {
     drop();
     return false;
   }
@@ -285,6 +312,67 @@ load_result drive(uint16_t port, const std::string& request, int64_t total,
     t.join();
   result.seconds
       = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+load_result drive_for(uint16_t port, const std::string& request, double seconds,
+                      int connections) {
+  using clock = std::chrono::steady_clock;
+  connections = std::max(1, connections);
+  load_result result;
+  std::mutex mtx;
+  std::atomic<int> waiting{connections};
+  std::atomic<bool> go{false};
+  clock::time_point start;
+  clock::time_point until;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < connections; ++c) {
+    threads.emplace_back([&] {
+      http_connection conn{port};
+      load_result mine;
+      http_response resp;
+      std::string error;
+      --waiting;
+      while (!go.load())
+        std::this_thread::yield();
+      while (clock::now() < until) {
+        auto sent = clock::now();
+        if (!conn.exchange(request, resp, error)) {
+          ++mine.errors;
+          if (mine.first_problem.empty())
+            mine.first_problem = error;
+          continue;
+        }
+        mine.latencies_us.push_back(
+            std::chrono::duration<double, std::micro>(clock::now() - sent).count());
+        ++mine.statuses[resp.status];
+        if (resp.status >= 200 && resp.status < 300)
+          ++mine.ok;
+        else if (mine.first_problem.empty())
+          mine.first_problem = std::to_string(resp.status) + " " + resp.body;
+      }
+      std::lock_guard<std::mutex> guard{mtx};
+      result.ok += mine.ok;
+      result.errors += mine.errors;
+      for (auto& [status, n] : mine.statuses)
+        result.statuses[status] += n;
+      result.latencies_us.insert(result.latencies_us.end(), mine.latencies_us.begin(),
+                                 mine.latencies_us.end());
+      if (result.first_problem.empty())
+        result.first_problem = mine.first_problem;
+    });
+  }
+  // All threads exist before the clock starts.
+  while (waiting.load() > 0)
+    std::this_thread::yield();
+  start = clock::now();
+  until = start
+          + std::chrono::duration_cast<clock::duration>(
+              std::chrono::duration<double>(seconds));
+  go.store(true);
+  for (auto& t : threads)
+    t.join();
+  result.seconds = std::chrono::duration<double>(clock::now() - start).count();
   return result;
 }
 
