@@ -47,6 +47,14 @@ struct workers_settings {
   int64_t generate_timeout_ms = 600000;
 };
 
+struct actors_settings {
+  /// CAF scheduler: "sharing" (one queue, threads woken by a condition
+  /// variable) or "stealing" (work stealing with polling).
+  std::string scheduler = "sharing";
+  /// Scheduler threads; 0: one per core.
+  int32_t threads = 0;
+};
+
 struct storage_settings {
   std::string data_dir = "./data";
   std::string models_dir = "./models";
@@ -70,6 +78,7 @@ struct settings {
   http_settings http;
   queue_settings queue;
   workers_settings workers;
+  actors_settings actors;
   storage_settings storage;
   log_settings log;
   shutdown_settings shutdown;

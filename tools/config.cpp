@@ -134,6 +134,13 @@ const std::vector<key_def>& keys() {
                                                [](settings& s, int64_t v) {
                                                  s.workers.generate_timeout_ms = v;
                                                })},
+    {"actors.scheduler", choice_setter({"sharing", "stealing"}, false,
+                                       [](settings& s, std::string v) {
+                                         s.actors.scheduler = v;
+                                       })},
+    {"actors.threads", int_setter(0, 256, [](settings& s, int64_t v) {
+       s.actors.threads = static_cast<int32_t>(v);
+     })},
     {"storage.data_dir", string_setter([](settings& s, std::string v) {
        s.storage.data_dir = v;
      })},

@@ -61,6 +61,16 @@ caf::expected<cluster_stats> query_stats(caf::actor_system& sys, const queue_act
 
 } // namespace
 
+void configure_scheduler(caf::actor_system_config& cfg, const actors_settings& a) {
+  // Work stealing polls and sleeps 50 µs between polls when idle; on a small
+  // machine the shared queue (woken by a condition variable) answers faster
+  // and burns less CPU (docs/benchmarks.md, bench infer).
+  cfg.set("scheduler.policy",
+          a.scheduler == "stealing" ? caf::atom("stealing") : caf::atom("sharing"));
+  if (a.threads > 0)
+    cfg.set("scheduler.max-threads", static_cast<size_t>(a.threads));
+}
+
 int run_make_models(const std::string& out_dir, uint64_t seed) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
@@ -105,6 +115,7 @@ int run_serve(const settings& s) {
   }
 
   caf::actor_system_config cfg;
+  configure_scheduler(cfg, s.actors);
   caf::actor_system sys{cfg};
   auto broker = spawn_broker(sys, broker_config{});
   queue_config qcfg;
