@@ -23,7 +23,6 @@
 #include "messages/generate_io.hpp"
 #include "messages/kserve.hpp"
 #include "messages/speech_io.hpp"
-#include "persistence/artifacts.hpp"
 
 namespace infergrid {
 
@@ -352,7 +351,8 @@ double audio_seconds(const synthesis& s, int64_t rate) {
 }
 
 caf::expected<std::string> run_speech_job(executor_pointer self, model_runner& m,
-                                          const job_record& job) {
+                                          const job_record& job,
+                                          std::vector<named_bytes>& files) {
   auto& st = self->state;
   auto in = decode_speech_input(job.input_json);
   if (!in)
@@ -378,12 +378,7 @@ caf::expected<std::string> run_speech_job(executor_pointer self, model_runner& m
   mm.synthesis_seconds += result->seconds;
   if (result->stopped)
     return make_error(errc::timeout, "synthesis stopped (cancelled or out of time)");
-  if (st.cfg.artifacts_dir.empty())
-    return make_error(errc::internal, "no artifacts directory configured");
-  persistence::artifact_store files{st.cfg.artifacts_dir};
-  auto written = files.write(job.id, speech_artifact, encode_wav(result->pcm16, rate));
-  if (!written)
-    return written.error();
+  files.push_back(named_bytes{speech_artifact, encode_wav(result->pcm16, rate)});
   return encode_speech_output(speech_artifact, rate, pcm16_samples(result->pcm16),
                               result->phrases, audio_s > 0 ? result->seconds / audio_s : 0);
 }
@@ -477,9 +472,12 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
               break;
             case model_kind::speech:
               for (std::size_t i = 0; i < jobs.size(); ++i) {
-                auto r = run_speech_job(self, m, jobs[i]);
+                std::vector<named_bytes> files;
+                auto r = run_speech_job(self, m, jobs[i], files);
                 out[i] = r ? ok_outcome(jobs[i].id, std::move(*r))
                            : failed_outcome(jobs[i].id, r.error());
+                if (r)
+                  out[i].artifacts = std::move(files);
               }
               break;
           }

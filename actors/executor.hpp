@@ -16,6 +16,17 @@
 
 namespace infergrid {
 
+/// A file a job made, to be stored by the worker (data/artifacts/{job}/).
+struct named_bytes {
+  std::string name;
+  std::string bytes;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, named_bytes& x) {
+  return f(caf::meta::type_name("named_bytes"), x.name, x.bytes);
+}
+
 /// What became of one durable job the executor ran.
 struct job_outcome {
   int64_t id = 0;
@@ -25,12 +36,15 @@ struct job_outcome {
   /// The error code name and message when not ok (errc names).
   std::string error_code;
   std::string error_message;
+  /// Files the output refers to; the worker stores them before it
+  /// completes the job.
+  std::vector<named_bytes> artifacts;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_outcome& x) {
   return f(caf::meta::type_name("job_outcome"), x.id, x.ok, x.output_json, x.error_code,
-           x.error_message);
+           x.error_message, x.artifacts);
 }
 
 using executor_actor = caf::typed_actor<
@@ -60,8 +74,6 @@ struct executor_config {
   /// Memory budget of this worker's device in MB (each model's memory_mb
   /// counts against it); <= 0: unlimited.
   int64_t memory_budget_mb = 0;
-  /// Where durable jobs' files go (data_dir/artifacts); empty: none written.
-  std::string artifacts_dir;
   /// Raised by the worker for a job or request to stop (cancel, timeout,
   /// client gone); generation checks it after every token.
   std::shared_ptr<cancel_flags> cancels;

@@ -146,6 +146,9 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
       [self](artifact_atom, int64_t id, const std::string& name) -> caf::result<artifact_ref> {
         return self->delegate(self->state.queue, artifact_atom::value, id, name);
       },
+      [self](drain_atom, const std::string& worker, bool drain) -> caf::result<worker_status> {
+        return self->delegate(self->state.queue, drain_atom::value, worker, drain);
+      },
       [self](models_atom) -> std::vector<model_info> { return self->state.cfg.models; },
       [self](stats_atom) -> caf::result<cluster_stats> {
         return self->delegate(self->state.queue, stats_atom::value);

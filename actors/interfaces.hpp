@@ -50,6 +50,8 @@ using unload_atom = caf::atom_constant<caf::atom("unload")>;
 using status_atom = caf::atom_constant<caf::atom("status")>;
 using artifact_atom = caf::atom_constant<caf::atom("artifact")>;
 using batch_atom = caf::atom_constant<caf::atom("batch")>;
+using join_atom = caf::atom_constant<caf::atom("join")>;
+using drain_atom = caf::atom_constant<caf::atom("drain")>;
 
 /// Receives a streamed interactive result piece by piece, in order: the text
 /// deltas of a generation, or the PCM16 little-endian bytes of speech. The
@@ -183,17 +185,21 @@ struct worker_registration {
   std::vector<std::string> failed;
   /// The device it computes on: "cpu", "cuda:0", ...
   std::string device;
+  /// The node it runs on; empty inside the control process.
+  std::string host;
+  /// "in-process", "direct" (opens the SQLite file) or "queue".
+  std::string claim_path = "in-process";
 };
 
 inline bool operator==(const worker_registration& x, const worker_registration& y) {
   return x.worker_id == y.worker_id && x.models == y.models && x.failed == y.failed
-         && x.device == y.device;
+         && x.device == y.device && x.host == y.host && x.claim_path == y.claim_path;
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_registration& x) {
   return f(caf::meta::type_name("worker_registration"), x.worker_id, x.models, x.failed,
-           x.device);
+           x.device, x.host, x.claim_path);
 }
 
 /// A snapshot of the queue for /readyz, /metrics and the admin API.
@@ -252,7 +258,10 @@ using worker_actor = caf::typed_actor<
     // An operator loads or unloads a model (POST /v1/models/{m}/load|unload);
     // the answer is the worker's status afterwards.
     caf::replies_to<load_atom, std::string>::with<worker_status>,
-    caf::replies_to<unload_atom, std::string>::with<worker_status>>;
+    caf::replies_to<unload_atom, std::string>::with<worker_status>,
+    // The queue drains (true) or resumes (false) this worker: it shows
+    // DRAINING and gets no new work; what runs finishes.
+    caf::reacts_to<drain_atom, bool>>;
 
 /// The part of the queue a worker talks to.
 using queue_feedback_actor
@@ -298,6 +307,17 @@ using queue_actor = queue_feedback_actor::extend<
     caf::replies_to<fail_atom, int64_t, int64_t, job_error>::with<std::string>,
     // (id, lease_seq, lease_ms) -> (lease held, cancel requested).
     caf::replies_to<renew_atom, int64_t, int64_t, int64_t>::with<bool, bool>,
+    // The batch forms of the same: complete_batch, renew_batch, and a data
+    // event (id, lease_seq, JSON) -> false when the lease was lost.
+    caf::replies_to<complete_atom, std::vector<job_completion>>::with<std::vector<bool>>,
+    caf::replies_to<renew_atom, std::vector<held_lease>,
+                    int64_t>::with<std::vector<lease_status>>,
+    caf::replies_to<chunk_atom, int64_t, int64_t, std::string>::with<bool>,
+    // A file of running job (id, lease_seq): (name, bytes) -> false when the
+    // lease was lost (nothing written).
+    caf::replies_to<artifact_atom, int64_t, int64_t, std::string, std::string>::with<bool>,
+    // Drain (true) or resume (false) a worker by id: not_found when unknown.
+    caf::replies_to<drain_atom, std::string, bool>::with<worker_status>,
     caf::reacts_to<qtick_atom>>;
 
 /// The gateway: admission and validation in front of the queue. What http/
@@ -319,6 +339,9 @@ using gateway_actor = caf::typed_actor<
     caf::replies_to<unload_atom, std::string>::with<std::vector<worker_status>>,
     // GET /v1/jobs/{id}/artifacts/{name}.
     caf::replies_to<artifact_atom, int64_t, std::string>::with<artifact_ref>,
+    // POST /admin/api/workers/{id}/drain (true) | resume (false): the
+    // worker's status afterwards; not_found for an unknown worker.
+    caf::replies_to<drain_atom, std::string, bool>::with<worker_status>,
     caf::replies_to<models_atom>::with<std::vector<model_info>>,
     caf::replies_to<stats_atom>::with<cluster_stats>,
     // GET /v1/jobs: newest first, filtered, paged.
@@ -333,5 +356,46 @@ using gateway_actor = caf::typed_actor<
     // backlog, then drop events whose seq was already sent.
     caf::replies_to<subscribe_atom, int64_t, event_subscriber_actor>::with<bool>,
     caf::reacts_to<unsub_atom, int64_t, event_subscriber_actor>>;
+
+} // namespace infergrid
+
+namespace infergrid {
+
+/// What a worker node presents when it joins the control node.
+struct join_request {
+  /// The cluster secret (cluster.secret); compared in constant time.
+  std::string secret;
+  std::string worker_id;
+  /// The node's host name, for the log and the workers table.
+  std::string host;
+  /// The SQLite file the worker will open itself to claim jobs (a worker on
+  /// the control node's host); empty: it claims through the queue actor.
+  std::string db_path;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, join_request& x) {
+  return f(caf::meta::type_name("join_request"), x.secret, x.worker_id, x.host,
+           x.db_path);
+}
+
+/// What a worker gets when the control node accepts it.
+struct join_reply {
+  queue_actor queue;
+  broker_actor broker;
+  /// The control node's lease length (queue.lease_ms).
+  int64_t lease_ms = 30000;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, join_reply& x) {
+  return f(caf::meta::type_name("join_reply"), x.queue, x.broker, x.lease_ms);
+}
+
+/// The one actor a control node publishes on cluster.port. Everything else
+/// is reachable only through a join with the right secret; a wrong secret
+/// is refused (errc::unauthorized) and logged. A db_path that is not the
+/// control node's own file is refused (errc::invalid_input).
+using door_actor = caf::typed_actor<caf::replies_to<join_atom, join_request>::with<join_reply>>;
 
 } // namespace infergrid

@@ -35,6 +35,11 @@ struct worker_entry {
   int64_t recorded_at_ms = 0;
   /// What the worker last told about itself (model states, metrics).
   worker_status status;
+  /// Drained by an operator: no new work.
+  bool draining = false;
+  std::string host;
+  std::string claim_path = "in-process";
+  int64_t last_seen_ms = 0;
 };
 
 struct pending_submit {
@@ -142,9 +147,37 @@ worker_entry* find_worker(queue_state& st, const std::string& id) {
 
 bool serves(const queue_state& st, const std::string& model) {
   for (auto& w : st.workers)
-    if (w.models.count(model) > 0)
+    if (!w.draining && w.models.count(model) > 0)
       return true;
   return false;
+}
+
+// The worker's status as the queue shows it (phase from its own view).
+worker_status status_of(const worker_entry& w) {
+  auto ws = w.status;
+  ws.worker_id = w.id;
+  if (w.draining)
+    ws.phase = "DRAINING";
+  else if (ws.phase.empty() || ws.phase == "IDLE" || ws.phase == "BUSY"
+           || ws.phase == "DRAINING")
+    ws.phase = w.busy ? "BUSY" : "IDLE";
+  ws.host = w.host;
+  ws.claim_path = w.claim_path;
+  ws.last_seen_ms = w.last_seen_ms;
+  return ws;
+}
+
+// Fails the waiting interactive requests that no worker can serve any more.
+void fail_unservable(queue_state& st) {
+  for (auto p = st.interactive.begin(); p != st.interactive.end();) {
+    if (!serves(st, p->model)) {
+      p->fail(make_error(errc::unavailable,
+                         "no ready worker serves model '" + p->model + "'"));
+      p = st.interactive.erase(p);
+    } else {
+      ++p;
+    }
+  }
 }
 
 // Hands a batch of tensor requests of one model to `w` (busy in this step).
@@ -280,7 +313,7 @@ void dispatch(queue_pointer self) {
   auto n = st.workers.size();
   for (std::size_t k = 0; k < n; ++k) {
     auto& w = st.workers[(st.next_worker + k) % n];
-    if (w.busy)
+    if (w.busy || w.draining)
       continue;
     if (take_interactive(self, w))
       continue;
@@ -408,15 +441,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     st.workers.erase(i);
     st.next_worker = 0;
     // Interactive requests nobody can serve any more fail now, not at timeout.
-    for (auto p = st.interactive.begin(); p != st.interactive.end();) {
-      if (!serves(st, p->model)) {
-        p->fail(make_error(errc::unavailable,
-                           "no ready worker serves model '" + p->model + "'"));
-        p = st.interactive.erase(p);
-      } else {
-        ++p;
-      }
-    }
+    fail_unservable(st);
     dispatch(self);
   });
   if (st.cfg.tick)
@@ -433,6 +458,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         worker_entry w;
         w.id = reg.worker_id;
         w.handle = handle;
+        w.host = reg.host;
+        w.claim_path = reg.claim_path;
+        w.last_seen_ms = now_ms();
         w.models.insert(reg.models.begin(), reg.models.end());
         st.maybe_ready.insert(reg.models.begin(), reg.models.end());
         self->monitor(handle);
@@ -447,6 +475,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         if (w == nullptr)
           return;
         w->busy = false;
+        w->last_seen_ms = now_ms();
         if (!found_work)
           for (auto& m : w->models)
             st.maybe_ready.erase(m);
@@ -579,8 +608,66 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         dispatch(self);
       },
       [self](status_atom, worker_status& ws) {
-        if (auto w = find_worker(self->state, ws.worker_id))
+        if (auto w = find_worker(self->state, ws.worker_id)) {
           w->status = std::move(ws);
+          w->last_seen_ms = now_ms();
+        }
+      },
+      [self](drain_atom, const std::string& id, bool drain) -> caf::result<worker_status> {
+        auto& st = self->state;
+        auto w = find_worker(st, id);
+        if (w == nullptr)
+          return make_error(errc::not_found, "no worker '" + id + "'");
+        if (w->draining != drain) {
+          w->draining = drain;
+          spdlog::info("queue: worker {} {}", id,
+                       drain ? "DRAINING: no new work; what runs finishes" : "resumed");
+          self->send(w->handle, drain_atom::value, drain);
+        }
+        auto ws = status_of(*w);
+        record_worker(st, *w, ws.phase, true);
+        if (drain)
+          fail_unservable(st);
+        else
+          dispatch(self);
+        return ws;
+      },
+      [self](complete_atom,
+             const std::vector<job_completion>& xs) -> caf::result<std::vector<bool>> {
+        auto done = self->state.store->complete_batch(xs, now_ms());
+        if (!done)
+          return done.error();
+        publish_events(self);
+        return std::move(*done);
+      },
+      [self](renew_atom, const std::vector<held_lease>& xs,
+             int64_t lease_ms) -> caf::result<std::vector<lease_status>> {
+        auto status = self->state.store->renew_batch(xs, lease_ms, now_ms());
+        if (!status)
+          return status.error();
+        return std::move(*status);
+      },
+      [self](chunk_atom, int64_t id, int64_t lease_seq,
+             const std::string& data) -> caf::result<bool> {
+        auto ok = self->state.store->add_event(id, lease_seq, "data", data, now_ms());
+        if (!ok)
+          return ok.error();
+        publish_events(self);
+        return *ok;
+      },
+      [self](artifact_atom, int64_t id, int64_t lease_seq, const std::string& name,
+             const std::string& bytes) -> caf::result<bool> {
+        auto& st = self->state;
+        auto rec = st.store->get(id);
+        if (!rec)
+          return rec.error();
+        if (!*rec || (*rec)->state != job_state::running || (*rec)->lease_seq != lease_seq)
+          return false;
+        persistence::artifact_store files{st.cfg.artifacts_dir};
+        auto written = files.write(id, name, bytes);
+        if (!written)
+          return written.error();
+        return true;
       },
       [self](load_atom, const std::string& model) -> caf::result<std::vector<worker_status>> {
         return fan_out(self, load_atom::value, model);
@@ -618,11 +705,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
           ready.insert(w.models.begin(), w.models.end());
           if (w.busy)
             ++out.workers_busy;
-          auto ws = w.status;
-          ws.worker_id = w.id;
-          if (ws.phase.empty() || ws.phase == "IDLE" || ws.phase == "BUSY")
-            ws.phase = w.busy ? "BUSY" : "IDLE";
-          out.workers.push_back(std::move(ws));
+          out.workers.push_back(status_of(w));
         }
         out.workers_total = static_cast<int32_t>(st.workers.size());
         out.workers_ready = out.workers_total;
@@ -679,7 +762,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         // made jobs ready: let every idle worker look again.
         for (auto& w : st.workers) {
           st.maybe_ready.insert(w.models.begin(), w.models.end());
-          record_worker(st, w, w.busy ? "BUSY" : "IDLE", false);
+          record_worker(st, w, status_of(w).phase, false);
         }
         dispatch(self);
         // A passive checkpoint about every 10 s (only this connection checkpoints).

@@ -1,5 +1,6 @@
-// The worker actor: one device's state machine (LOADING -> IDLE <-> BUSY, or
-// ERROR). It claims durable jobs with its own SQLite connection, renews their
+// The worker actor: one device's state machine (LOADING -> IDLE <-> BUSY,
+// DRAINING, or ERROR). It claims durable jobs with its own SQLite connection
+// (same host) or through the queue actor (another node), renews their
 // leases, and hands every LibTorch call to its executor thread.
 #pragma once
 
@@ -24,8 +25,16 @@ struct worker_config {
   std::string id;
   /// Models to load (entries with an error are reported as failed).
   std::vector<inference::model_entry> models;
-  /// The worker's own connection to the job table (same-host worker).
+  /// The worker's own connection to the job table (same-host worker);
+  /// ignored when `claim_via` is set.
   persistence::store_options store;
+  /// A worker on another node claims, completes and renews through the
+  /// queue actor (the same store functions, run on the control node).
+  queue_actor claim_via;
+  /// For the registration: the node's host name ("" inside the control
+  /// process) and how it claims ("in-process", "direct", "queue").
+  std::string host;
+  std::string claim_path = "in-process";
   int64_t lease_ms = 30000;
   int32_t intra_op_threads = 1;
   /// Deadline of one interactive tensor request on the executor.
@@ -34,7 +43,8 @@ struct worker_config {
   int64_t generate_timeout_ms = 600000;
   /// Memory budget of the device in MB; <= 0: unlimited.
   int64_t memory_budget_mb = 0;
-  /// data_dir/artifacts: where durable jobs' files go.
+  /// data_dir/artifacts: where durable jobs' files go (with a store of its
+  /// own; through the queue otherwise).
   std::string artifacts_dir;
   /// Most durable jobs of one tensor model claimed and run as one batch
   /// (also bounded by the model's max_batch_size).

@@ -2,10 +2,13 @@
 // with weights from our own seeded PRNG, and writes their config.yaml files.
 #include "inference/demo_models.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 #include <system_error>
 
 #include <torch/script.h>
@@ -25,7 +28,7 @@ constexpr double pi = 3.14159265358979323846;
 class weight_rng {
 public:
   weight_rng(uint64_t seed, uint64_t stream)
-    : state_(seed ^ (stream * 0x9E3779B97F4A7C15ull)) {
+      : state_(seed ^ (stream * 0x9E3779B97F4A7C15ull)) {
     // nop
   }
 
@@ -53,15 +56,13 @@ private:
 };
 
 /// A float32 tensor that owns a copy of `values`.
-torch::Tensor make_tensor(const std::vector<float>& values,
-                          std::vector<int64_t> shape) {
+torch::Tensor make_tensor(const std::vector<float>& values, std::vector<int64_t> shape) {
   return torch::from_blob(const_cast<float*>(values.data()), shape, torch::kFloat32)
-    .clone();
+      .clone();
 }
 
 /// N(0, scale^2) weights of the given shape.
-torch::Tensor normal_tensor(weight_rng& rng, std::vector<int64_t> shape,
-                            double scale) {
+torch::Tensor normal_tensor(weight_rng& rng, std::vector<int64_t> shape, double scale) {
   int64_t n = 1;
   for (auto d : shape)
     n *= d;
@@ -78,35 +79,99 @@ torch::jit::Module new_module(const std::string& class_name) {
   return m;
 }
 
-// -- classifier: MLP 16 -> 32 -> 4 with ReLU and softmax ----------------------
+// -- MLPs: the classifier and make_mlp_model's models ------------------------
 
-torch::jit::Module build_classifier(uint64_t seed) {
-  weight_rng rng{seed, 1};
-  auto m = new_module("DemoClassifier");
-  m.register_parameter("w1", normal_tensor(rng, {32, 16}, 1.0 / std::sqrt(16.0)), false);
-  m.register_parameter("b1", normal_tensor(rng, {32}, 0.1), false);
-  m.register_parameter("w2", normal_tensor(rng, {4, 32}, 2.0 / std::sqrt(32.0)), false);
-  m.register_parameter("b2", normal_tensor(rng, {4}, 0.1), false);
-  m.define(R"(
-def forward(self, x: Tensor) -> Tensor:
-    h = torch.relu(torch.linear(x, self.w1, self.b1))
-    return torch.softmax(torch.linear(h, self.w2, self.b2), -1)
-)");
+constexpr int64_t mlp_inputs = 16;
+constexpr int64_t mlp_classes = 4;
+/// Bounds of make_mlp_model: at most ~270M weights (~1 GiB).
+constexpr int64_t max_mlp_width = 4096;
+constexpr int64_t max_mlp_depth = 16;
+
+/// Layer sizes of an MLP 16 -> width (x depth) -> 4.
+struct mlp_shape {
+  int64_t width;
+  int64_t depth;
+
+  /// Floats in its weights and biases.
+  int64_t parameters() const {
+    return (mlp_inputs + 1) * width + (depth - 1) * (width + 1) * width
+           + (width + 1) * mlp_classes;
+  }
+
+  /// "16 -> 32 -> 4", "16 -> 1024 x 3 -> 4".
+  std::string text() const {
+    auto hidden = std::to_string(width);
+    if (depth > 1)
+      hidden += " x " + std::to_string(depth);
+    return std::to_string(mlp_inputs) + " -> " + hidden + " -> "
+           + std::to_string(mlp_classes);
+  }
+};
+
+/// x [B,16] -> softmax [B,4] through `depth` ReLU layers of `width`. Weights
+/// w1, b1, w2, b2, ... drawn in that order from stream `stream` of `seed`:
+/// N(0, 1/fan_in) for the hidden layers, N(0, 4/fan_in) for the last, biases
+/// N(0, 0.01).
+torch::jit::Module build_mlp(const std::string& class_name, mlp_shape shape,
+                             uint64_t seed, uint64_t stream) {
+  weight_rng rng{seed, stream};
+  auto m = new_module(class_name);
+  std::string source = "\ndef forward(self, x: Tensor) -> Tensor:\n";
+  std::string input = "x";
+  for (int64_t layer = 1; layer <= shape.depth + 1; ++layer) {
+    bool last = layer == shape.depth + 1;
+    int64_t fan_in = layer == 1 ? mlp_inputs : shape.width;
+    int64_t fan_out = last ? mlp_classes : shape.width;
+    auto w = "w" + std::to_string(layer);
+    auto b = "b" + std::to_string(layer);
+    double scale = (last ? 2.0 : 1.0) / std::sqrt(static_cast<double>(fan_in));
+    m.register_parameter(w, normal_tensor(rng, {fan_out, fan_in}, scale), false);
+    m.register_parameter(b, normal_tensor(rng, {fan_out}, 0.1), false);
+    auto linear = "torch.linear(" + input + ", self." + w + ", self." + b + ")";
+    if (last)
+      source += "    return torch.softmax(" + linear + ", -1)\n";
+    else
+      source += "    h = torch.relu(" + linear + ")\n";
+    input = "h";
+  }
+  m.define(source);
   return m;
 }
 
-const char* classifier_config = R"(# Demo MLP (16 -> 32 -> 4) built by make_demo_models.
-kind: tensor
-max_batch_size: 32
-max_queue_delay_us: 2000
-device: auto
-memory_mb: 1
-preload: true
-inputs:
-  - {name: x, dtype: float32, shape: [-1, 16]}
-outputs:
-  - {name: probabilities, dtype: float32, shape: [-1, 4]}
-)";
+/// The config.yaml of an MLP built by build_mlp; `comment` is its first line.
+std::string mlp_config(const std::string& comment, mlp_shape shape,
+                       int64_t max_batch_size, int64_t max_queue_delay_us,
+                       const std::string& output) {
+  constexpr int64_t mib = 1024 * 1024;
+  auto bytes = shape.parameters() * static_cast<int64_t>(sizeof(float));
+  std::ostringstream out;
+  out << "# " << comment << "\n"
+      << "kind: tensor\n"
+      << "max_batch_size: " << max_batch_size << "\n"
+      << "max_queue_delay_us: " << max_queue_delay_us << "\n"
+      << "device: auto\n"
+      << "memory_mb: " << std::max<int64_t>(1, (bytes + mib - 1) / mib) << "\n"
+      << "preload: true\n"
+      << "inputs:\n"
+      << "  - {name: x, dtype: float32, shape: [-1, " << mlp_inputs << "]}\n"
+      << "outputs:\n"
+      << "  - {name: " << output << ", dtype: float32, shape: [-1, " << mlp_classes
+      << "]}\n";
+  return out.str();
+}
+
+// The classifier: MLP 16 -> 32 -> 4 with ReLU and softmax.
+constexpr mlp_shape classifier_shape{32, 1};
+
+torch::jit::Module build_classifier(uint64_t seed) {
+  return build_mlp("DemoClassifier", classifier_shape, seed, 1);
+}
+
+std::string classifier_config() {
+  return mlp_config("Demo MLP (" + classifier_shape.text()
+                        + ") built by make_demo_models.",
+                    classifier_shape, 32, 2000, "probabilities");
+}
 
 // -- tinylm: byte-level GRU language model ------------------------------------
 
@@ -120,11 +185,14 @@ torch::jit::Module build_tinylm(uint64_t seed) {
   m.register_attribute("vocab_size", c10::IntType::get(), int64_t{256});
   const double gru_scale = 1.0 / std::sqrt(static_cast<double>(lm_hidden));
   m.register_parameter("embedding", normal_tensor(rng, {256, lm_embed}, 1.0), false);
-  m.register_parameter("w_ih", normal_tensor(rng, {3 * lm_hidden, lm_embed}, gru_scale), false);
-  m.register_parameter("w_hh", normal_tensor(rng, {3 * lm_hidden, lm_hidden}, gru_scale), false);
+  m.register_parameter("w_ih", normal_tensor(rng, {3 * lm_hidden, lm_embed}, gru_scale),
+                       false);
+  m.register_parameter("w_hh", normal_tensor(rng, {3 * lm_hidden, lm_hidden}, gru_scale),
+                       false);
   m.register_parameter("b_ih", normal_tensor(rng, {3 * lm_hidden}, gru_scale), false);
   m.register_parameter("b_hh", normal_tensor(rng, {3 * lm_hidden}, gru_scale), false);
-  m.register_parameter("head_w", normal_tensor(rng, {256, lm_hidden}, 2.0 * gru_scale), false);
+  m.register_parameter("head_w", normal_tensor(rng, {256, lm_hidden}, 2.0 * gru_scale),
+                       false);
   // Untrained, so bias the head towards printable ASCII: sampled text then
   // reads as (gibberish) text rather than random bytes.
   std::vector<float> bias(256);
@@ -151,7 +219,8 @@ def forward(self, tokens: Tensor, state: Optional[Tensor] = None) -> Tuple[Tenso
   return m;
 }
 
-const char* tinylm_config = R"(# Demo byte-level GRU language model built by make_demo_models.
+const char* tinylm_config
+    = R"(# Demo byte-level GRU language model built by make_demo_models.
 kind: generate
 max_batch_size: 8
 max_queue_delay_us: 0
@@ -185,7 +254,7 @@ torch::jit::Module build_tinyspeech(uint64_t seed) {
   for (int c = 0; c < 256; ++c) {
     // Log-uniform pitch in 110..440 Hz, and harmonic weights ~ 1/k.
     pitch[static_cast<std::size_t>(c)]
-      = static_cast<float>(110.0 * std::pow(4.0, rng.uniform()));
+        = static_cast<float>(110.0 * std::pow(4.0, rng.uniform()));
     double raw[tts_harmonics];
     double total = 0.0;
     for (int k = 0; k < tts_harmonics; ++k) {
@@ -206,7 +275,9 @@ torch::jit::Module build_tinyspeech(uint64_t seed) {
     auto i = static_cast<std::size_t>(n);
     omega_t[i] = static_cast<float>(2.0 * pi * static_cast<double>(n) / tts_sample_rate);
     envelope[i] = static_cast<float>(
-      0.5 * (1.0 - std::cos(2.0 * pi * static_cast<double>(n) / (tts_samples_per_token - 1))));
+        0.5
+        * (1.0
+           - std::cos(2.0 * pi * static_cast<double>(n) / (tts_samples_per_token - 1))));
   }
   m.register_buffer("pitch", make_tensor(pitch, {256, 1}));
   m.register_buffer("weights", make_tensor(weights, {256, tts_harmonics}));
@@ -228,7 +299,8 @@ def duration_seconds(self, num_tokens: int) -> float:
   return m;
 }
 
-const char* tinyspeech_config = R"(# Demo toy text-to-speech (24 kHz, 20 ms per byte) built by make_demo_models.
+const char* tinyspeech_config
+    = R"(# Demo toy text-to-speech (24 kHz, 20 ms per byte) built by make_demo_models.
 kind: speech
 max_batch_size: 4
 max_queue_delay_us: 0
@@ -242,59 +314,93 @@ outputs:
   - {name: pcm, dtype: float32, shape: [-1, -1]}
 )";
 
+/// Writes `root`/`name`/{model.pt,config.yaml}; LibTorch's exceptions become
+/// `internal` errors naming the model.
 caf::error write_model(const fs::path& root, const std::string& name,
-                       torch::jit::Module (*build)(uint64_t), const char* config,
-                       uint64_t seed) {
+                       const std::function<torch::jit::Module()>& build,
+                       const std::string& config) {
   auto dir = root / name;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
     return make_error(errc::internal, "demo model '" + name + "': cannot create "
-                                        + dir.string() + ": " + ec.message());
+                                          + dir.string() + ": " + ec.message());
   auto model_path = (dir / "model.pt").string();
   try {
-    build(seed).save(model_path);
+    build().save(model_path);
   } catch (const c10::Error& e) {
     return make_error(errc::internal, "demo model '" + name + "': cannot write "
-                                        + model_path + ": "
-                                        + e.what_without_backtrace());
+                                          + model_path + ": "
+                                          + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return make_error(errc::internal, "demo model '" + name + "': cannot build "
-                                        + model_path + ": " + e.what());
+                                          + model_path + ": " + e.what());
   }
   auto config_path = dir / "config.yaml";
   std::ofstream out{config_path, std::ios::binary | std::ios::trunc};
   out << config;
   out.close();
   if (!out)
-    return make_error(errc::internal, "demo model '" + name + "': cannot write "
-                                        + config_path.string());
+    return make_error(errc::internal,
+                      "demo model '" + name + "': cannot write " + config_path.string());
   return {};
 }
 
 } // namespace
 
-caf::expected<std::vector<std::string>>
-make_demo_models(const std::string& out_dir, uint64_t seed) {
+caf::expected<std::vector<std::string>> make_demo_models(const std::string& out_dir,
+                                                         uint64_t seed) {
   if (out_dir.empty())
     return make_error(errc::invalid_input, "make_demo_models: out_dir is empty");
   struct demo {
     const char* name;
     torch::jit::Module (*build)(uint64_t);
-    const char* config;
+    std::string config;
   };
   const demo demos[] = {
-    {"classifier", build_classifier, classifier_config},
-    {"tinylm", build_tinylm, tinylm_config},
-    {"tinyspeech", build_tinyspeech, tinyspeech_config},
+      {"classifier", build_classifier, classifier_config()},
+      {"tinylm", build_tinylm, tinylm_config},
+      {"tinyspeech", build_tinyspeech, tinyspeech_config},
   };
   std::vector<std::string> names;
   for (auto& d : demos) {
-    if (auto err = write_model(out_dir, d.name, d.build, d.config, seed))
+    if (auto err = write_model(
+            out_dir, d.name, [&] { return d.build(seed); }, d.config))
       return err;
     names.emplace_back(d.name);
   }
   return names;
+}
+
+caf::expected<std::string> make_mlp_model(const std::string& out_dir,
+                                          const std::string& name, int64_t width,
+                                          int64_t depth, int64_t max_batch_size,
+                                          int64_t max_queue_delay_us, uint64_t seed) {
+  auto invalid = [&](const std::string& why) {
+    return make_error(errc::invalid_input, "make_mlp_model '" + name + "': " + why);
+  };
+  if (out_dir.empty())
+    return invalid("out_dir is empty");
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos)
+    return invalid("not a directory name");
+  if (width < 1 || width > max_mlp_width)
+    return invalid("width must be in 1.." + std::to_string(max_mlp_width) + ", got "
+                   + std::to_string(width));
+  if (depth < 1 || depth > max_mlp_depth)
+    return invalid("depth must be in 1.." + std::to_string(max_mlp_depth) + ", got "
+                   + std::to_string(depth));
+  if (max_batch_size < 1)
+    return invalid("max_batch_size must be >= 1, got " + std::to_string(max_batch_size));
+  if (max_queue_delay_us < 0)
+    return invalid("max_queue_delay_us must be >= 0, got "
+                   + std::to_string(max_queue_delay_us));
+  mlp_shape shape{width, depth};
+  auto config = mlp_config("MLP (" + shape.text() + ") built by make_mlp_model.", shape,
+                           max_batch_size, max_queue_delay_us, "y");
+  if (auto err = write_model(
+          out_dir, name, [&] { return build_mlp("DemoMLP", shape, seed, 4); }, config))
+    return err;
+  return (fs::path{out_dir} / name).string();
 }
 
 } // namespace infergrid::inference

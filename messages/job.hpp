@@ -179,6 +179,42 @@ typename Inspector::result_type inspect(Inspector& f, job_page& x) {
   return f(caf::meta::type_name("job_page"), x.jobs, x.next_before_id);
 }
 
+/// What renewing a lease found.
+struct lease_status {
+  /// False when the lease was lost (another claim owns the job now).
+  bool held = false;
+  /// True when a client asked to cancel the running job.
+  bool cancel_requested = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, lease_status& x) {
+  return f(caf::meta::type_name("lease_status"), x.held, x.cancel_requested);
+}
+
+/// The output of a running job and the token of its claim (complete_batch).
+struct job_completion {
+  int64_t id = 0;
+  int64_t lease_seq = 0;
+  std::string output_json;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, job_completion& x) {
+  return f(caf::meta::type_name("job_completion"), x.id, x.lease_seq, x.output_json);
+}
+
+/// A lease as its claim returned it (renew_batch).
+struct held_lease {
+  int64_t id = 0;
+  int64_t lease_seq = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, held_lease& x) {
+  return f(caf::meta::type_name("held_lease"), x.id, x.lease_seq);
+}
+
 /// External id of a job: "j_" followed by the row id.
 std::string job_id_string(int64_t id);
 

@@ -111,12 +111,22 @@ struct worker_status {
   int64_t memory_budget_mb = 0;
   std::vector<model_status> models;
   std::vector<model_metrics> metrics;
+  /// The node it runs on ("" for a worker inside the control process).
+  std::string host;
+  /// "in-process", "direct" (a process that opens the SQLite file) or
+  /// "queue" (a process that claims through the queue actor).
+  std::string claim_path;
+  /// Unix ms of its last message to the queue.
+  int64_t last_seen_ms = 0;
+  /// Durable jobs it holds now.
+  int64_t running_jobs = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.worker_id, x.phase, x.device,
-           x.memory_budget_mb, x.models, x.metrics);
+           x.memory_budget_mb, x.models, x.metrics, x.host, x.claim_path,
+           x.last_seen_ms, x.running_jobs);
 }
 
 } // namespace infergrid

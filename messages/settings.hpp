@@ -45,6 +45,19 @@ struct workers_settings {
   int64_t memory_budget_mb = 0;
   /// Longest an interactive generation or synthesis may run.
   int64_t generate_timeout_ms = 600000;
+  /// `serve` runs workers as actors inside its own process (development,
+  /// tests) instead of supervised worker processes.
+  bool in_process = false;
+};
+
+struct cluster_settings {
+  /// Where the control node listens for worker nodes (loopback by default).
+  std::string host = "127.0.0.1";
+  /// 0: any free port (serve's own worker processes learn it from argv).
+  uint16_t port = 0;
+  /// Shared secret of worker nodes; empty: serve makes a random one for its
+  /// own processes and `gateway` refuses to start.
+  std::string secret;
 };
 
 struct actors_settings {
@@ -79,6 +92,7 @@ struct settings {
   queue_settings queue;
   workers_settings workers;
   actors_settings actors;
+  cluster_settings cluster;
   storage_settings storage;
   log_settings log;
   shutdown_settings shutdown;

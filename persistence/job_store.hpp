@@ -40,27 +40,11 @@ struct store_options {
   std::function<int(const std::string& op, const std::string& step)> fault_hook;
 };
 
-/// What renew() found.
-struct lease_status {
-  /// False when the lease was lost (another claim owns the job now).
-  bool held = false;
-  /// True when a client asked to cancel the running job.
-  bool cancel_requested = false;
-};
-
-/// One job of complete_batch(): the output of a running job and the token of
-/// its claim.
-struct job_completion {
-  int64_t id = 0;
-  int64_t lease_seq = 0;
-  std::string output_json;
-};
-
-/// One lease of renew_batch(), as the claim returned it.
-struct held_lease {
-  int64_t id = 0;
-  int64_t lease_seq = 0;
-};
+// lease_status, job_completion and held_lease live in messages/job.hpp:
+// remote workers send them to the queue actor.
+using infergrid::held_lease;
+using infergrid::job_completion;
+using infergrid::lease_status;
 
 class job_store {
 public:

@@ -134,6 +134,18 @@ const std::vector<key_def>& keys() {
                                                [](settings& s, int64_t v) {
                                                  s.workers.generate_timeout_ms = v;
                                                })},
+    {"workers.in_process", choice_setter({"true", "false"}, false,
+                                         [](settings& s, std::string v) {
+                                           s.workers.in_process = v == "true";
+                                         })},
+    {"cluster.host", string_setter([](settings& s, std::string v) { s.cluster.host = v; })},
+    {"cluster.port", int_setter(0, 65535, [](settings& s, int64_t v) {
+       s.cluster.port = static_cast<uint16_t>(v);
+     })},
+    {"cluster.secret", [](settings& s, const std::string& text) -> std::string {
+       s.cluster.secret = text;
+       return {};
+     }},
     {"actors.scheduler", choice_setter({"sharing", "stealing"}, false,
                                        [](settings& s, std::string v) {
                                          s.actors.scheduler = v;

@@ -50,6 +50,45 @@ int main(int argc, char** argv) {
   add_key_flag(serve, flags, "--log-level", "log.level", "trace|debug|info|warn|error|off");
   add_key_flag(serve, flags, "--log-format", "log.format", "text|json");
 
+  serve->add_flag_function(
+    "--in-process",
+    [&flags](int64_t) { flags.values["workers.in_process"] = "true"; },
+    "Workers as actors in this process instead of supervised worker processes");
+
+  auto gateway = app.add_subcommand(
+    "gateway", "Run the control node only: worker nodes join at cluster.port");
+  gateway->add_option("--config", flags.config,
+                      "YAML configuration (default: CONFIG_PATH, else built-in defaults)");
+  add_key_flag(gateway, flags, "--port", "http.port", "HTTP port (default 8080)");
+  add_key_flag(gateway, flags, "--host", "http.host", "HTTP listen address (default 127.0.0.1)");
+  add_key_flag(gateway, flags, "--cluster-port", "cluster.port",
+               "Port worker nodes join (default 0: any free port)");
+  add_key_flag(gateway, flags, "--cluster-host", "cluster.host",
+               "Address worker nodes join (default 127.0.0.1)");
+  add_key_flag(gateway, flags, "--data-dir", "storage.data_dir", "Data directory (default ./data)");
+  add_key_flag(gateway, flags, "--models-dir", "storage.models_dir",
+               "Model repository (default ./models)");
+  add_key_flag(gateway, flags, "--log-level", "log.level", "trace|debug|info|warn|error|off");
+  add_key_flag(gateway, flags, "--log-format", "log.format", "text|json");
+
+  worker_options wopts;
+  auto worker = app.add_subcommand("worker", "Run one worker node that joins a control node");
+  worker->add_option("--join", wopts.join, "HOST:PORT of the control node's cluster port")
+    ->required();
+  worker->add_option("--id", wopts.id, "Worker id (default: host name and pid)");
+  worker->add_option("--db", wopts.db_path,
+                     "The control node's SQLite file, when this node may open it (same "
+                     "host); without it, jobs are claimed through the queue actor");
+  worker->add_option("--models", wopts.models, "Serve only these models, e.g. a,b")
+    ->delimiter(',');
+  worker->add_option("--device", wopts.device, "Device of every model: cpu, cuda, cuda:N");
+  worker->add_option("--config", flags.config,
+                     "YAML configuration (default: CONFIG_PATH, else built-in defaults)");
+  add_key_flag(worker, flags, "--models-dir", "storage.models_dir",
+               "Model repository (default ./models)");
+  add_key_flag(worker, flags, "--log-level", "log.level", "trace|debug|info|warn|error|off");
+  add_key_flag(worker, flags, "--log-format", "log.format", "text|json");
+
   std::string models_out = "models";
   uint64_t seed = 42;
   auto make_models = app.add_subcommand("make-models", "Build the demo TorchScript models");
@@ -110,7 +149,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{10'000'000}));
   bench_infer
       ->add_option("--seconds", infer_opts.seconds,
-                   "Length of each classifier throughput run (default 15)")
+                   "Length of each throughput run (default 15)")
       ->check(CLI::Range(0.1, 600.0));
   bench_infer
       ->add_option("--concurrency", infer_opts.concurrency,
@@ -127,6 +166,14 @@ int main(int argc, char** argv) {
       ->add_option("--speech-requests", infer_opts.speech_requests,
                    "Speech requests (default 15)")
       ->check(CLI::Range(1, 10'000));
+  bench_infer
+      ->add_option("--heavy-width", infer_opts.heavy_width,
+                   "Hidden width of the heavy model of section 5 (default 1024)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  bench_infer
+      ->add_option("--heavy-depth", infer_opts.heavy_depth,
+                   "Hidden layers of the heavy model of section 5 (default 3)")
+      ->check(CLI::Range(int64_t{1}, int64_t{16}));
   bench_infer->add_option("--dir", infer_opts.dir,
                           "Parent of the scratch directory (default $TMPDIR or /tmp)");
 
@@ -162,5 +209,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   setup_logging(s->log.level, s->log.format);
+  if (*worker)
+    return run_worker(*s, wopts);
+  if (*gateway)
+    return run_gateway(*s);
   return run_serve(*s);
 }

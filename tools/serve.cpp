@@ -5,19 +5,23 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <thread>
 #include <vector>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
 #include <spdlog/spdlog.h>
 
 #include "actors/broker.hpp"
+#include "actors/cluster.hpp"
 #include "actors/gateway.hpp"
 #include "actors/queue.hpp"
+#include "actors/supervisor.hpp"
 #include "actors/worker.hpp"
 #include "http/server.hpp"
 #include "inference/demo_models.hpp"
@@ -59,6 +63,53 @@ caf::expected<cluster_stats> query_stats(caf::actor_system& sys, const queue_act
   return out;
 }
 
+// 32 random hex characters for serve's own worker processes.
+std::string random_secret() {
+  std::random_device rd;
+  std::string out;
+  static const char* hex = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i)
+    out.push_back(hex[rd() % 16]);
+  return out;
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string{"/proc/self/exe"} : p.string();
+}
+
+// The worker processes serve starts: the same binary as `infergrid worker`,
+// with the effective settings they need in their environment.
+supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
+                                   const std::string& secret, const std::string& db_path) {
+  supervisor_config sup;
+  auto exe = self_exe();
+  for (int i = 0; i < s.workers.count; ++i) {
+    child_spec c;
+    c.name = "w" + std::to_string(i + 1);
+    c.argv = {exe, "worker", "--join", "127.0.0.1:" + std::to_string(cluster_port), "--id",
+              c.name, "--db", db_path};
+    c.env = {
+      "INFERGRID_CLUSTER__SECRET=" + secret,
+      "INFERGRID_STORAGE__MODELS_DIR=" + s.storage.models_dir,
+      "INFERGRID_STORAGE__DATA_DIR=" + s.storage.data_dir,
+      "INFERGRID_STORAGE__SYNCHRONOUS=" + s.storage.synchronous,
+      "INFERGRID_WORKERS__INTRA_OP_THREADS=" + std::to_string(s.workers.intra_op_threads),
+      "INFERGRID_WORKERS__MEMORY_BUDGET_MB=" + std::to_string(s.workers.memory_budget_mb),
+      "INFERGRID_WORKERS__GENERATE_TIMEOUT_MS=" + std::to_string(s.workers.generate_timeout_ms),
+      "INFERGRID_HTTP__REQUEST_TIMEOUT_MS=" + std::to_string(s.http.request_timeout_ms),
+      "INFERGRID_ACTORS__SCHEDULER=" + s.actors.scheduler,
+      "INFERGRID_ACTORS__THREADS=" + std::to_string(s.actors.threads),
+      "INFERGRID_LOG__LEVEL=" + s.log.level,
+      "INFERGRID_LOG__FORMAT=" + s.log.format,
+      "LOG_LEVEL=" + s.log.level,
+    };
+    sup.children.push_back(std::move(c));
+  }
+  return sup;
+}
+
 } // namespace
 
 void configure_scheduler(caf::actor_system_config& cfg, const actors_settings& a) {
@@ -85,6 +136,26 @@ int run_make_models(const std::string& out_dir, uint64_t seed) {
 }
 
 int run_serve(const settings& s) {
+  return run_control_node(s, control_role::serve);
+}
+
+int run_gateway(const settings& s) {
+  return run_control_node(s, control_role::gateway);
+}
+
+int run_control_node(const settings& s, control_role role) {
+  const char* name = role == control_role::gateway ? "gateway" : "serve";
+  bool local_processes = role == control_role::serve && !s.workers.in_process
+                         && s.workers.count > 0;
+  bool publish = role == control_role::gateway || local_processes;
+  std::string secret = s.cluster.secret;
+  if (role == control_role::gateway && secret.empty()) {
+    spdlog::error("gateway: cluster.secret is empty; set it (INFERGRID_CLUSTER__SECRET) so "
+                  "that worker nodes can join");
+    return 2;
+  }
+  if (secret.empty())
+    secret = random_secret();
   auto stop_signals = block_stop_signals();
   if (!has_models(s.storage.models_dir)) {
     spdlog::info("serve: {} holds no models; building the demo models",
@@ -116,6 +187,10 @@ int run_serve(const settings& s) {
 
   caf::actor_system_config cfg;
   configure_scheduler(cfg, s.actors);
+  if (publish) {
+    cfg.load<caf::io::middleman>();
+    add_cluster_message_types(cfg);
+  }
   caf::actor_system sys{cfg};
   auto broker = spawn_broker(sys, broker_config{});
   queue_config qcfg;
@@ -132,7 +207,8 @@ int run_serve(const settings& s) {
   gcfg.default_max_attempts = s.queue.max_attempts;
   auto gateway = spawn_gateway(sys, queue, broker, gcfg);
   std::vector<worker_actor> workers;
-  for (int i = 0; i < s.workers.count; ++i) {
+  int in_process_workers = role == control_role::serve && !local_processes ? s.workers.count : 0;
+  for (int i = 0; i < in_process_workers; ++i) {
     worker_config wcfg;
     wcfg.id = "w" + std::to_string(i + 1);
     wcfg.models = entries;
@@ -146,13 +222,50 @@ int run_serve(const settings& s) {
     workers.push_back(spawn_worker(sys, queue, broker, std::move(wcfg)));
   }
 
+  door_actor door;
+  supervisor_actor supervisor;
   auto stop_actors = [&] {
+    if (supervisor) {
+      // Workers first, while the queue still hears them go.
+      caf::scoped_actor self{sys};
+      self->request(supervisor, std::chrono::seconds(30), halt_atom::value)
+        .receive([](std::vector<child_status>&) {},
+                 [](caf::error& err) {
+                   spdlog::warn("serve: stopping the worker processes: {}",
+                                message_of(err));
+                 });
+      caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
+    }
+    if (door)
+      caf::anon_send_exit(door, caf::exit_reason::user_shutdown);
     for (auto& w : workers)
       caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(gateway, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(queue, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(broker, caf::exit_reason::user_shutdown);
   };
+
+  if (publish) {
+    door_config dcfg;
+    dcfg.secret = secret;
+    dcfg.db_path = store_opts.path;
+    dcfg.lease_ms = s.queue.lease_ms;
+    dcfg.queue = queue;
+    dcfg.broker = broker;
+    door = spawn_door(sys, dcfg);
+    auto cluster_port = sys.middleman().publish(door, s.cluster.port, s.cluster.host.c_str(),
+                                                true);
+    if (!cluster_port) {
+      spdlog::error("{}: cannot listen for worker nodes on {}:{}: {}", name, s.cluster.host,
+                    s.cluster.port, sys.render(cluster_port.error()));
+      stop_actors();
+      return 1;
+    }
+    spdlog::info("{}: worker nodes join at {}:{}", name, s.cluster.host, *cluster_port);
+    if (local_processes)
+      supervisor
+        = spawn_supervisor(sys, worker_processes(s, *cluster_port, secret, store_opts.path));
+  }
 
   auto http_opts = s.http;
   http_opts.run_timeout_ms = s.workers.generate_timeout_ms;
@@ -163,8 +276,10 @@ int run_serve(const settings& s) {
     stop_actors();
     return 1;
   }
-  spdlog::info("serve: listening on http://{}:{} with {} worker(s); data in {}",
-               s.http.host, *port, s.workers.count, s.storage.data_dir);
+  spdlog::info("{}: listening on http://{}:{} with {} {}; data in {}", name, s.http.host,
+               *port, role == control_role::gateway ? 0 : s.workers.count,
+               local_processes ? "worker process(es)" : "in-process worker(s)",
+               s.storage.data_dir);
 
   int sig = 0;
   sigwait(&stop_signals, &sig);

@@ -30,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "inference/demo_models.hpp"
 #include "inference/model_repository.hpp"
 #include "inference/model_runner.hpp"
 #include "inference/phrases.hpp"
@@ -61,8 +62,10 @@ constexpr int io_timeout_ms = 30'000;
 constexpr int64_t warm_up_requests = 200;
 /// Length of the warm-up before each throughput run (not counted).
 constexpr double throughput_warm_up_s = 1.0;
-/// Length of each direct forward() throughput loop.
+/// Length of each direct forward() throughput loop: classifier, heavy model
+/// (a call costs ~1 ms, so 1 s is still ~500-1,000 calls).
 constexpr double direct_loop_s = 2.0;
+constexpr double heavy_direct_loop_s = 1.0;
 /// Bytes of a server answer quoted in a failure.
 constexpr std::size_t quote_bytes = 300;
 
@@ -70,6 +73,14 @@ const char* const lm_model = "tinylm";
 const char* const lm_prompt = "Once upon a time, in a small town by the sea,";
 constexpr uint64_t lm_seed = 7;
 const char* const speech_model = "tinyspeech";
+/// The MLP of section 5, built by the bench into both models directories.
+const char* const heavy_model = "heavy";
+/// Its batching on server 1 (server 2: max_batch_size 1): batches form only
+/// while the worker is busy, so a lone request never waits.
+constexpr int64_t heavy_max_batch = 32;
+constexpr int64_t heavy_queue_delay_us = 0;
+/// Seed of the demo models, as `serve` uses when it builds them itself.
+constexpr uint64_t demo_seed = 42;
 /// Five sentences, 465 bytes: five phrases for the server's splitter.
 const char* const speech_text
     = "The harbour was quiet in the early morning, and the boats rocked gently "
@@ -233,16 +244,17 @@ double metric_sum(const std::string& page, const std::string& prefix) {
   return seen ? total : -1;
 }
 
-/// Requests per forward call of the classifier so far: {sum, count}, from
-/// the infergrid_model_batch_size histogram; {-1, -1} when absent.
-std::pair<double, double> batch_histogram(uint16_t port) {
+/// Requests per forward call of `model` so far: {sum, count}, from the
+/// infergrid_model_batch_size histogram; {-1, -1} when absent.
+std::pair<double, double> batch_histogram(uint16_t port, const std::string& model) {
   http_connection conn{port, io_timeout_ms};
   http_response resp;
   std::string error;
   if (!conn.exchange(http_request("GET", "/metrics"), resp, error) || resp.status != 200)
     return {-1, -1};
-  return {metric_sum(resp.body, "infergrid_model_batch_size_sum{model=\"classifier\""),
-          metric_sum(resp.body, "infergrid_model_batch_size_count{model=\"classifier\"")};
+  auto label = "{model=\"" + model + "\"";
+  return {metric_sum(resp.body, "infergrid_model_batch_size_sum" + label),
+          metric_sum(resp.body, "infergrid_model_batch_size_count" + label)};
 }
 
 // -- the child server ----------------------------------------------------------
@@ -895,7 +907,7 @@ speech_section measure_speech(const server_process& server, model_runner* tts,
   return out;
 }
 
-// -- 4. classifier throughput --------------------------------------------------
+// -- 4. and 5. throughput --------------------------------------------------------
 
 struct throughput_run {
   std::string problem;
@@ -916,24 +928,26 @@ std::string statuses(const load_result& r) {
   return out;
 }
 
-/// A warm-up, then `connections` closed-loop clients for `seconds`.
-throughput_run measure_throughput(const server_process& server, double seconds,
-                                  int connections) {
+/// A warm-up, then `connections` closed-loop clients sending one [1,16] row
+/// to `model` (the classifier or an MLP of make_mlp_model) for `seconds`.
+throughput_run measure_throughput(const server_process& server, const std::string& model,
+                                  double seconds, int connections) {
   throughput_run out;
   auto port = server.port();
-  const auto request = http_request("POST", "/v2/models/classifier/infer", infer_body());
-  auto what = "POST /v2/models/classifier/infer x " + std::to_string(connections);
+  auto route = "/v2/models/" + model + "/infer";
+  const auto request = http_request("POST", route, infer_body());
+  auto what = "POST " + route + " x " + std::to_string(connections);
   auto warm = drive_for(port, request, throughput_warm_up_s, connections);
   if (warm.ok == 0 || warm.ok != static_cast<int64_t>(warm.latencies_us.size())) {
     out.problem = what + " (warm-up): " + statuses(warm)
                   + "; first problem: " + clip(warm.first_problem);
     return out;
   }
-  auto before = batch_histogram(port);
+  auto before = batch_histogram(port, model);
   auto cpu0 = server.cpu_s();
   auto run = drive_for(port, request, seconds, connections);
   auto cpu1 = server.cpu_s();
-  auto after = batch_histogram(port);
+  auto after = batch_histogram(port, model);
   if (run.ok == 0 || run.ok != static_cast<int64_t>(run.latencies_us.size())) {
     out.problem
         = what + ": " + statuses(run) + "; first problem: " + clip(run.first_problem);
@@ -948,10 +962,12 @@ throughput_run measure_throughput(const server_process& server, double seconds,
   return out;
 }
 
-/// forward() on a [batch, 16] input for `seconds`: rows per second; -1 and
-/// `problem` set on failure.
-double direct_rows_per_s(model_runner& m, int batch, double seconds,
-                         std::string& problem) {
+/// forward() on a [batch, 16] input for `seconds` (after a warm-up of at most
+/// 100 calls or ~0.2 s): rows per second; -1 and `problem` set on failure.
+/// With `cpu_ms`, also this thread's CPU time per call in ms, which other
+/// processes on the machine move much less than the wall time.
+double direct_rows_per_s(model_runner& m, int batch, double seconds, std::string& problem,
+                         double* cpu_ms = nullptr) {
   std::vector<float> rows;
   auto row = classifier_row();
   for (int i = 0; i < batch; ++i)
@@ -964,30 +980,28 @@ double direct_rows_per_s(model_runner& m, int batch, double seconds,
                 + message_of(r.error());
     return static_cast<bool>(r);
   };
-  for (int i = 0; i < 100; ++i)
+  auto warm = clock_type::now();
+  for (int i = 0; i < 100 && seconds_since(warm) < 0.2; ++i)
     if (!call())
       return -1;
   int64_t calls = 0;
+  auto cpu0 = thread_cpu_s();
   auto t = clock_type::now();
   double elapsed = 0;
   do {
-    for (int i = 0; i < 50; ++i)
-      if (!call())
-        return -1;
-    calls += 50;
+    if (!call())
+      return -1;
+    ++calls;
     elapsed = seconds_since(t);
   } while (elapsed < seconds);
+  if (cpu_ms != nullptr)
+    *cpu_ms = (thread_cpu_s() - cpu0) * 1e3 / static_cast<double>(calls);
   return static_cast<double>(calls * batch) / elapsed;
 }
 
-/// Copies `from` to `to` and rewrites the classifier's max_batch_size to 1.
+/// Rewrites the line `max_batch_size: N` of `config` to `max_batch_size: 1`.
 /// Empty on success, else why not.
-std::string make_batch1_models(const std::string& from, const std::string& to) {
-  std::error_code ec;
-  fs::copy(from, to, fs::copy_options::recursive, ec);
-  if (ec)
-    return "cannot copy " + from + " to " + to + ": " + ec.message();
-  auto config = fs::path{to} / "classifier" / "config.yaml";
+std::string rewrite_to_batch1(const fs::path& config) {
   std::ifstream in{config};
   if (!in)
     return "cannot read " + config.string();
@@ -1009,6 +1023,20 @@ std::string make_batch1_models(const std::string& from, const std::string& to) {
   out.close();
   if (!out)
     return "cannot write " + config.string();
+  return {};
+}
+
+/// Copies `from` to `to` and rewrites the max_batch_size of `models` there
+/// to 1. Empty on success, else why not.
+std::string make_batch1_models(const std::string& from, const std::string& to,
+                               std::initializer_list<const char*> models) {
+  std::error_code ec;
+  fs::copy(from, to, fs::copy_options::recursive, ec);
+  if (ec)
+    return "cannot copy " + from + " to " + to + ": " + ec.message();
+  for (auto* model : models)
+    if (auto why = rewrite_to_batch1(fs::path{to} / model / "config.yaml"); !why.empty())
+      return why;
   return {};
 }
 
@@ -1082,9 +1110,28 @@ int run_bench_infer(const infer_bench_options& opts) {
             << dir << '\n'
             << std::flush;
 
-  // Server 1: the demo models as make-models writes them.
-  server_process server{path("data"), models, path("serve.log")};
+  // One LibTorch thread here, as the server's default workers.intra_op_threads;
+  // set before any LibTorch work.
+  inference::configure_runtime(1);
+
+  // The models of server 1: the demo models as `serve` (or make-models)
+  // writes them, and the heavy MLP of section 5.
   std::string error;
+  if (auto made = inference::make_demo_models(models, demo_seed); !made)
+    error = "make_demo_models: " + message_of(made.error());
+  else if (auto heavy_made = inference::make_mlp_model(
+               models, heavy_model, opts.heavy_width, opts.heavy_depth, heavy_max_batch,
+               heavy_queue_delay_us, demo_seed);
+           !heavy_made)
+    error = "make_mlp_model: " + message_of(heavy_made.error());
+  if (!error.empty()) {
+    guard.keep = true;
+    std::cerr << "bench infer: " << error << '\n';
+    return 1;
+  }
+
+  // Server 1: those models with their batching configs.
+  server_process server{path("data"), models, path("serve.log")};
   if (!server.start(error)) {
     guard.keep = true;
     std::cerr << "bench infer: " << error << "\nserver log (" << server.log()
@@ -1096,9 +1143,7 @@ int run_bench_infer(const infer_bench_options& opts) {
             << fixed(server.ready_s(), 1) << " s after start\n"
             << std::flush;
 
-  // The baselines: the models server 1 made, loaded here with one LibTorch
-  // thread as the server's default workers.intra_op_threads.
-  inference::configure_runtime(1);
+  // The baselines: the models server 1 serves, loaded here.
   auto load = [&](const char* name, std::string& problem) {
     std::unique_ptr<model_runner> m;
     auto r = load_runner(models, name);
@@ -1114,6 +1159,8 @@ int run_bench_infer(const infer_bench_options& opts) {
   auto classifier = load("classifier", classifier_problem);
   auto lm = load(lm_model, lm_problem);
   auto tts = load(speech_model, tts_problem);
+  std::string heavy_problem;
+  auto heavy = load(heavy_model, heavy_problem);
   int64_t max_batch = classifier ? classifier->info().max_batch_size : 0;
   int64_t queue_delay_us = classifier ? classifier->info().max_queue_delay_us : 0;
 
@@ -1133,7 +1180,10 @@ int run_bench_infer(const infer_bench_options& opts) {
   if (!tts)
     sp.direct_problem = tts_problem;
   progress(", throughput");
-  auto batched = measure_throughput(server, opts.seconds, opts.concurrency);
+  auto batched = measure_throughput(server, "classifier", opts.seconds, opts.concurrency);
+  progress(", heavy model");
+  auto heavy_batched
+      = measure_throughput(server, heavy_model, opts.seconds, opts.concurrency);
   std::string direct_tp_problem = classifier_problem;
   double direct_b1 = -1;
   double direct_b16 = -1;
@@ -1142,6 +1192,18 @@ int run_bench_infer(const infer_bench_options& opts) {
     if (direct_b1 > 0)
       direct_b16 = direct_rows_per_s(*classifier, 16, direct_loop_s, direct_tp_problem);
   }
+  std::string heavy_direct_problem = heavy_problem;
+  double heavy_b1 = -1;
+  double heavy_b16 = -1;
+  double heavy_b1_cpu_ms = -1;
+  double heavy_b16_cpu_ms = -1;
+  if (heavy) {
+    heavy_b1 = direct_rows_per_s(*heavy, 1, heavy_direct_loop_s, heavy_direct_problem,
+                                 &heavy_b1_cpu_ms);
+    if (heavy_b1 > 0)
+      heavy_b16 = direct_rows_per_s(*heavy, 16, heavy_direct_loop_s, heavy_direct_problem,
+                                    &heavy_b16_cpu_ms);
+  }
   bool server_ok = server.stop();
   auto [warnings, first_warning] = log_lines(server.log());
   if (!server_ok)
@@ -1149,22 +1211,29 @@ int run_bench_infer(const infer_bench_options& opts) {
               << server.exit_text() << ")\nserver log:\n"
               << log_tail(server.log());
 
-  // Server 2: a copy of the models whose classifier takes one request per
-  // forward call (and so never waits for a batch to fill).
+  // Server 2: a copy of the models whose classifier and heavy model take one
+  // request per forward call (and so never wait for a batch to fill).
   http_latency lat_b1;
   throughput_run single;
+  throughput_run heavy_single;
   server_process server_b1{path("data-batch1"), models_b1, path("serve-batch1.log")};
   bool server_b1_ok = false;
-  if (auto why = make_batch1_models(models, models_b1); !why.empty()) {
-    single.problem = lat_b1.problem = "models with max_batch_size 1: " + why;
+  if (auto why = make_batch1_models(models, models_b1, {"classifier", heavy_model});
+      !why.empty()) {
+    single.problem = lat_b1.problem = heavy_single.problem
+        = "models with max_batch_size 1: " + why;
   } else if (!server_b1.start(error)) {
-    single.problem = lat_b1.problem = "server 2 (max_batch_size 1): " + error + "; log:\n"
-                                      + log_tail(server_b1.log());
+    single.problem = lat_b1.problem = heavy_single.problem
+        = "server 2 (max_batch_size 1): " + error + "; log:\n"
+          + log_tail(server_b1.log());
   } else {
-    progress("\nmeasuring on server 2 (classifier max_batch_size 1): latency");
+    progress("\nmeasuring on server 2 (max_batch_size 1): latency");
     lat_b1 = measure_http_latency(server_b1, opts.requests);
     progress(", throughput");
-    single = measure_throughput(server_b1, opts.seconds, opts.concurrency);
+    single = measure_throughput(server_b1, "classifier", opts.seconds, opts.concurrency);
+    progress(", heavy model");
+    heavy_single
+        = measure_throughput(server_b1, heavy_model, opts.seconds, opts.concurrency);
     server_b1_ok = server_b1.stop();
     if (!server_b1_ok)
       std::cerr << "\nbench infer: server 2 did not exit 0 after SIGTERM ("
@@ -1347,6 +1416,37 @@ int run_bench_infer(const infer_bench_options& opts) {
   if (print_failures({&batched.problem, &single.problem, &direct_tp_problem}))
     failed.emplace_back("throughput");
 
+  // 5. Batching on a heavier model.
+  double heavy_ratio = heavy_single.rps > 0 ? heavy_batched.rps / heavy_single.rps : 0;
+  std::printf("\n5. batching on a heavier model: %s, MLP 16 -> %lld x %lld -> 4, %d "
+              "connections for %s s after %s s not counted\n",
+              heavy_model, static_cast<long long>(opts.heavy_width),
+              static_cast<long long>(opts.heavy_depth), opts.concurrency,
+              fixed(opts.seconds, 1).c_str(), fixed(throughput_warm_up_s, 1).c_str());
+  std::printf("%-46s %10s %8s %8s %10s %9s\n", "", "requests/s", "p50 ms", "p99 ms",
+              "mean batch", "CPU us/r");
+  throughput_row("HTTP, server 1: max_batch_size " + std::to_string(heavy_max_batch)
+                     + ", delay " + std::to_string(heavy_queue_delay_us) + " us",
+                 heavy_batched);
+  throughput_row("HTTP, server 2: max_batch_size 1", heavy_single);
+  auto heavy_direct_row = [](const char* label, double rows_s, int batch, double cpu_ms) {
+    if (rows_s > 0)
+      std::printf("%-46s %10s  per call: %s ms, CPU %s ms\n", label,
+                  thousands(rows_s).c_str(), ms_text(1e3 * batch / rows_s).c_str(),
+                  ms_text(cpu_ms).c_str());
+  };
+  heavy_direct_row("direct forward() [1,16] here, rows/s", heavy_b1, 1, heavy_b1_cpu_ms);
+  heavy_direct_row("direct forward() [16,16] here, rows/s", heavy_b16, 16,
+                   heavy_b16_cpu_ms);
+  if (heavy_batched.rps > 0 && heavy_single.rps > 0)
+    std::printf("batching / batch 1: %s (aim: 3 or more)\n",
+                fixed(heavy_ratio, 2).c_str());
+  if (heavy && heavy_b16 <= 0 && heavy_direct_problem.empty())
+    heavy_direct_problem = "direct forward() of the heavy model: no figure";
+  if (print_failures(
+          {&heavy_batched.problem, &heavy_single.problem, &heavy_direct_problem}))
+    failed.emplace_back("heavy");
+
   std::printf("\nservers: 1 ready after %s s, %s %s s after SIGTERM; 2 %s; log lines at "
               "warn or above: %d and %d\n",
               fixed(server.ready_s(), 1).c_str(), server.exit_text().c_str(),
@@ -1401,6 +1501,32 @@ int run_bench_infer(const infer_bench_options& opts) {
   json["batching_ratio"] = figure(batched.rps > 0 && single.rps > 0, batching_ratio, 2);
   json["direct_b1_rows_s"] = figure(direct_b1 > 0, direct_b1, 0);
   json["direct_b16_rows_s"] = figure(direct_b16 > 0, direct_b16, 0);
+  json["heavy_width"] = opts.heavy_width;
+  json["heavy_depth"] = opts.heavy_depth;
+  json["heavy_batched_rps"] = figure(heavy_batched.rps > 0, heavy_batched.rps, 0);
+  json["heavy_batched_mean_batch"]
+      = figure(heavy_batched.mean_batch >= 0, heavy_batched.mean_batch, 2);
+  json["heavy_batched_p50_ms"]
+      = figure(heavy_batched.rps > 0, heavy_batched.latency_us.p50 / 1e3, 3);
+  json["heavy_batched_p99_ms"]
+      = figure(heavy_batched.rps > 0, heavy_batched.latency_us.p99 / 1e3, 3);
+  json["heavy_batched_cpu_us"]
+      = figure(heavy_batched.server_cpu_us >= 0, heavy_batched.server_cpu_us, 1);
+  json["heavy_batch1_rps"] = figure(heavy_single.rps > 0, heavy_single.rps, 0);
+  json["heavy_batch1_mean_batch"]
+      = figure(heavy_single.mean_batch >= 0, heavy_single.mean_batch, 2);
+  json["heavy_batch1_p50_ms"]
+      = figure(heavy_single.rps > 0, heavy_single.latency_us.p50 / 1e3, 3);
+  json["heavy_batch1_p99_ms"]
+      = figure(heavy_single.rps > 0, heavy_single.latency_us.p99 / 1e3, 3);
+  json["heavy_batch1_cpu_us"]
+      = figure(heavy_single.server_cpu_us >= 0, heavy_single.server_cpu_us, 1);
+  json["heavy_batching_ratio"]
+      = figure(heavy_batched.rps > 0 && heavy_single.rps > 0, heavy_ratio, 2);
+  json["heavy_direct_b1_ms"] = figure(heavy_b1 > 0, 1e3 / heavy_b1, 3);
+  json["heavy_direct_b16_ms"] = figure(heavy_b16 > 0, 16e3 / heavy_b16, 3);
+  json["heavy_direct_b1_cpu_ms"] = figure(heavy_b1 > 0, heavy_b1_cpu_ms, 3);
+  json["heavy_direct_b16_cpu_ms"] = figure(heavy_b16 > 0, heavy_b16_cpu_ms, 3);
   json["ready_s"] = round_to(server.ready_s(), 2);
   json["servers_exit_ok"] = server_ok && server_b1_ok;
   json["server_log_lines"] = warnings + warnings_b1;

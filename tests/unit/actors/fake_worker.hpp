@@ -16,6 +16,7 @@ struct fake_worker_state {
   std::vector<std::size_t> batch_sizes;
   std::vector<int64_t> cancels;
   std::vector<std::string> generate_prompts;
+  std::vector<bool> drains;
 };
 
 /// Answers each request of a batch with one tensor "echo" holding the batch's
@@ -47,6 +48,7 @@ fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
     [](status_atom, const std::vector<model_status>&, const std::vector<model_metrics>&) {},
     [](load_atom, const std::string&) -> worker_status { return {}; },
     [](unload_atom, const std::string&) -> worker_status { return {}; },
+    [self](drain_atom, bool drain) { self->state.drains.push_back(drain); },
   };
 }
 

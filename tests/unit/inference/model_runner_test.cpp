@@ -232,6 +232,74 @@ CAF_TEST(classifier warm up and forward) {
                     0.01f);
 }
 
+CAF_TEST(mlp model is a batchable tensor model) {
+  configure_runtime(1);
+  testing::temp_dir tmp;
+  auto dir = must(make_mlp_model(tmp.str(), "mlp", 32, 2, 8, 500, 42));
+  CAF_CHECK_EQUAL(dir, tmp.str("mlp"));
+  auto entries = scan_model_repository(tmp.str());
+  CAF_REQUIRE_EQUAL(entries.size(), 1u);
+  auto& e = entries.at(0);
+  CAF_REQUIRE_EQUAL(e.error, "");
+  CAF_CHECK_EQUAL(e.info.name, "mlp");
+  CAF_CHECK(e.info.kind == model_kind::tensor);
+  CAF_CHECK_EQUAL(e.info.max_batch_size, 8);
+  CAF_CHECK_EQUAL(e.info.max_queue_delay_us, 500);
+  CAF_CHECK_EQUAL(e.info.memory_mb, 1);
+  CAF_REQUIRE_EQUAL(e.info.inputs.size(), 1u);
+  CAF_CHECK_EQUAL(e.info.inputs.at(0).name, "x");
+  CAF_CHECK_EQUAL(e.info.inputs.at(0).shape, (std::vector<int64_t>{-1, 16}));
+  CAF_REQUIRE_EQUAL(e.info.outputs.size(), 1u);
+  CAF_CHECK_EQUAL(e.info.outputs.at(0).name, "y");
+  CAF_CHECK_EQUAL(e.info.outputs.at(0).shape, (std::vector<int64_t>{-1, 4}));
+  auto runner = must(model_runner::load(e.info, e.dir));
+  CAF_REQUIRE(runner->warm_up());
+  auto rows = ramp(3 * 16, 0.37f);
+  auto run = [&](int64_t batch, std::vector<float> values) {
+    auto out = must(runner->forward({make_float_tensor("x", {batch, 16}, values)}));
+    CAF_REQUIRE_EQUAL(out.size(), 1u);
+    CAF_CHECK_EQUAL(out.at(0).name, "y");
+    CAF_CHECK(out.at(0).type == dtype::float32);
+    CAF_CHECK_EQUAL(out.at(0).shape, (std::vector<int64_t>{batch, 4}));
+    auto y = float_values(out.at(0));
+    CAF_REQUIRE_EQUAL(y.size(), static_cast<std::size_t>(batch * 4));
+    return y;
+  };
+  auto batch = run(3, rows);
+  for (std::size_t i = 0; i < 3; ++i) {
+    std::vector<float> row(rows.begin() + static_cast<std::ptrdiff_t>(i * 16),
+                           rows.begin() + static_cast<std::ptrdiff_t>(i * 16 + 16));
+    auto single = run(1, row);
+    for (std::size_t c = 0; c < 4; ++c)
+      CAF_CHECK_LESS(std::abs(batch[i * 4 + c] - single[c]), 1e-5f);
+  }
+  // Different rows give different answers (the layers do something).
+  CAF_CHECK_GREATER(std::abs(batch[0] - batch[4]) + std::abs(batch[1] - batch[5]), 1e-4f);
+  // The same seed gives the same model, another seed another one.
+  testing::temp_dir again;
+  must(make_mlp_model(again.str(), "mlp", 32, 2, 8, 500, 42));
+  must(make_mlp_model(again.str(), "other", 32, 2, 8, 500, 43));
+  for (auto& other : scan_model_repository(again.str())) {
+    auto r = must(model_runner::load(other.info, other.dir));
+    auto y
+        = float_values(must(r->forward({make_float_tensor("x", {3, 16}, rows)})).at(0));
+    if (other.info.name == "mlp")
+      CAF_CHECK_EQUAL(y, batch);
+    else
+      CAF_CHECK_NOT_EQUAL(y, batch);
+  }
+  // Out of range parameters are refused before anything is written.
+  for (auto bad : {make_mlp_model(tmp.str(), "bad", 0, 2, 8, 0),
+                   make_mlp_model(tmp.str(), "bad", 32, 0, 8, 0),
+                   make_mlp_model(tmp.str(), "bad", 32, 2, 0, 0),
+                   make_mlp_model(tmp.str(), "bad", 32, 2, 8, -1),
+                   make_mlp_model(tmp.str(), "a/b", 32, 2, 8, 0)}) {
+    CAF_REQUIRE(!bad);
+    CAF_CHECK_EQUAL(code_of(bad.error()), errc::invalid_input);
+  }
+  CAF_CHECK_EQUAL(scan_model_repository(tmp.str()).size(), 1u);
+}
+
 CAF_TEST(forward errors are values) {
   auto runner = demos().load("classifier");
   // A wrong shape reaches the model, which raises: model_error, no crash.

@@ -1,0 +1,37 @@
+// The control node's door for worker nodes (join with the cluster secret) and
+// the registration of every message type that crosses nodes. CAF core only:
+// tools/ owns the middleman (publish, remote_actor).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <caf/fwd.hpp>
+
+#include "actors/interfaces.hpp"
+
+namespace infergrid {
+
+/// Registers every type that travels between nodes inside messages (CAF
+/// 0.17 needs them by name on both sides). Call on the config of every
+/// process that loads the middleman, before the actor system starts.
+void add_cluster_message_types(caf::actor_system_config& cfg);
+
+struct door_config {
+  /// cluster.secret; an empty secret refuses every join.
+  std::string secret;
+  /// The control node's own SQLite file: a worker that says it opens a file
+  /// itself must name this one (compared after resolving the paths).
+  std::string db_path;
+  int64_t lease_ms = 30000;
+  queue_actor queue;
+  broker_actor broker;
+};
+
+/// Spawns the door (see door_actor in interfaces.hpp).
+door_actor spawn_door(caf::actor_system& sys, door_config cfg);
+
+/// Compares two strings in time that depends only on their lengths.
+bool constant_time_equal(const std::string& x, const std::string& y);
+
+} // namespace infergrid

@@ -1,0 +1,192 @@
+// `infergrid worker`: one worker node. It joins a control node over CAF's
+// middleman, runs a worker actor, and rejoins with back-off when the control
+// node goes away.
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include <unistd.h>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include "actors/cluster.hpp"
+#include "actors/worker.hpp"
+#include "inference/model_repository.hpp"
+#include "messages/errors.hpp"
+#include "tools/serve.hpp"
+
+namespace infergrid {
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string host_name() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof buf - 1) != 0)
+    return "localhost";
+  return buf;
+}
+
+bool split_host_port(const std::string& x, std::string& host, uint16_t& port) {
+  auto colon = x.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == x.size())
+    return false;
+  host = x.substr(0, colon);
+  try {
+    auto p = std::stoul(x.substr(colon + 1));
+    if (p == 0 || p > 65535)
+      return false;
+    port = static_cast<uint16_t>(p);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+// Waits up to `d` for SIGINT/SIGTERM; true when one came.
+bool stop_requested(const sigset_t& stop, std::chrono::milliseconds d) {
+  timespec wait{static_cast<time_t>(d.count() / 1000),
+                static_cast<long>((d.count() % 1000) * 1000 * 1000)};
+  return sigtimedwait(&stop, nullptr, &wait) > 0;
+}
+
+} // namespace
+
+int run_worker(const settings& s, const worker_options& opts) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  std::string host;
+  uint16_t port = 0;
+  if (!split_host_port(opts.join, host, port)) {
+    spdlog::error("worker: --join: expected HOST:PORT, got '{}'", opts.join);
+    return 2;
+  }
+  auto id = opts.id.empty() ? host_name() + "-" + std::to_string(getpid()) : opts.id;
+
+  auto entries = inference::scan_model_repository(s.storage.models_dir);
+  if (!opts.models.empty()) {
+    std::set<std::string> wanted(opts.models.begin(), opts.models.end());
+    entries.erase(std::remove_if(entries.begin(), entries.end(),
+                                 [&](auto& e) { return wanted.count(e.info.name) == 0; }),
+                  entries.end());
+    for (auto& m : wanted)
+      if (std::none_of(entries.begin(), entries.end(),
+                       [&](auto& e) { return e.info.name == m; }))
+        spdlog::error("worker {}: --models: no model '{}' in {}", id, m,
+                      s.storage.models_dir);
+  }
+  if (!opts.device.empty())
+    for (auto& e : entries)
+      e.info.device = opts.device;
+  if (entries.empty()) {
+    spdlog::error("worker {}: no models to serve in {}", id, s.storage.models_dir);
+    return 2;
+  }
+
+  caf::actor_system_config cfg;
+  configure_scheduler(cfg, s.actors);
+  cfg.load<caf::io::middleman>();
+  add_cluster_message_types(cfg);
+  caf::actor_system sys{cfg};
+
+  auto backoff = 250ms;
+  const auto max_backoff = 10000ms;
+  for (;;) {
+    auto door = sys.middleman().remote_actor<door_actor>(host, port);
+    if (!door) {
+      spdlog::warn("worker {}: cannot reach the control node at {}: {}; retrying in {} ms",
+                   id, opts.join, sys.render(door.error()), backoff.count());
+      if (stop_requested(stop, backoff))
+        return 0;
+      backoff = std::min(backoff * 2, max_backoff);
+      continue;
+    }
+    caf::scoped_actor self{sys};
+    join_request req{s.cluster.secret, id, host_name(), opts.db_path};
+    caf::expected<join_reply> joined = make_error(errc::timeout, "no answer to the join");
+    self->request(*door, 10s, join_atom::value, req)
+      .receive([&](join_reply& r) { joined = std::move(r); },
+               [&](caf::error& err) { joined = std::move(err); });
+    if (!joined) {
+      auto code = code_of(joined.error());
+      spdlog::error("worker {}: the control node at {} refused the join: {}", id, opts.join,
+                    message_of(joined.error()));
+      if (code == errc::unauthorized || code == errc::invalid_input)
+        return 2; // a configuration problem: retrying will not help
+      if (stop_requested(stop, backoff))
+        return 0;
+      backoff = std::min(backoff * 2, max_backoff);
+      continue;
+    }
+    backoff = 250ms;
+    worker_config wcfg;
+    wcfg.id = id;
+    wcfg.models = entries;
+    wcfg.lease_ms = joined->lease_ms;
+    wcfg.intra_op_threads = s.workers.intra_op_threads;
+    wcfg.infer_timeout_ms = s.http.request_timeout_ms;
+    wcfg.generate_timeout_ms = s.workers.generate_timeout_ms;
+    wcfg.memory_budget_mb = s.workers.memory_budget_mb;
+    wcfg.host = host_name();
+    if (opts.db_path.empty()) {
+      wcfg.claim_via = joined->queue;
+      wcfg.claim_path = "queue";
+    } else {
+      wcfg.store.path = opts.db_path;
+      wcfg.store.synchronous_full = s.storage.synchronous == "FULL";
+      wcfg.artifacts_dir = (fs::path{opts.db_path}.parent_path() / "artifacts").string();
+      wcfg.claim_path = "direct";
+    }
+    auto queue = caf::actor_cast<queue_feedback_actor>(joined->queue);
+    auto worker = spawn_worker(sys, queue, joined->broker, wcfg);
+    self->monitor(joined->queue);
+    self->monitor(worker);
+    spdlog::info("worker {}: joined {} ({})", id, opts.join,
+                 opts.db_path.empty() ? "claims through the queue" : "opens " + opts.db_path);
+    bool lost = false;
+    while (!lost) {
+      if (stop_requested(stop, 0ms)) {
+        spdlog::info("worker {}: stopping", id);
+        caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+        self->wait_for(worker);
+        return 0;
+      }
+      self->receive(
+        [&](caf::down_msg& dm) {
+          if (dm.source == worker.address()) {
+            spdlog::error("worker {}: the worker actor stopped: {}", id,
+                          sys.render(dm.reason));
+          } else {
+            spdlog::warn("worker {}: lost the control node at {}: {}; rejoining", id,
+                         opts.join, sys.render(dm.reason));
+          }
+          lost = true;
+        },
+        caf::after(std::chrono::milliseconds(100)) >> [] {});
+    }
+    // Its jobs go back when their leases lapse (or at once, if the queue
+    // saw it go); a fresh worker actor joins again.
+    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+    self->wait_for(worker);
+    if (stop_requested(stop, backoff))
+      return 0;
+    backoff = std::min(backoff * 2, max_backoff);
+  }
+}
+
+} // namespace infergrid
