@@ -540,7 +540,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
           return runner.error();
         }
         auto cancels = st.cfg.cancels;
-        auto sink = req.sink;
+        auto sink = req.stream ? req.sink : chunk_sink_actor{};
         std::string pending; // holds back an incomplete UTF-8 sequence
         inference::token_callback on_token = [&](const std::string& delta) {
           if (sink) {
@@ -587,7 +587,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         }
         auto& m = **runner;
         auto cancels = st.cfg.cancels;
-        auto sink = req.sink;
+        auto sink = req.stream ? req.sink : chunk_sink_actor{};
         auto result = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
           if (sink)
             self->send(sink, chunk_atom::value, pcm);

@@ -106,12 +106,15 @@ struct generate_request {
   /// Receives each text delta as soon as it is made; null: no streaming.
   chunk_sink_actor sink;
   int64_t enqueued_ms = 0;
+  /// False: the sink only watches the client (its exit cancels the run);
+  /// no pieces are sent to it.
+  bool stream = true;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.model, x.params, x.request_id,
-           x.sink, x.enqueued_ms);
+           x.sink, x.enqueued_ms, x.stream);
 }
 
 struct generate_reply {
@@ -139,12 +142,14 @@ struct speech_request {
   /// Receives the PCM16 of each phrase as soon as it is ready; null: none.
   chunk_sink_actor sink;
   int64_t enqueued_ms = 0;
+  /// False: the sink only watches the client; no audio is sent to it.
+  bool stream = true;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, speech_request& x) {
   return f(caf::meta::type_name("speech_request"), x.model, x.text, x.voice,
-           x.request_id, x.sink, x.enqueued_ms);
+           x.request_id, x.sink, x.enqueued_ms, x.stream);
 }
 
 struct speech_reply {

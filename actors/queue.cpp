@@ -40,6 +40,11 @@ struct worker_entry {
   std::string host;
   std::string claim_path = "in-process";
   int64_t last_seen_ms = 0;
+  /// Registration order (round_robin) and interactive work given so far.
+  uint64_t order = 0;
+  uint64_t dispatched = 0;
+  /// Recent latency (EWMA, ms) of interactive work per model (latency).
+  std::map<std::string, double> latency_ms;
 };
 
 struct pending_submit {
@@ -92,6 +97,9 @@ struct queue_state {
   std::map<std::string, model_info> models;
   /// When the armed batch timer fires; none armed when max().
   caf::actor_clock::time_point batch_timer = caf::actor_clock::time_point::max();
+  /// Registration counter and the last worker round_robin chose.
+  uint64_t registrations = 0;
+  uint64_t last_chosen = 0;
   /// Models that may have claimable durable jobs.
   std::set<std::string> maybe_ready;
   uint64_t ticks = 0;
@@ -180,6 +188,19 @@ void fail_unservable(queue_state& st) {
   }
 }
 
+void observe_latency(queue_state& st, const std::string& id, const std::string& model,
+                     double ms);
+
+// A callback that records how long interactive work of `model` took on `w`.
+auto latency_probe(queue_pointer self, const worker_entry& w, const std::string& model) {
+  auto t0 = std::chrono::steady_clock::now();
+  return [self, id = w.id, model, t0] {
+    auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count();
+    observe_latency(self->state, id, model, ms);
+  };
+}
+
 // Hands a batch of tensor requests of one model to `w` (busy in this step).
 void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_work> ps) {
   w.busy = true;
@@ -195,9 +216,11 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
   }
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
   auto timeout = std::max(left, std::chrono::milliseconds(1));
+  auto probe = latency_probe(self, w, batch.model);
   self->request(w.handle, timeout, infer_atom::value, std::move(batch))
       .then(
-          [rps](infer_batch_result& out) mutable {
+          [rps, probe](infer_batch_result& out) mutable {
+            probe();
             for (std::size_t i = 0; i < rps.size(); ++i) {
               if (i < out.outputs.size())
                 rps[i].deliver(std::move(out.outputs[i]));
@@ -216,15 +239,22 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
 void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
   w.busy = true;
   auto timeout = std::chrono::seconds(24 * 3600);
+  auto probe = latency_probe(self, w, p.model);
   if (p.kind == pending_work::generate) {
     auto rp = p.generate_rp;
     self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
-        .then([rp](generate_reply& out) mutable { rp.deliver(std::move(out)); },
+        .then([rp, probe](generate_reply& out) mutable {
+                probe();
+                rp.deliver(std::move(out));
+              },
               [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
   } else {
     auto rp = p.speech_rp;
     self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
-        .then([rp](speech_reply& out) mutable { rp.deliver(std::move(out)); },
+        .then([rp, probe](speech_reply& out) mutable {
+                probe();
+                rp.deliver(std::move(out));
+              },
               [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
   }
 }
@@ -248,21 +278,95 @@ void arm_batch_timer(queue_pointer self, caf::actor_clock::time_point at) {
   self->delayed_send(self, delay, batch_atom::value);
 }
 
-/// Takes the interactive work `w` should run next, if any is ready: the
-/// oldest request of a model it serves. Tensor requests leave as a batch
-/// when the batch is full or its oldest request waited max_queue_delay_us
-/// (a timer is armed otherwise and later requests of other models may go).
-bool take_interactive(queue_pointer self, worker_entry& w) {
+bool holds_ready(const worker_entry& w, const std::string& model) {
+  for (auto& m : w.status.models)
+    if (m.name == model)
+      return m.state == "READY";
+  return false;
+}
+
+/// Picks the worker for interactive work of `model` among the idle ones
+/// that serve it: those holding the model resident first, then by the
+/// configured strategy. nullptr when none is idle.
+worker_entry* choose_worker(queue_state& st, const std::string& model) {
+  std::vector<worker_entry*> idle;
+  for (auto& w : st.workers)
+    if (!w.busy && !w.draining && w.models.count(model) > 0)
+      idle.push_back(&w);
+  if (idle.empty())
+    return nullptr;
+  std::vector<worker_entry*> resident;
+  for (auto* w : idle)
+    if (holds_ready(*w, model))
+      resident.push_back(w);
+  auto& pool = resident.empty() ? idle : resident;
+  switch (st.cfg.routing) {
+    case routing_strategy::round_robin: {
+      // The first candidate after the one chosen last, in registration order.
+      auto next = pool.front();
+      for (auto* w : pool) {
+        if (w->order > st.last_chosen) {
+          next = w;
+          break;
+        }
+      }
+      st.last_chosen = next->order;
+      return next;
+    }
+    case routing_strategy::latency: {
+      // Lowest recent latency for this model; a worker never measured goes
+      // first, so every worker gets measured.
+      auto score = [&](const worker_entry* w) {
+        auto i = w->latency_ms.find(model);
+        return i == w->latency_ms.end() ? -1.0 : i->second;
+      };
+      return *std::min_element(pool.begin(), pool.end(), [&](auto* x, auto* y) {
+        return score(x) < score(y) || (score(x) == score(y) && x->dispatched < y->dispatched);
+      });
+    }
+    case routing_strategy::queue_depth:
+      break;
+  }
+  // queue_depth: every candidate is idle (depth 0); the one given the least
+  // work so far goes first, so load spreads.
+  return *std::min_element(pool.begin(), pool.end(), [](auto* x, auto* y) {
+    return x->dispatched < y->dispatched;
+  });
+}
+
+// Remembers how long `model` took on worker `id` (EWMA, for `latency`).
+void observe_latency(queue_state& st, const std::string& id, const std::string& model,
+                     double ms) {
+  if (auto w = find_worker(st, id)) {
+    auto i = w->latency_ms.find(model);
+    if (i == w->latency_ms.end())
+      w->latency_ms.emplace(model, ms);
+    else
+      i->second = 0.8 * i->second + 0.2 * ms;
+  }
+}
+
+/// Hands out ready interactive work, oldest first. Tensor requests leave as
+/// a batch when the batch is full or its oldest request waited
+/// max_queue_delay_us (a timer is armed otherwise, and later requests of
+/// other models may go meanwhile). True when something was sent.
+bool dispatch_interactive(queue_pointer self) {
   auto& st = self->state;
   auto now = self->clock().now();
-  std::set<std::string> waiting_models;
+  std::set<std::string> skip; // models whose batch is not ready or with no idle worker
   for (auto it = st.interactive.begin(); it != st.interactive.end(); ++it) {
-    if (w.models.count(it->model) == 0 || waiting_models.count(it->model) > 0)
+    if (skip.count(it->model) > 0)
       continue;
+    auto w = choose_worker(st, it->model);
+    if (w == nullptr) {
+      skip.insert(it->model);
+      continue;
+    }
     if (it->kind != pending_work::infer) {
       auto p = std::move(*it);
       st.interactive.erase(it);
-      send_streaming(self, w, std::move(p));
+      ++w->dispatched;
+      send_streaming(self, *w, std::move(p));
       return true;
     }
     // The oldest tensor request of its model: is a batch ready?
@@ -272,17 +376,16 @@ bool take_interactive(queue_pointer self, worker_entry& w) {
       if (q.kind == pending_work::infer && q.model == it->model)
         ++pending;
     auto waited
-        = std::chrono::duration_cast<std::chrono::microseconds>(now - it->arrived).count();
+      = std::chrono::duration_cast<std::chrono::microseconds>(now - it->arrived).count();
     auto d = inference::decide_batch(policy, pending, waited);
     if (!d.ready) {
-      waiting_models.insert(it->model);
+      skip.insert(it->model);
       arm_batch_timer(self, now + std::chrono::microseconds(d.wait_us));
       continue;
     }
     auto model = it->model;
     std::vector<pending_work> batch;
-    for (auto q = it; q != st.interactive.end()
-                      && static_cast<int64_t>(batch.size()) < d.take;) {
+    for (auto q = it; q != st.interactive.end() && static_cast<int64_t>(batch.size()) < d.take;) {
       if (q->kind == pending_work::infer && q->model == model) {
         batch.push_back(std::move(*q));
         q = st.interactive.erase(q);
@@ -290,14 +393,15 @@ bool take_interactive(queue_pointer self, worker_entry& w) {
         ++q;
       }
     }
-    send_infer_batch(self, w, std::move(batch));
+    ++w->dispatched;
+    send_infer_batch(self, *w, std::move(batch));
     return true;
   }
   return false;
 }
 
-/// The one dispatch point: gives each idle worker the interactive work it
-/// can serve (tensor requests batched), else a hint to claim durable work.
+/// The one dispatch point: gives idle workers the interactive work they can
+/// serve (tensor requests batched), then hints to claim durable work.
 void dispatch(queue_pointer self) {
   auto& st = self->state;
   auto now = self->clock().now();
@@ -310,12 +414,13 @@ void dispatch(queue_pointer self) {
       ++i;
     }
   }
+  while (dispatch_interactive(self)) {
+    // each round hands out one piece of work; the FIFO changed, look again
+  }
   auto n = st.workers.size();
   for (std::size_t k = 0; k < n; ++k) {
     auto& w = st.workers[(st.next_worker + k) % n];
     if (w.busy || w.draining)
-      continue;
-    if (take_interactive(self, w))
       continue;
     bool has_hint = std::any_of(w.models.begin(), w.models.end(),
                                 [&](auto& m) { return st.maybe_ready.count(m) > 0; });
@@ -460,6 +565,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         w.handle = handle;
         w.host = reg.host;
         w.claim_path = reg.claim_path;
+        w.order = ++st.registrations;
         w.last_seen_ms = now_ms();
         w.models.insert(reg.models.begin(), reg.models.end());
         st.maybe_ready.insert(reg.models.begin(), reg.models.end());
@@ -702,13 +808,16 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
           out.jobs_by_state[to_string(state)] = n;
         std::set<std::string> ready;
         for (auto& w : st.workers) {
-          ready.insert(w.models.begin(), w.models.end());
+          if (!w.draining) {
+            // A drained worker takes no new work: not ready, its models neither.
+            ready.insert(w.models.begin(), w.models.end());
+            ++out.workers_ready;
+          }
           if (w.busy)
             ++out.workers_busy;
           out.workers.push_back(status_of(w));
         }
         out.workers_total = static_cast<int32_t>(st.workers.size());
-        out.workers_ready = out.workers_total;
         out.interactive_waiting = static_cast<int64_t>(st.interactive.size());
         out.ready_models.assign(ready.begin(), ready.end());
         return out;
@@ -780,6 +889,18 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
 }
 
 } // namespace
+
+bool routing_from_string(const std::string& name, routing_strategy& out) {
+  if (name == "queue_depth")
+    out = routing_strategy::queue_depth;
+  else if (name == "round_robin")
+    out = routing_strategy::round_robin;
+  else if (name == "latency")
+    out = routing_strategy::latency;
+  else
+    return false;
+  return true;
+}
 
 queue_actor spawn_queue(caf::actor_system& sys, queue_config cfg,
                         std::shared_ptr<persistence::job_store> store,

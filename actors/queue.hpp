@@ -16,6 +16,20 @@
 
 namespace infergrid {
 
+/// How interactive work picks among idle workers that serve its model
+/// (after preferring those that hold the model resident).
+enum class routing_strategy : uint8_t {
+  /// The worker given the least work so far (all candidates are idle).
+  queue_depth,
+  /// Each in turn, in registration order.
+  round_robin,
+  /// The lowest recent latency for that model (an EWMA of round trips).
+  latency,
+};
+
+/// Parses "queue_depth" | "round_robin" | "latency".
+bool routing_from_string(const std::string& name, routing_strategy& out);
+
 struct queue_config {
   queue_settings settings;
   /// Deadline of an interactive request waiting in the FIFO and running
@@ -26,6 +40,7 @@ struct queue_config {
   std::vector<model_info> models;
   /// data_dir/artifacts: where durable jobs' files are found.
   std::string artifacts_dir;
+  routing_strategy routing = routing_strategy::queue_depth;
   /// Arm the periodic tick (rescue of lapsed leases, wake-ups). Tests that
   /// drive the queue by hand turn it off.
   bool tick = true;

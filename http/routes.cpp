@@ -348,6 +348,18 @@ route_match match_route(std::string_view method, std::string_view target) {
     post(route_id::chat_completions, "/v1/chat/completions");
   } else if (n == 3 && is(0, "v1") && is(1, "audio") && is(2, "speech")) {
     post(route_id::audio_speech, "/v1/audio/speech");
+  } else if (n >= 3 && is(0, "admin") && is(1, "api")) {
+    if (n == 3 && is(2, "workers")) {
+      get(route_id::admin_workers, "/admin/api/workers");
+    } else if (n == 3 && is(2, "queue")) {
+      get(route_id::admin_queue, "/admin/api/queue");
+    } else if (n == 5 && is(2, "workers") && !seg[3].empty()) {
+      param = seg[3];
+      if (is(4, "drain"))
+        post(route_id::admin_worker_drain, "/admin/api/workers/{id}/drain");
+      else if (is(4, "resume"))
+        post(route_id::admin_worker_resume, "/admin/api/workers/{id}/resume");
+    }
   } else if (n >= 3 && n <= 4 && is(0, "v2") && is(1, "models") && !seg[2].empty()) {
     param = seg[2];
     if (n == 3)
@@ -374,6 +386,18 @@ route_match match_route(std::string_view method, std::string_view target) {
     m.allow += x.method;
   }
   return m;
+}
+
+bool is_admin_route(route_id id) {
+  switch (id) {
+    case route_id::admin_workers:
+    case route_id::admin_worker_drain:
+    case route_id::admin_worker_resume:
+    case route_id::admin_queue:
+      return true;
+    default:
+      return false;
+  }
 }
 
 std::string method_label(std::string_view method) {
@@ -909,8 +933,10 @@ std::string model_state(const cluster_stats& stats, const std::string& name) {
 }
 
 bool model_servable(const cluster_stats& stats, const std::string& name) {
-  if (in_ready_models(stats, name))
-    return true;
+  // Per-worker states, when there are any, decide: ready_models also lists
+  // the models of draining workers.
+  if (stats.workers.empty())
+    return in_ready_models(stats, name);
   for (auto& w : stats.workers) {
     if (out_of_service(w))
       continue;
@@ -975,6 +1001,74 @@ reply model_change_reply(const std::string& model,
     if (auto st = find_model(w, model))
       list.push_back(model_on_worker(w, *st));
   return json_reply(200, json{{"model", model}, {"workers", std::move(list)}});
+}
+
+namespace {
+
+json worker_object(const worker_status& w) {
+  auto models = json::array();
+  for (auto& m : w.models) {
+    json entry{{"name", m.name}, {"state", m.state}};
+    if (!m.error.empty())
+      entry["error"] = m.error;
+    entry["memory_mb"] = m.memory_mb;
+    entry["last_used"] = time_or_null(m.last_used_ms);
+    models.push_back(std::move(entry));
+  }
+  return json{{"id", w.worker_id},
+              {"state", w.phase},
+              {"device", w.device},
+              {"host", w.host},
+              {"claim_path", w.claim_path},
+              {"last_seen", time_or_null(w.last_seen_ms)},
+              {"running_jobs", w.running_jobs},
+              {"memory_budget_mb", w.memory_budget_mb},
+              {"models", std::move(models)}};
+}
+
+} // namespace
+
+std::string worker_json(const worker_status& w) {
+  return dump(worker_object(w));
+}
+
+reply workers_reply(const cluster_stats& stats) {
+  std::vector<const worker_status*> sorted;
+  sorted.reserve(stats.workers.size());
+  for (auto& w : stats.workers)
+    sorted.push_back(&w);
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](auto* x, auto* y) { return x->worker_id < y->worker_id; });
+  auto list = json::array();
+  for (auto* w : sorted)
+    list.push_back(worker_object(*w));
+  return json_reply(200, json{{"workers", std::move(list)}});
+}
+
+reply worker_reply(const worker_status& w) {
+  return json_reply(200, worker_object(w));
+}
+
+reply queue_reply(const cluster_stats& stats) {
+  // The states of API.md in their order (every one, 0 when absent), then
+  // any other name the queue reports.
+  static constexpr job_state states[]
+      = {job_state::queued, job_state::running, job_state::succeeded,
+         job_state::failed, job_state::dead,    job_state::cancelled};
+  auto by_state = json::object();
+  for (auto st : states) {
+    auto name = to_string(st);
+    auto i = stats.jobs_by_state.find(name);
+    by_state[name] = i == stats.jobs_by_state.end() ? int64_t{0} : i->second;
+  }
+  for (auto& [name, n] : stats.jobs_by_state)
+    if (!by_state.contains(name))
+      by_state[name] = n;
+  return json_reply(200, json{{"jobs_by_state", std::move(by_state)},
+                              {"interactive_waiting", stats.interactive_waiting},
+                              {"workers_total", stats.workers_total},
+                              {"workers_ready", stats.workers_ready},
+                              {"workers_busy", stats.workers_busy}});
 }
 
 caf::expected<openai_request> parse_openai_request(const std::string& body, bool chat) {

@@ -78,7 +78,17 @@ enum class route_id {
   /// POST /v1/models/{m}/load | unload.
   model_load,
   model_unload,
+  /// GET /admin/api/workers.
+  admin_workers,
+  /// POST /admin/api/workers/{id}/drain | resume.
+  admin_worker_drain,
+  admin_worker_resume,
+  /// GET /admin/api/queue.
+  admin_queue,
 };
+
+/// True for the /admin/api routes (the admin role, once auth exists).
+bool is_admin_route(route_id id);
 
 struct route_match {
   route_id id = route_id::none;
@@ -208,13 +218,33 @@ reply models_list_reply(const std::vector<model_info>& models,
 std::string model_state(const cluster_stats& stats, const std::string& name);
 
 /// Whether a request for the model can run now or after an on-demand load:
-/// see model_ready_reply.
+/// see model_ready_reply. Without per-worker states (stats.workers empty),
+/// whether it is in stats.ready_models.
 bool model_servable(const cluster_stats& stats, const std::string& name);
 
 /// POST /v1/models/{m}/load | unload: {"model", "workers": [{"worker",
 /// "state", "error"?}]}, the model's state on each worker that serves it.
 reply model_change_reply(const std::string& model,
                          const std::vector<worker_status>& workers);
+
+// -- admin API -----------------------------------------------------------------
+
+/// {"workers": [worker...]} sorted by id; a worker is worker_json().
+reply workers_reply(const cluster_stats& stats);
+
+/// One worker as worker_json(): the answer of drain and resume.
+reply worker_reply(const worker_status& w);
+
+/// A worker as the admin API shows it: {"id", "state" (its phase), "device",
+/// "host" ("" inside the control process), "claim_path", "last_seen" (ISO
+/// 8601 or null), "running_jobs", "memory_budget_mb" (0: no budget),
+/// "models": [{"name", "state", "error"?, "memory_mb", "last_used"}]}.
+std::string worker_json(const worker_status& w);
+
+/// {"jobs_by_state": {state: n, ...} (the states of API.md first, in their
+/// order), "interactive_waiting", "workers_total", "workers_ready",
+/// "workers_busy"}.
+reply queue_reply(const cluster_stats& stats);
 
 // -- OpenAI routes and speech --------------------------------------------------
 

@@ -4,6 +4,8 @@
 // streams (SSE) get a per-connection subscriber actor that posts each live
 // event to the connection's strand (§6.2); streamed completions and speech
 // get a chunk sink actor that does the same with each piece of the result.
+// Non-streamed completions and speech get a sink too, only so that the
+// worker notices when the client goes away (a watch read on the socket).
 #include "http/server.hpp"
 
 #include <algorithm>
@@ -81,6 +83,10 @@ constexpr std::size_t completion_max_pending = 256 * 1024;
 /// The same for the PCM of a streamed synthesis (about 87 s at 24 kHz).
 constexpr std::size_t speech_max_pending = 4 * 1024 * 1024;
 
+/// Bytes of the next request (HTTP pipelining) that the watch of a
+/// non-streamed answer reads ahead and keeps; past it the watch stops.
+constexpr std::size_t watch_readahead_max = 64 * 1024;
+
 /// How long a model load may take; a generation or synthesis may take
 /// http_settings::run_timeout_ms (workers.generate_timeout_ms). The workers
 /// enforce the real limits; these backstops only cover lost answers.
@@ -114,12 +120,13 @@ struct shared_state {
     // A backstop: the gateway and queue enforce request_timeout_ms with a
     // message that says what was late; ours only covers lost answers.
     actor_timeout = request_timeout + timeout_grace;
-    auto run_ms = this->opts.run_timeout_ms > 0 ? this->opts.run_timeout_ms : int64_t{600000};
-    run_timeout = request_timeout
-                  + std::max(std::chrono::milliseconds(run_ms),
-                             std::chrono::duration_cast<std::chrono::milliseconds>(
-                                 load_backstop))
-                  + timeout_grace;
+    auto run_ms
+        = this->opts.run_timeout_ms > 0 ? this->opts.run_timeout_ms : int64_t{600000};
+    run_timeout
+        = request_timeout
+          + std::max(std::chrono::milliseconds(run_ms),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(load_backstop))
+          + timeout_grace;
   }
 
   /// The sample rate of a speech model as GET /v1/models last listed it.
@@ -214,6 +221,7 @@ public:
       state_->in_flight.fetch_sub(1);
     stream_cleanup();
     result_cleanup();
+    watch_cleanup();
   }
 
   executor_type executor() {
@@ -430,6 +438,21 @@ private:
     }
     if (ec)
       return finish();
+    if (watch_ && watch_->reading) {
+      // The watch read was cancelled and is not back yet: it reads into
+      // buffer_, so the next read (or the linger) waits for it.
+      watch_->then_keep_alive = keep_alive;
+      watch_->then_continue = true;
+      return;
+    }
+    after_answer(keep_alive);
+  }
+
+  /// What follows an answer that was written: the next request, or the end.
+  void after_answer(bool keep_alive) {
+    watch_.reset();
+    if (closed_)
+      return;
     if (!keep_alive || !state_->accepting.load()) {
       if (parser_ && !parser_->is_done())
         return linger();
@@ -463,6 +486,7 @@ private:
   void finish() {
     stream_cleanup();
     result_cleanup();
+    watch_cleanup();
     if (closed_)
       return;
     closed_ = true;
@@ -598,6 +622,39 @@ private:
   void end_result(const char* why);
   void result_cleanup();
 
+  // -- non-streamed completions and speech: is the client still there? ------
+
+  /// While a non-streamed generation or synthesis runs, a read on the socket
+  /// watches for the client going away: EOF or an error ends the request
+  /// and its sink, and the worker (which monitors the sink) stops within a
+  /// step. Bytes that arrive are the next request (pipelining): they go to
+  /// buffer_ for the next read and are no disconnect. An EOF after such
+  /// bytes is taken as a half-close: the client still waits for answers.
+  struct client_watch {
+    uint64_t id = 0;
+    /// "completion" or "speech", for log lines.
+    const char* what = "completion";
+    /// Drops every chunk; exists so that its exit stops the worker.
+    chunk_sink_actor sink;
+    /// A read on the socket is out (it reads into buffer_).
+    bool reading = false;
+    /// The answer is ready: no new read; what the read brings back is kept.
+    bool stopped = false;
+    /// on_write ran while the read was out: call after_answer when it is back.
+    bool then_continue = false;
+    bool then_keep_alive = false;
+  };
+
+  /// Spawns the sink of a non-streamed request and starts the watch.
+  chunk_sink_actor open_watch(const char* what);
+  void arm_watch();
+  void on_watch_read(uint64_t wid, beast::error_code ec, std::size_t n);
+  /// The answer is ready: releases the sink and cancels the read. Called
+  /// by respond() and respond_file() before they write.
+  void stop_watch();
+  /// Releases the sink (the worker stops what it still runs for it).
+  void watch_cleanup();
+
   // -- artifacts -------------------------------------------------------------
 
   void respond_file(const artifact_ref& ref);
@@ -609,6 +666,7 @@ private:
   asio::steady_timer keepalive_timer_;
   std::unique_ptr<event_stream> sse_;
   std::unique_ptr<result_stream> result_;
+  std::optional<client_watch> watch_;
   uint64_t next_stream_id_ = 0;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -732,6 +790,7 @@ void session::note_answer(unsigned status, const std::string& error_code,
 void session::respond(reply r) {
   if (!busy_ || responding_)
     return;
+  stop_watch();
   responding_ = true;
   bool keep = keep_alive_ && state_->accepting.load();
   res_ = {};
@@ -766,6 +825,7 @@ void session::respond_file(const artifact_ref& ref) {
     spdlog::warn("{} artifact {}: {}", request_id_, ref.path, ec.message());
     return respond(error_reply(errc::not_found, "the artifact's file is gone"));
   }
+  stop_watch();
   responding_ = true;
   bool keep = keep_alive_ && state_->accepting.load();
   file_res_.emplace(std::piecewise_construct, std::make_tuple(std::move(body)),
@@ -929,6 +989,22 @@ void session::dispatch_request() {
         return ask_run<std::vector<worker_status>>(answer, load_atom::value, model);
       return ask_run<std::vector<worker_status>>(answer, unload_atom::value, model);
     }
+    // The admin API. When auth exists (auth.enabled, API.md "Operations"),
+    // the admin role check goes here, before any of these is asked:
+    // is_admin_route(route_.id) and a key without the admin role -> 403.
+    case route_id::admin_workers:
+      return ask<cluster_stats>(
+          [](session& s, cluster_stats& stats) { s.respond(workers_reply(stats)); },
+          stats_atom::value);
+    case route_id::admin_queue:
+      return ask<cluster_stats>(
+          [](session& s, cluster_stats& stats) { s.respond(queue_reply(stats)); },
+          stats_atom::value);
+    case route_id::admin_worker_drain:
+    case route_id::admin_worker_resume:
+      return ask<worker_status>(
+          [](session& s, worker_status& w) { s.respond(worker_reply(w)); },
+          drain_atom::value, route_.param, route_.id == route_id::admin_worker_drain);
   }
   respond(error_reply(errc::internal, "unhandled route"));
 }
@@ -962,12 +1038,15 @@ chunk_sink_actor::behavior_type chunk_sink(chunk_sink_actor::pointer,
 void session::open_completion(openai_request req) {
   auto created = unix_now_ms() / 1000;
   generate_request gen{req.model, req.params, request_id_, {}, 0};
-  if (!req.stream)
+  if (!req.stream) {
+    gen.sink = open_watch("completion");
+    gen.stream = false; // the sink only watches the client
     return ask_run<generate_reply>(
         [req = std::move(req), created](session& s, generate_reply& r) {
           s.respond(completion_reply(req, s.request_id_, created, r));
         },
         generate_atom::value, std::move(gen));
+  }
   gen.sink = open_result("completion");
   result_->text.emplace(completion_id(req.chat, request_id_), req.model, created,
                         req.chat, req.include_usage, completion_max_pending);
@@ -979,6 +1058,8 @@ void session::open_completion(openai_request req) {
 void session::open_speech(speech_http_request req) {
   if (!req.stream) {
     speech_request sreq{req.model, req.input.text, req.input.voice, request_id_, {}, 0};
+    sreq.sink = open_watch("speech");
+    sreq.stream = false; // the sink only watches the client
     return ask_run<speech_reply>(
         [req = std::move(req)](session& s, speech_reply& r) {
           s.respond(speech_response(req, r));
@@ -1272,6 +1353,90 @@ void session::result_cleanup() {
   ++st.keepalive_gen;
   keepalive_timer_.cancel();
   release_sink();
+}
+
+// -- the watch of non-streamed completions and speech ------------------------
+
+/// The sink of a non-streamed request: drops every piece (the final reply
+/// carries the result); its exit tells the worker that the client left.
+chunk_sink_actor::behavior_type liveness_sink(chunk_sink_actor::pointer, std::string) {
+  return {
+      [](chunk_atom, const std::string&) {},
+  };
+}
+
+chunk_sink_actor session::open_watch(const char* what) {
+  watch_cleanup();
+  watch_.emplace();
+  watch_->id = ++next_stream_id_;
+  watch_->what = what;
+  // The argument only avoids a spawn without arguments (see ask_raw).
+  watch_->sink = state_->sys.spawn(liveness_sink, request_id_);
+  auto sink = watch_->sink;
+  arm_watch();
+  return sink;
+}
+
+void session::arm_watch() {
+  auto& w = *watch_;
+  if (buffer_.size() >= watch_readahead_max)
+    return; // a client this far ahead is there; TCP holds back the rest
+  w.reading = true;
+  auto room = std::min<std::size_t>(4096, watch_readahead_max - buffer_.size());
+  // Raw socket: no tcp_stream timeout (the request has its own deadline).
+  stream_.socket().async_read_some(
+      buffer_.prepare(room),
+      beast::bind_front_handler(&session::on_watch_read, shared_from_this(), w.id));
+}
+
+void session::on_watch_read(uint64_t wid, beast::error_code ec, std::size_t n) {
+  buffer_.commit(n); // the next request's bytes, if any
+  if (!watch_ || watch_->id != wid)
+    return;
+  auto& w = *watch_;
+  w.reading = false;
+  guarded([&] {
+    if (closed_)
+      return;
+    if (w.stopped) {
+      // The answer came first; on_write may be waiting for this read.
+      if (w.then_continue)
+        after_answer(w.then_keep_alive);
+      return;
+    }
+    if (!ec)
+      return arm_watch(); // pipelined bytes: kept for the next request
+    if (ec == asio::error::eof && buffer_.size() > 0)
+      return; // half-closed after sending more requests: it still reads answers
+    auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
+    spdlog::info("{} {} {} -> no answer after {:.2f}ms: client closed ({}); {} stopped",
+                 request_id_, method_, clip(target_), seconds * 1000.0, ec.message(),
+                 w.what);
+    watch_cleanup();
+    if (busy_) {
+      busy_ = false;
+      state_->in_flight.fetch_sub(1);
+    }
+    finish();
+  });
+}
+
+void session::stop_watch() {
+  if (!watch_ || watch_->stopped)
+    return;
+  watch_->stopped = true;
+  watch_cleanup();
+  if (watch_->reading) {
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);
+  }
+}
+
+void session::watch_cleanup() {
+  if (watch_ && watch_->sink) {
+    caf::anon_send_exit(watch_->sink, caf::exit_reason::user_shutdown);
+    watch_->sink = nullptr;
+  }
 }
 
 // -- event streams -----------------------------------------------------------

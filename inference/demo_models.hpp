@@ -33,7 +33,7 @@ caf::expected<std::vector<std::string>> make_demo_models(const std::string& out_
 /// more than the serving around it. Weights from the same seeded PRNG as
 /// make_demo_models. Returns the model's directory; `invalid_input` for
 /// parameters out of range, `internal` when LibTorch or the file system
-/// fails. Blocks the caller while it draws and saves the weights (~0.1 s for
+/// fails. Blocks the caller while it draws and saves the weights (0.1-0.2 s for
 /// width 1024, depth 3).
 caf::expected<std::string> make_mlp_model(const std::string& out_dir,
                                           const std::string& name, int64_t width,

@@ -58,6 +58,9 @@ struct cluster_settings {
   /// Shared secret of worker nodes; empty: serve makes a random one for its
   /// own processes and `gateway` refuses to start.
   std::string secret;
+  /// How interactive requests pick a worker: queue_depth, round_robin or
+  /// latency (after preferring workers that hold the model resident).
+  std::string routing = "queue_depth";
 };
 
 struct actors_settings {

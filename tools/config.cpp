@@ -142,6 +142,10 @@ const std::vector<key_def>& keys() {
     {"cluster.port", int_setter(0, 65535, [](settings& s, int64_t v) {
        s.cluster.port = static_cast<uint16_t>(v);
      })},
+    {"cluster.routing", choice_setter({"queue_depth", "round_robin", "latency"}, false,
+                                      [](settings& s, std::string v) {
+                                        s.cluster.routing = v;
+                                      })},
     {"cluster.secret", [](settings& s, const std::string& text) -> std::string {
        s.cluster.secret = text;
        return {};

@@ -197,6 +197,7 @@ int run_control_node(const settings& s, control_role role) {
   qcfg.settings = s.queue;
   qcfg.interactive_timeout_ms = s.http.request_timeout_ms;
   qcfg.models = valid;
+  routing_from_string(s.cluster.routing, qcfg.routing);
   auto artifacts_dir = (fs::path{s.storage.data_dir} / "artifacts").string();
   qcfg.artifacts_dir = artifacts_dir;
   auto queue = spawn_queue(sys, qcfg,

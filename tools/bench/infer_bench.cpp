@@ -127,6 +127,35 @@ double process_cpu_s(pid_t pid) {
   return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
+/// The processes `pid` started that are still running, from
+/// /proc/<pid>/task/*/children (empty when the kernel lacks that file).
+std::vector<pid_t> child_pids(pid_t pid) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  fs::directory_iterator tasks{"/proc/" + std::to_string(pid) + "/task", ec};
+  if (ec)
+    return out;
+  for (auto& task : tasks) {
+    std::ifstream in{task.path() / "children"};
+    for (long child = 0; in >> child;)
+      out.push_back(static_cast<pid_t>(child));
+  }
+  return out;
+}
+
+/// process_cpu_s of `pid` plus that of every running descendant: `serve`
+/// runs its workers as child processes unless workers.in_process is set.
+/// -1 when `pid` is unreadable; a descendant that is not (it just exited)
+/// counts 0.
+double tree_cpu_s(pid_t pid, int depth = 0) {
+  double total = process_cpu_s(pid);
+  if (total < 0 || depth >= 4)
+    return total;
+  for (auto child : child_pids(pid))
+    total += std::max(0.0, tree_cpu_s(child, depth + 1));
+  return total;
+}
+
 std::string clip(std::string_view s, std::size_t n = quote_bytes) {
   std::string out{s.substr(0, n)};
   for (auto& c : out)
@@ -424,9 +453,10 @@ public:
   uint16_t port() const {
     return port_;
   }
-  /// CPU time the server has used so far; -1 when not running.
+  /// CPU time the server and its worker processes have used so far; -1 when
+  /// not running.
   double cpu_s() const {
-    return pid_ > 0 ? process_cpu_s(pid_) : -1;
+    return pid_ > 0 ? tree_cpu_s(pid_) : -1;
   }
   const std::string& log() const {
     return log_;

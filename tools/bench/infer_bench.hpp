@@ -25,7 +25,7 @@ struct infer_bench_options {
   /// Speech requests, one after the other.
   int speech_requests = 15;
   /// Hidden layers of the heavy model (make_mlp_model): a forward call at
-  /// batch 1 costs ~0.6 ms with one thread on the 2-core machine.
+  /// batch 1 costs 0.4-0.7 ms of CPU with one thread on the 2-core machine.
   int64_t heavy_width = 1024;
   int64_t heavy_depth = 3;
   /// Empty: a new directory under $TMPDIR (else /tmp), removed at the end.
@@ -53,13 +53,13 @@ struct infer_bench_options {
 ///    `seconds`, beside forward() at batch 1 and 16;
 /// 5. the same for `heavy`.
 /// Then a second server on a copy of the models whose classifier and heavy
-/// configs say max_batch_size: 1 repeats 1, 4 and 5. Also the server's CPU time per
-/// request or token (/proc/<pid>/stat). A route that is missing or answers
-/// badly fails its section only; the others still run. Prints a table per
-/// section and one JSON line. Returns the process exit code: 0 when every
-/// section ran and both servers exited 0 after SIGTERM. The aims (overhead,
-/// ratios) are printed, not enforced. Blocks for about 90 s with the
-/// defaults.
+/// configs say max_batch_size: 1 repeats 1, 4 and 5. Also the server's CPU
+/// time per request or token, its worker processes included
+/// (/proc/<pid>/stat of the server and its descendants). A route that is missing or
+/// answers badly fails its section only; the others still run. Prints a table per section
+/// and one JSON line. Returns the process exit code: 0 when every section ran and both
+/// servers exited 0 after SIGTERM. The aims (overhead, ratios) are printed, not enforced.
+/// Blocks for about 90 s with the defaults.
 int run_bench_infer(const infer_bench_options& opts);
 
 } // namespace infergrid::bench

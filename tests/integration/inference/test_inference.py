@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Black-box test of interactive inference over real HTTP: dynamic batching of
 KServe requests, OpenAI completions and chat (streamed and not), a client that
-goes away mid-stream, speech (WAV, raw PCM, chunked streams), durable speech
-jobs and their artifacts, generate jobs' data events, model unload/load, the
-per-model metrics and the errors of the new routes. Polls with deadlines."""
+goes away mid-stream or while it waits for a non-streamed answer, pipelined
+requests behind a completion, speech (WAV, raw PCM, chunked streams), durable
+speech jobs and their artifacts, generate jobs' data events, model
+unload/load, the admin API (workers, queue, drain and resume), the per-model
+metrics and the errors of the new routes. Polls with deadlines."""
 import argparse
 import concurrent.futures
 import io
@@ -335,6 +337,113 @@ def test_disconnect_frees_worker(s):
     print(f"  the abandoned generation stopped after {cut:.0f} of 4096 tokens", flush=True)
 
 
+def test_nonstream_disconnect_frees_worker(s):
+    before = settled_metrics(s)
+    req0 = metric_sum(before, "infergrid_model_requests_total", model="tinylm")
+    tok0 = metric_sum(before, "infergrid_model_generated_tokens_total", model="tinylm")
+    body = {"model": "tinylm", "prompt": LONG_PROMPT, "max_tokens": 4096,
+            "temperature": 0.5, "seed": 1}
+    payload = json.dumps(body).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
+        sock.sendall(head.encode() + payload)
+        time.sleep(0.1)
+        # Nothing may have come yet: the answer is one body at the end.
+        sock.setblocking(False)
+        try:
+            early = sock.recv(4096)
+        except BlockingIOError:
+            early = b""
+        _assert(early == b"", f"an answer within 100 ms: {early[:200]!r}")
+    # Gone. The worker stops within a token; a short request runs at once.
+    t0 = time.monotonic()
+    quick = post_json(s, "/v1/completions",
+                      {"model": "tinylm", "prompt": "hi", "max_tokens": 4, "seed": 2},
+                      timeout=30)
+    took = time.monotonic() - t0
+    _assert(quick.status_code == 200, quick.text)
+    _assert(took < 10, f"the next request took {took:.1f}s")
+    quick_tokens = quick.json()["usage"]["completion_tokens"]
+
+    def counted():
+        m = parse_metrics(metrics(s))
+        return m if metric_sum(m, "infergrid_model_requests_total",
+                               model="tinylm") >= req0 + 2 else None
+    after = wait_for(counted, 30, "both requests in the tinylm metrics")
+    tokens = metric_sum(after, "infergrid_model_generated_tokens_total", model="tinylm")
+    cut = tokens - tok0 - quick_tokens
+    _assert(cut < 4096, f"the abandoned generation made {cut} tokens: it was not stopped")
+    print(f"  the abandoned generation stopped after {cut:.0f} of 4096 tokens", flush=True)
+    # The HTTP layer saw the client go (not only the worker's end of it).
+    def logged():
+        with open(s.log_path, errors="replace") as f:
+            return "completion stopped" in f.read()
+    wait_for(logged, 10, "the log line of the abandoned completion")
+
+
+def read_responses(sock, count, deadline_s=60):
+    """Reads `count` HTTP/1.1 responses with Content-Length from `sock`, in order;
+    returns [(status, headers, body)] and the bytes after them."""
+    data, out = b"", []
+    end = time.monotonic() + deadline_s
+    while len(out) < count:
+        while b"\r\n\r\n" not in data:
+            _assert(time.monotonic() < end, f"responses did not come: {data[:300]!r}")
+            piece = sock.recv(65536)
+            _assert(piece, f"closed after {len(out)} responses: {data[:300]!r}")
+            data += piece
+        header_end = data.index(b"\r\n\r\n")
+        lines = data[:header_end].decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        length = int(headers["content-length"])
+        while len(data) < header_end + 4 + length:
+            _assert(time.monotonic() < end, "body did not come")
+            piece = sock.recv(65536)
+            _assert(piece, "closed inside a body")
+            data += piece
+        out.append((int(lines[0].split()[1]), headers,
+                    data[header_end + 4:header_end + 4 + length]))
+        data = data[header_end + 4 + length:]
+    return out, data
+
+
+def test_pipelined_after_completion(s):
+    """Requests sent behind a non-streamed completion (HTTP pipelining) are
+    read while it runs, kept, and answered after it, in order; a client that
+    half-closes after them still gets every answer."""
+    payload = json.dumps(dict(GEN, max_tokens=256)).encode()
+    first = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: pipe-1\r\n"
+             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+             ).encode() + payload
+    second = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: pipe-2\r\n\r\n"
+    third = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: pipe-3\r\n\r\n"
+    for half_close in (False, True):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
+            sock.sendall(first)
+            time.sleep(0.05)  # the completion runs; the next requests come apart
+            sock.sendall(second + third)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            answers, rest = read_responses(sock, 3)
+            _assert(rest == b"", f"bytes after the answers: {rest[:100]!r}")
+            (st1, h1, b1), (st2, h2, b2), (st3, h3, b3) = answers
+            _assert(st1 == 200 and h1["x-request-id"] == "pipe-1", (st1, h1, b1[:200]))
+            _assert(json.loads(b1)["choices"][0]["text"], b1[:200])
+            _assert(st2 == 200 and h2["x-request-id"] == "pipe-2", (st2, h2))
+            _assert(json.loads(b2) == {"status": "ok"}, b2)
+            _assert(st3 == 200 and h3["x-request-id"] == "pipe-3", (st3, h3))
+            _assert(json.loads(b3) == {"live": True}, b3)
+            if not half_close:
+                # Still open for more (keep-alive).
+                sock.sendall(second)
+                [(st4, h4, _)], _ = read_responses(sock, 1)
+                _assert(st4 == 200 and h4["x-request-id"] == "pipe-2", (st4, h4))
+
+
 def test_speech(s):
     entry = model_entry(s, "tinyspeech")
     rate = entry.get("sample_rate")
@@ -456,6 +565,120 @@ def test_unload_and_load(s):
     check_error(s.get("/v1/models/tinylm/load"), 405, "invalid_input")
 
 
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+WORKER_KEYS = ["id", "state", "device", "host", "claim_path", "last_seen", "running_jobs",
+               "memory_budget_mb", "models"]
+
+
+def check_worker(w):
+    _assert(list(w.keys()) == WORKER_KEYS, f"worker keys: {list(w.keys())}")
+    _assert(isinstance(w["id"], str) and w["id"], w)
+    _assert(w["state"] in ("LOADING", "IDLE", "BUSY", "ERROR", "DRAINING"), w)
+    _assert(w["device"] == "cpu" or w["device"].startswith("cuda"), w)
+    _assert(isinstance(w["host"], str), w)
+    _assert(w["claim_path"] in ("in-process", "direct", "queue"), w)
+    _assert(w["last_seen"] is None or ISO_TIME.match(w["last_seen"]), w)
+    _assert(isinstance(w["running_jobs"], int) and w["running_jobs"] >= 0, w)
+    _assert(isinstance(w["memory_budget_mb"], int) and w["memory_budget_mb"] >= 0, w)
+    for m in w["models"]:
+        _assert(set(m) <= {"name", "state", "error", "memory_mb", "last_used"}, m)
+        _assert(m["state"] in ("READY", "LOADING", "UNLOADED", "FAILED"), m)
+        _assert(isinstance(m["memory_mb"], int), m)
+        _assert(m["last_used"] is None or ISO_TIME.match(m["last_used"]), m)
+        _assert(("error" in m) == (m["state"] == "FAILED"), m)
+
+
+def only_worker(s):
+    r = s.get("/admin/api/workers")
+    _assert(r.status_code == 200, r.text)
+    _assert(r.headers["Content-Type"].startswith("application/json"), r.headers)
+    workers = r.json()["workers"]
+    _assert(len(workers) == 1, f"one worker expected: {workers}")
+    check_worker(workers[0])
+    return workers[0]
+
+
+def test_admin_workers_and_queue(s):
+    w = only_worker(s)
+    names = {m["name"] for m in w["models"]}
+    _assert({"classifier", "tinylm", "tinyspeech"} <= names, f"models: {names}")
+    _assert(w["state"] in ("IDLE", "BUSY"), w)
+    # `serve` runs its worker in the process or as a child process on this
+    # host (which opens the SQLite file itself).
+    _assert(w["claim_path"] in ("in-process", "direct"), w)
+    # The models list and the workers list tell the same story.
+    entry = model_entry(s, "classifier")
+    _assert([x["worker"] for x in entry["workers"]] == [w["id"]], entry)
+    # A worker is seen again while it works: last_seen moves forward.
+    seen0 = w["last_seen"]
+    _assert(seen0 is not None, w)
+    time.sleep(0.01)
+    _assert(post_json(s, "/v2/models/classifier/infer", classifier_input(1)).status_code
+            == 200, "infer")
+    wait_for(lambda: only_worker(s)["last_seen"] > seen0, 30, "last_seen to move")
+    q = s.get("/admin/api/queue")
+    _assert(q.status_code == 200, q.text)
+    body = q.json()
+    _assert(list(body.keys()) == ["jobs_by_state", "interactive_waiting", "workers_total",
+                                  "workers_ready", "workers_busy"], body)
+    _assert(list(body["jobs_by_state"].keys())[:6]
+            == ["queued", "running", "succeeded", "failed", "dead", "cancelled"], body)
+    _assert(body["workers_total"] == 1 and body["workers_busy"] in (0, 1), body)
+    _assert(body["interactive_waiting"] >= 0, body)
+    # The counts follow the jobs: earlier cases left succeeded jobs behind.
+    listed = s.get("/v1/jobs?state=succeeded&limit=1000").json()["jobs"]
+    _assert(body["jobs_by_state"]["succeeded"] == len(listed), (body, len(listed)))
+    r = s.post("/admin/api/workers")
+    check_error(r, 405, "invalid_input")
+    _assert(r.headers.get("Allow") == "GET", r.headers)
+    check_error(s.get(f"/admin/api/workers/{w['id']}/drain"), 405, "invalid_input")
+    check_error(s.post("/admin/api/workers/nope/drain"), 404, "not_found")
+    check_error(s.post("/admin/api/workers/nope/resume"), 404, "not_found")
+    check_error(s.get("/admin/api/nothing"), 404, "not_found")
+
+
+def test_drain_and_resume(s):
+    wid = only_worker(s)["id"]
+    r = s.post(f"/admin/api/workers/{wid}/drain")
+    _assert(r.status_code == 200, r.text)
+    drained = r.json()
+    check_worker(drained)
+    _assert(drained["id"] == wid and drained["state"] == "DRAINING", drained)
+    _assert(only_worker(s)["state"] == "DRAINING", "the list does not show DRAINING")
+    # Draining twice is no error and changes nothing.
+    again = s.post(f"/admin/api/workers/{wid}/drain")
+    _assert(again.status_code == 200 and again.json()["state"] == "DRAINING", again.text)
+    try:
+        # The only worker takes no new work: a request for a model no other
+        # worker serves is refused at once (503), not queued.
+        t0 = time.monotonic()
+        r = post_json(s, "/v2/models/classifier/infer", classifier_input(2), timeout=30)
+        took = time.monotonic() - t0
+        check_error(r, 503, "unavailable")
+        _assert(took < 5, f"refusal took {took:.1f}s")
+        check_error(post_json(s, "/v1/completions", dict(GEN, max_tokens=4)), 503,
+                    "unavailable")
+        _assert(s.get("/v2/models/classifier/ready").status_code == 503,
+                "ready while its only worker drains")
+        # A durable job is accepted and waits.
+        job = s.post("/v1/jobs", json={"model": "classifier", "input": classifier_input(1)})
+        _assert(job.status_code == 202, job.text)
+        jid = job.json()["id"]
+        time.sleep(1.0)
+        _assert(s.get(f"/v1/jobs/{jid}").json()["state"] == "queued",
+                "a draining worker claimed a job")
+    finally:
+        r = s.post(f"/admin/api/workers/{wid}/resume")
+    _assert(r.status_code == 200, r.text)
+    resumed = r.json()
+    check_worker(resumed)
+    _assert(resumed["id"] == wid and resumed["state"] in ("IDLE", "BUSY"), resumed)
+    r = post_json(s, "/v2/models/classifier/infer", classifier_input(2), timeout=30)
+    _assert(r.status_code == 200, r.text)
+    wait_job(s, jid, deadline_s=60)
+    _assert(s.get("/v2/models/classifier/ready").status_code == 200, "not ready after resume")
+
+
 def test_errors(s):
     check_error(post_json(s, "/v1/completions", {"model": "nope", "prompt": "x"}),
                 404, "not_found")
@@ -540,10 +763,16 @@ def main():
                              ("chat completions", test_chat),
                              ("include_usage", test_include_usage),
                              ("disconnect frees the worker", test_disconnect_frees_worker),
+                             ("non-streamed disconnect frees the worker",
+                              test_nonstream_disconnect_frees_worker),
+                             ("pipelined requests after a completion",
+                              test_pipelined_after_completion),
                              ("speech", test_speech),
                              ("speech job and artifacts", test_speech_job_and_artifacts),
                              ("generate job data events", test_generate_job_events),
                              ("unload and load", test_unload_and_load),
+                             ("admin workers and queue", test_admin_workers_and_queue),
+                             ("drain and resume", test_drain_and_resume),
                              ("errors", test_errors),
                              ("metrics", test_metrics)]:
                 ok = run_case(name, fn, s)

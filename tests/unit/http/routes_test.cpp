@@ -615,6 +615,10 @@ CAF_TEST(the state of a model is the best over its workers) {
   draining.workers.push_back(worker_with("w1", {model_on("a", "READY")}, "DRAINING"));
   CAF_CHECK_EQUAL(model_state(draining, "a"), "READY");
   CAF_CHECK(!model_servable(draining, "a"));
+  // Even when the queue lists its models as ready.
+  draining.ready_models = {"a"};
+  CAF_CHECK(!model_servable(draining, "a"));
+  CAF_CHECK_EQUAL(model_ready_reply(draining, "a").status, 503u);
   // Without per-worker states, ready_models decides.
   cluster_stats old;
   old.ready_models = {"a"};
@@ -763,4 +767,143 @@ CAF_TEST(completions answer in the OpenAI shape) {
   auto speech = parse_speech_request(R"({"model":"tinyspeech","input":"hi","x":1})");
   CAF_REQUIRE(!speech);
   CAF_CHECK(message_of(speech.error()).find('x') != std::string::npos);
+}
+
+CAF_TEST(admin routes match and refuse other methods) {
+  auto w = match_route("GET", "/admin/api/workers?x=1");
+  CAF_CHECK(w.id == route_id::admin_workers);
+  CAF_CHECK_EQUAL(w.pattern, "/admin/api/workers");
+  CAF_CHECK(w.param.empty());
+  auto q = match_route("GET", "/admin/api/queue");
+  CAF_CHECK(q.id == route_id::admin_queue);
+  CAF_CHECK_EQUAL(q.pattern, "/admin/api/queue");
+  auto d = match_route("POST", "/admin/api/workers/worker-1/drain");
+  CAF_CHECK(d.id == route_id::admin_worker_drain);
+  CAF_CHECK_EQUAL(d.pattern, "/admin/api/workers/{id}/drain");
+  CAF_CHECK_EQUAL(d.param, "worker-1");
+  auto r = match_route("POST", "/admin/api/workers/node%2Fw%201/resume");
+  CAF_CHECK(r.id == route_id::admin_worker_resume);
+  CAF_CHECK_EQUAL(r.pattern, "/admin/api/workers/{id}/resume");
+  CAF_CHECK_EQUAL(r.param, "node/w 1");
+  for (auto id : {route_id::admin_workers, route_id::admin_queue,
+                  route_id::admin_worker_drain, route_id::admin_worker_resume})
+    CAF_CHECK(is_admin_route(id));
+  CAF_CHECK(!is_admin_route(route_id::models_list));
+  CAF_CHECK(!is_admin_route(route_id::none));
+  // Known paths, wrong method: 405 with Allow.
+  struct expect_allow {
+    const char* method;
+    const char* target;
+    const char* pattern;
+    const char* allow;
+  };
+  expect_allow wrong[] = {
+      {"POST", "/admin/api/workers", "/admin/api/workers", "GET"},
+      {"DELETE", "/admin/api/queue", "/admin/api/queue", "GET"},
+      {"GET", "/admin/api/workers/w1/drain", "/admin/api/workers/{id}/drain", "POST"},
+      {"PUT", "/admin/api/workers/w1/resume", "/admin/api/workers/{id}/resume", "POST"},
+  };
+  for (auto& x : wrong) {
+    auto m = match_route(x.method, x.target);
+    CAF_CHECK(m.id == route_id::none);
+    CAF_CHECK_EQUAL(m.pattern, x.pattern);
+    CAF_CHECK_EQUAL(m.allow, x.allow);
+  }
+  // Unknown shapes: 404.
+  for (auto target : {"/admin", "/admin/api", "/admin/api/", "/admin/api/workers/",
+                      "/admin/api/workers/w1", "/admin/api/workers//drain",
+                      "/admin/api/workers/w1/stop", "/admin/api/workers/w1/drain/",
+                      "/admin/api/queue/x", "/admin/workers", "/api/admin/workers"}) {
+    for (auto method : {"GET", "POST"}) {
+      auto m = match_route(method, target);
+      CAF_CHECK(m.id == route_id::none);
+      CAF_CHECK(m.allow.empty());
+      CAF_CHECK_EQUAL(m.pattern, "unmatched");
+    }
+  }
+}
+
+namespace {
+
+worker_status admin_worker(const std::string& id) {
+  auto w = worker_with(id, {});
+  w.host = "node-a";
+  w.claim_path = "direct";
+  w.last_seen_ms = 1714564800123;
+  w.running_jobs = 2;
+  w.memory_budget_mb = 4096;
+  w.device = "cuda:0";
+  w.phase = "BUSY";
+  return w;
+}
+
+} // namespace
+
+CAF_TEST(the workers list shows each worker with its models) {
+  cluster_stats stats;
+  auto b = admin_worker("w2");
+  auto ready = model_on("tinylm", "READY");
+  ready.last_used_ms = 1714564800123;
+  b.models = {ready, model_on("classifier", "FAILED", "cannot load")};
+  b.metrics.emplace_back(); // not part of the admin shape
+  auto a = worker_with("w1", {model_on("tinylm", "UNLOADED")}, "DRAINING");
+  stats.workers = {b, a}; // answered sorted by id
+  auto r = workers_reply(stats);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(r.content_type, "application/json");
+  CAF_CHECK_EQUAL(
+      r.body,
+      R"({"workers":[)"
+      R"({"id":"w1","state":"DRAINING","device":"cpu","host":"","claim_path":"",)"
+      R"("last_seen":null,"running_jobs":0,"memory_budget_mb":0,"models":[)"
+      R"({"name":"tinylm","state":"UNLOADED","memory_mb":64,"last_used":null}]},)"
+      R"({"id":"w2","state":"BUSY","device":"cuda:0","host":"node-a","claim_path":"direct",)"
+      R"("last_seen":"2024-05-01T12:00:00.123Z","running_jobs":2,"memory_budget_mb":4096,)"
+      R"("models":[{"name":"tinylm","state":"READY","memory_mb":64,)"
+      R"("last_used":"2024-05-01T12:00:00.123Z"},)"
+      R"({"name":"classifier","state":"FAILED","error":"cannot load","memory_mb":64,)"
+      R"("last_used":null}]}]})");
+  CAF_CHECK_EQUAL(workers_reply(cluster_stats{}).body, R"({"workers":[]})");
+}
+
+CAF_TEST(drain and resume answer the worker in the list shape) {
+  auto w = admin_worker("w2");
+  w.phase = "DRAINING";
+  auto r = worker_reply(w);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(r.body, worker_json(w));
+  CAF_CHECK_EQUAL(
+      r.body,
+      R"({"id":"w2","state":"DRAINING","device":"cuda:0","host":"node-a",)"
+      R"("claim_path":"direct","last_seen":"2024-05-01T12:00:00.123Z","running_jobs":2,)"
+      R"("memory_budget_mb":4096,"models":[]})");
+  // The list holds the same object.
+  cluster_stats stats;
+  stats.workers = {w};
+  CAF_CHECK_EQUAL(workers_reply(stats).body, R"({"workers":[)" + r.body + "]}");
+  // An unknown worker is the gateway's not_found.
+  auto nf = error_reply(make_error(errc::not_found, "no worker 'x'"));
+  CAF_CHECK_EQUAL(nf.status, 404u);
+}
+
+CAF_TEST(the queue shows counts by state and the workers) {
+  cluster_stats stats;
+  stats.jobs_by_state
+      = {{"cancelled", 1}, {"dead", 0},       {"failed", 2}, {"queued", 7},
+         {"running", 3},   {"succeeded", 40}, {"paused", 9}};
+  stats.interactive_waiting = 4;
+  stats.workers_total = 3;
+  stats.workers_ready = 2;
+  stats.workers_busy = 1;
+  auto r = queue_reply(stats);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(r.body,
+                  R"({"jobs_by_state":{"queued":7,"running":3,"succeeded":40,"failed":2,)"
+                  R"("dead":0,"cancelled":1,"paused":9},"interactive_waiting":4,)"
+                  R"("workers_total":3,"workers_ready":2,"workers_busy":1})");
+  // Every state is present even when the queue left one out.
+  CAF_CHECK_EQUAL(queue_reply(cluster_stats{}).body,
+                  R"({"jobs_by_state":{"queued":0,"running":0,"succeeded":0,"failed":0,)"
+                  R"("dead":0,"cancelled":0},"interactive_waiting":0,"workers_total":0,)"
+                  R"("workers_ready":0,"workers_busy":0})");
 }
