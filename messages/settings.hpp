@@ -61,6 +61,12 @@ struct cluster_settings {
   /// How interactive requests pick a worker: queue_depth, round_robin or
   /// latency (after preferring workers that hold the model resident).
   std::string routing = "queue_depth";
+  /// TLS between nodes (libcaf_openssl): this node's certificate and key
+  /// (PEM) and the CA file that peers' certificates must chain to. All
+  /// empty: plain TCP (keep the cluster port on a private network).
+  std::string tls_certificate;
+  std::string tls_key;
+  std::string tls_cafile;
 };
 
 struct actors_settings {

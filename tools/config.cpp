@@ -146,6 +146,18 @@ const std::vector<key_def>& keys() {
                                       [](settings& s, std::string v) {
                                         s.cluster.routing = v;
                                       })},
+    {"cluster.tls_certificate", [](settings& s, const std::string& text) -> std::string {
+       s.cluster.tls_certificate = text;
+       return {};
+     }},
+    {"cluster.tls_key", [](settings& s, const std::string& text) -> std::string {
+       s.cluster.tls_key = text;
+       return {};
+     }},
+    {"cluster.tls_cafile", [](settings& s, const std::string& text) -> std::string {
+       s.cluster.tls_cafile = text;
+       return {};
+     }},
     {"cluster.secret", [](settings& s, const std::string& text) -> std::string {
        s.cluster.secret = text;
        return {};

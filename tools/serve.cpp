@@ -12,6 +12,8 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/openssl/publish.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
@@ -104,6 +106,9 @@ supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
       "INFERGRID_LOG__LEVEL=" + s.log.level,
       "INFERGRID_LOG__FORMAT=" + s.log.format,
       "LOG_LEVEL=" + s.log.level,
+      "INFERGRID_CLUSTER__TLS_CERTIFICATE=" + s.cluster.tls_certificate,
+      "INFERGRID_CLUSTER__TLS_KEY=" + s.cluster.tls_key,
+      "INFERGRID_CLUSTER__TLS_CAFILE=" + s.cluster.tls_cafile,
     };
     sup.children.push_back(std::move(c));
   }
@@ -111,6 +116,34 @@ supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
 }
 
 } // namespace
+
+bool tls_enabled(const cluster_settings& c) {
+  return !c.tls_certificate.empty() || !c.tls_key.empty() || !c.tls_cafile.empty();
+}
+
+std::string configure_cluster(caf::actor_system_config& cfg, const cluster_settings& c) {
+  cfg.load<caf::io::middleman>();
+  add_cluster_message_types(cfg);
+  if (!tls_enabled(c))
+    return {};
+  std::pair<const char*, const std::string*> files[] = {
+    {"cluster.tls_certificate", &c.tls_certificate},
+    {"cluster.tls_key", &c.tls_key},
+    {"cluster.tls_cafile", &c.tls_cafile},
+  };
+  for (auto& [key, path] : files) {
+    if (path->empty())
+      return std::string{key} + ": missing (TLS needs the certificate, the key and the CA file)";
+    std::error_code ec;
+    if (!fs::is_regular_file(*path, ec))
+      return std::string{key} + ": no file '" + *path + "'";
+  }
+  cfg.load<caf::openssl::manager>();
+  cfg.openssl_certificate = c.tls_certificate;
+  cfg.openssl_key = c.tls_key;
+  cfg.openssl_cafile = c.tls_cafile;
+  return {};
+}
 
 void configure_scheduler(caf::actor_system_config& cfg, const actors_settings& a) {
   // Work stealing polls and sleeps 50 µs between polls when idle; on a small
@@ -188,8 +221,10 @@ int run_control_node(const settings& s, control_role role) {
   caf::actor_system_config cfg;
   configure_scheduler(cfg, s.actors);
   if (publish) {
-    cfg.load<caf::io::middleman>();
-    add_cluster_message_types(cfg);
+    if (auto problem = configure_cluster(cfg, s.cluster); !problem.empty()) {
+      spdlog::error("{}: {}", name, problem);
+      return 2;
+    }
   }
   caf::actor_system sys{cfg};
   auto broker = spawn_broker(sys, broker_config{});
@@ -254,15 +289,18 @@ int run_control_node(const settings& s, control_role role) {
     dcfg.queue = queue;
     dcfg.broker = broker;
     door = spawn_door(sys, dcfg);
-    auto cluster_port = sys.middleman().publish(door, s.cluster.port, s.cluster.host.c_str(),
-                                                true);
+    auto cluster_port
+      = tls_enabled(s.cluster)
+          ? caf::openssl::publish(door, s.cluster.port, s.cluster.host.c_str(), true)
+          : sys.middleman().publish(door, s.cluster.port, s.cluster.host.c_str(), true);
     if (!cluster_port) {
       spdlog::error("{}: cannot listen for worker nodes on {}:{}: {}", name, s.cluster.host,
                     s.cluster.port, sys.render(cluster_port.error()));
       stop_actors();
       return 1;
     }
-    spdlog::info("{}: worker nodes join at {}:{}", name, s.cluster.host, *cluster_port);
+    spdlog::info("{}: worker nodes join at {}:{}{}", name, s.cluster.host, *cluster_port,
+                 tls_enabled(s.cluster) ? " (TLS)" : "");
     if (local_processes)
       supervisor
         = spawn_supervisor(sys, worker_processes(s, *cluster_port, secret, store_opts.path));

@@ -49,6 +49,15 @@ struct worker_options {
 /// control node goes away. Returns 2 when the control node refuses the join.
 int run_worker(const settings& s, const worker_options& opts);
 
+/// True when cluster.tls_* asks for TLS between nodes.
+bool tls_enabled(const cluster_settings& c);
+
+/// Loads the middleman, registers the cluster's message types, and with TLS
+/// loads libcaf_openssl with the certificate, key and CA file. Returns an
+/// error message naming the key when the TLS keys are incomplete or a file
+/// is missing; empty when all is well.
+std::string configure_cluster(caf::actor_system_config& cfg, const cluster_settings& c);
+
 /// Applies actors.scheduler and actors.threads to an actor system's config.
 void configure_scheduler(caf::actor_system_config& cfg, const actors_settings& a);
 

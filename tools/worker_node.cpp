@@ -13,12 +13,12 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/remote_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
 #include <spdlog/spdlog.h>
 
-#include "actors/cluster.hpp"
 #include "actors/worker.hpp"
 #include "inference/model_repository.hpp"
 #include "messages/errors.hpp"
@@ -100,14 +100,18 @@ int run_worker(const settings& s, const worker_options& opts) {
 
   caf::actor_system_config cfg;
   configure_scheduler(cfg, s.actors);
-  cfg.load<caf::io::middleman>();
-  add_cluster_message_types(cfg);
+  if (auto problem = configure_cluster(cfg, s.cluster); !problem.empty()) {
+    spdlog::error("worker {}: {}", id, problem);
+    return 2;
+  }
   caf::actor_system sys{cfg};
+  auto tls = tls_enabled(s.cluster);
 
   auto backoff = 250ms;
   const auto max_backoff = 10000ms;
   for (;;) {
-    auto door = sys.middleman().remote_actor<door_actor>(host, port);
+    auto door = tls ? caf::openssl::remote_actor<door_actor>(sys, host, port)
+                    : sys.middleman().remote_actor<door_actor>(host, port);
     if (!door) {
       spdlog::warn("worker {}: cannot reach the control node at {}: {}; retrying in {} ms",
                    id, opts.join, sys.render(door.error()), backoff.count());
