@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -45,6 +46,9 @@ struct worker_entry {
   uint64_t dispatched = 0;
   /// Recent latency (EWMA, ms) of interactive work per model (latency).
   std::map<std::string, double> latency_ms;
+  /// Interactive work out on this worker: how to fail it if the worker goes
+  /// down (a remote node's requests would otherwise wait for their timeout).
+  std::map<uint64_t, std::function<void(const caf::error&)>> inflight;
 };
 
 struct pending_submit {
@@ -97,6 +101,7 @@ struct queue_state {
   std::map<std::string, model_info> models;
   /// When the armed batch timer fires; none armed when max().
   caf::actor_clock::time_point batch_timer = caf::actor_clock::time_point::max();
+  uint64_t next_inflight = 0;
   /// Registration counter and the last worker round_robin chose.
   uint64_t registrations = 0;
   uint64_t last_chosen = 0;
@@ -191,6 +196,29 @@ void fail_unservable(queue_state& st) {
 void observe_latency(queue_state& st, const std::string& id, const std::string& model,
                      double ms);
 
+// Remembers interactive work out on `w` so that its requests fail at once
+// (unavailable, retryable) if `w` goes down; returns what the reply
+// handlers call first: true when the answer is still theirs to deliver.
+std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
+                                     std::function<void(const caf::error&)> fail) {
+  auto done = std::make_shared<bool>(false);
+  auto id = ++self->state.next_inflight;
+  w.inflight.emplace(id, [done, fail](const caf::error& err) {
+    if (!*done) {
+      *done = true;
+      fail(err);
+    }
+  });
+  return [self, done, id, wid = w.id] {
+    if (auto w = find_worker(self->state, wid))
+      w->inflight.erase(id);
+    if (*done)
+      return false;
+    *done = true;
+    return true;
+  };
+}
+
 // A callback that records how long interactive work of `model` took on `w`.
 auto latency_probe(queue_pointer self, const worker_entry& w, const std::string& model) {
   auto t0 = std::chrono::steady_clock::now();
@@ -217,9 +245,15 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
   auto timeout = std::max(left, std::chrono::milliseconds(1));
   auto probe = latency_probe(self, w, batch.model);
+  auto mine = track_inflight(self, w, [rps](const caf::error& err) mutable {
+    for (auto& rp : rps)
+      rp.deliver(err);
+  });
   self->request(w.handle, timeout, infer_atom::value, std::move(batch))
       .then(
-          [rps, probe](infer_batch_result& out) mutable {
+          [rps, probe, mine](infer_batch_result& out) mutable {
+            if (!mine())
+              return;
             probe();
             for (std::size_t i = 0; i < rps.size(); ++i) {
               if (i < out.outputs.size())
@@ -228,7 +262,9 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
                 rps[i].deliver(make_error(errc::internal, "batch result too short"));
             }
           },
-          [rps](caf::error& err) mutable {
+          [rps, mine](caf::error& err) mutable {
+            if (!mine())
+              return;
             for (auto& rp : rps)
               rp.deliver(err);
           });
@@ -242,20 +278,34 @@ void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
   auto probe = latency_probe(self, w, p.model);
   if (p.kind == pending_work::generate) {
     auto rp = p.generate_rp;
+    auto mine = track_inflight(self, w, [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
-        .then([rp, probe](generate_reply& out) mutable {
-                probe();
-                rp.deliver(std::move(out));
-              },
-              [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        .then(
+            [rp, probe, mine](generate_reply& out) mutable {
+              if (!mine())
+                return;
+              probe();
+              rp.deliver(std::move(out));
+            },
+            [rp, mine](caf::error& err) mutable {
+              if (mine())
+                rp.deliver(std::move(err));
+            });
   } else {
     auto rp = p.speech_rp;
+    auto mine = track_inflight(self, w, [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
-        .then([rp, probe](speech_reply& out) mutable {
-                probe();
-                rp.deliver(std::move(out));
-              },
-              [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        .then(
+            [rp, probe, mine](speech_reply& out) mutable {
+              if (!mine())
+                return;
+              probe();
+              rp.deliver(std::move(out));
+            },
+            [rp, mine](caf::error& err) mutable {
+              if (mine())
+                rp.deliver(std::move(err));
+            });
   }
 }
 
@@ -532,6 +582,10 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     if (i == st.workers.end())
       return;
     spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
+    // Its interactive requests fail now with a retryable error.
+    auto inflight = std::move(i->inflight);
+    for (auto& [id, fail] : inflight)
+      fail(make_error(errc::unavailable, "worker " + i->id + " went down while running it"));
     // Its running jobs go back at once (attempt counted), not at lease expiry.
     auto requeued = st.store->requeue_worker(i->id, now_ms());
     if (!requeued)

@@ -16,6 +16,30 @@ using testing::fake_worker_state;
 
 namespace {
 
+// A worker that takes interactive work and never answers (it is about to
+// die, as a worker process under SIGKILL would).
+worker_actor::behavior_type silent_worker(worker_actor::pointer self) {
+  return {
+    [](work_atom) {},
+    [self](infer_atom, const infer_batch&) -> caf::result<infer_batch_result> {
+      return self->make_response_promise<infer_batch_result>();
+    },
+    [self](generate_atom, const generate_request&) -> caf::result<generate_reply> {
+      return self->make_response_promise<generate_reply>();
+    },
+    [self](speech_atom, const speech_request&) -> caf::result<speech_reply> {
+      return self->make_response_promise<speech_reply>();
+    },
+    [](renew_atom) {},
+    [](cancel_atom, int64_t) {},
+    [](chunk_atom, int64_t, int64_t, const std::string&) {},
+    [](status_atom, const std::vector<model_status>&, const std::vector<model_metrics>&) {},
+    [](load_atom, const std::string&) -> worker_status { return {}; },
+    [](unload_atom, const std::string&) -> worker_status { return {}; },
+    [](drain_atom, bool) {},
+  };
+}
+
 struct fixture : test_coordinator_fixture<> {
   testing::temp_dir dir;
   queue_actor queue;
@@ -156,6 +180,29 @@ CAF_TEST(a drained worker gets no interactive work) {
   sched.run();
   self->receive([](worker_status&) { CAF_FAIL("drained an unknown worker"); },
                 [](caf::error& err) { CAF_CHECK(code_of(err) == errc::not_found); });
+}
+
+CAF_TEST(work out on a worker that goes down fails at once and may be retried) {
+  start(routing_strategy::queue_depth);
+  auto w = sys.spawn(silent_worker);
+  worker_registration reg{"w1", {"classifier"}, {}, "cpu"};
+  inject((register_atom, worker_actor, worker_registration),
+         from(self).to(queue).with(register_atom::value, w, reg));
+  expect((work_atom), from(queue).to(w));
+  inject((idle_atom, std::string, bool),
+         from(w).to(queue).with(idle_atom::value, std::string{"w1"}, false));
+  self->send(queue, infer_atom::value,
+             infer_request{"classifier", {make_float_tensor("x", {1}, {1.f})}, "r"});
+  sched.run();
+  CAF_CHECK(self->mailbox().empty()); // out on the worker, unanswered
+  anon_send_exit(w, caf::exit_reason::kill);
+  sched.run();
+  bool failed = false;
+  self->receive([](std::vector<tensor_data>&) { CAF_FAIL("answered by a dead worker"); },
+                [&](caf::error& err) {
+                  failed = code_of(err) == errc::unavailable && is_retryable(code_of(err));
+                });
+  CAF_CHECK(failed);
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()
