@@ -34,6 +34,7 @@ struct worker_entry {
   /// The state last written to the workers table, and when.
   std::string recorded_state;
   int64_t recorded_at_ms = 0;
+  int64_t recorded_job = 0;
   /// What the worker last told about itself (model states, metrics).
   worker_status status;
   /// Drained by an operator: no new work.
@@ -135,13 +136,17 @@ std::string join(const std::set<std::string>& xs) {
 void record_worker(queue_state& st, worker_entry& w, const std::string& state,
                    bool force) {
   auto now = now_ms();
-  if (!force && state == w.recorded_state
-      && now - w.recorded_at_ms < worker_row_refresh_ms)
+  auto age = now - w.recorded_at_ms;
+  // The current job may lag up to a second: one write per worker and second
+  // at most, not one per batch.
+  bool job_changed = w.status.current_job != w.recorded_job && age >= 1000;
+  if (!force && state == w.recorded_state && !job_changed && age < worker_row_refresh_ms)
     return;
   worker_row row;
   row.id = w.id;
   row.state = state;
   row.models = join(w.models);
+  row.current_job = w.status.current_job;
   auto ok = st.store->record_worker(row, now);
   if (!ok) {
     spdlog::warn("queue: cannot record worker {}: {}", w.id, message_of(ok.error()));
@@ -149,6 +154,7 @@ void record_worker(queue_state& st, worker_entry& w, const std::string& state,
   }
   w.recorded_state = state;
   w.recorded_at_ms = now;
+  w.recorded_job = row.current_job;
 }
 
 worker_entry* find_worker(queue_state& st, const std::string& id) {
@@ -768,7 +774,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         dispatch(self);
       },
       [self](status_atom, worker_status& ws) {
-        if (auto w = find_worker(self->state, ws.worker_id)) {
+        auto& st = self->state;
+        if (auto w = find_worker(st, ws.worker_id)) {
+          // The tick writes the workers table (state, current job).
           w->status = std::move(ws);
           w->last_seen_ms = now_ms();
         }

@@ -228,6 +228,7 @@ worker_status make_status(const worker_state& st) {
   out.host = st.cfg.host;
   out.claim_path = st.cfg.claim_path;
   out.running_jobs = static_cast<int64_t>(st.held.size());
+  out.current_job = st.held.empty() ? 0 : st.held.front().id;
   return out;
 }
 
@@ -296,7 +297,12 @@ void finish_jobs(worker_pointer self, std::vector<job_outcome> outcomes) {
   }
   auto step = std::make_shared<countdown>();
   step->left = failures.size() + files.size() + 1;
-  step->done = [self] { become_idle(self, true); };
+  step->done = [self] {
+    auto& st = self->state;
+    st.held.clear();
+    self->send(st.queue, status_atom::value, make_status(st));
+    become_idle(self, true);
+  };
   for (auto& [job, err] : failures) {
     auto rec = *job;
     auto e = err;
@@ -358,6 +364,8 @@ void fail_held(worker_pointer self, const caf::error& err) {
 // Runs the claimed jobs on the executor, renewing their leases meanwhile.
 void run_held(worker_pointer self) {
   auto& st = self->state;
+  // The queue (and the workers table) show what it runs now.
+  self->send(st.queue, status_atom::value, make_status(st));
   spdlog::debug("worker {}: claimed {} job(s) of {}, first {} (attempt {})", st.cfg.id,
                 st.held.size(), st.held.front().model, job_id_string(st.held.front().id),
                 st.held.front().attempts);

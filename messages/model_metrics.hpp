@@ -118,15 +118,16 @@ struct worker_status {
   std::string claim_path;
   /// Unix ms of its last message to the queue.
   int64_t last_seen_ms = 0;
-  /// Durable jobs it holds now.
+  /// Durable jobs it holds now, and the first of them (0: none).
   int64_t running_jobs = 0;
+  int64_t current_job = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.worker_id, x.phase, x.device,
            x.memory_budget_mb, x.models, x.metrics, x.host, x.claim_path,
-           x.last_seen_ms, x.running_jobs);
+           x.last_seen_ms, x.running_jobs, x.current_job);
 }
 
 } // namespace infergrid
