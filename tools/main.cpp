@@ -126,7 +126,8 @@ int main(int argc, char** argv) {
 
   bench::e2e_bench_options e2e_opts;
   auto bench_e2e = bench->add_subcommand(
-    "e2e", "Durable classifier jobs over HTTP via `serve` vs GET /healthz and the store");
+    "e2e", "Durable jobs over HTTP via `serve` (or `gateway` + workers) vs GET /healthz "
+           "and the store");
   bench_e2e->add_option("--jobs", e2e_opts.jobs, "Jobs to submit (default 5000)")
     ->check(CLI::Range(int64_t{1}, int64_t{1'000'000}));
   bench_e2e->add_option("--concurrency", e2e_opts.concurrency,
@@ -134,6 +135,18 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(1, 256));
   bench_e2e->add_option("--workers", e2e_opts.workers, "Server workers (default 1)")
     ->check(CLI::Range(1, 64));
+  std::string e2e_mode = "processes";
+  bench_e2e
+    ->add_option("--mode", e2e_mode,
+                 "processes: serve's worker processes (default); in-process: serve "
+                 "--in-process; remote: gateway + worker processes claiming through the "
+                 "queue actor")
+    ->check(CLI::IsMember({"processes", "in-process", "remote"}));
+  bench_e2e
+    ->add_option("--model", e2e_opts.model,
+                 "classifier (claimed in batches, default) | tinylm (one token, claimed "
+                 "one job at a time)")
+    ->check(CLI::IsMember({"classifier", "tinylm"}));
   bench_e2e->add_option("--synchronous", bench_sync, "NORMAL|FULL (default NORMAL)")
     ->check(CLI::IsMember({"NORMAL", "FULL"}));
   bench_e2e->add_option("--dir", e2e_opts.dir,
@@ -192,6 +205,9 @@ int main(int argc, char** argv) {
     if (*bench_infer)
       return bench::run_bench_infer(infer_opts);
     e2e_opts.synchronous_full = bench_sync == "FULL";
+    e2e_opts.mode = e2e_mode == "remote"       ? bench::e2e_mode::remote
+                    : e2e_mode == "in-process" ? bench::e2e_mode::in_process
+                                               : bench::e2e_mode::processes;
     return bench::run_bench_e2e(e2e_opts);
   }
 

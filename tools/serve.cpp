@@ -1,5 +1,6 @@
 // `serve` wires the actors and the HTTP server together and owns shutdown.
 #include "tools/serve.hpp"
+#include "tools/stop_signals.hpp"
 
 #include <csignal>
 #include <chrono>
@@ -44,16 +45,6 @@ bool has_models(const std::string& dir) {
   return false;
 }
 
-// Blocks SIGINT and SIGTERM in this thread and every thread started later, so
-// that only the sigwait below receives them.
-sigset_t block_stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
-}
 
 // Asks the queue for a snapshot from this plain thread (never an I/O thread).
 caf::expected<cluster_stats> query_stats(caf::actor_system& sys, const queue_actor& q) {
@@ -189,7 +180,7 @@ int run_control_node(const settings& s, control_role role) {
   }
   if (secret.empty())
     secret = random_secret();
-  auto stop_signals = block_stop_signals();
+  stop_signals stop;
   if (!has_models(s.storage.models_dir)) {
     spdlog::info("serve: {} holds no models; building the demo models",
                  s.storage.models_dir);
@@ -321,7 +312,8 @@ int run_control_node(const settings& s, control_role role) {
                s.storage.data_dir);
 
   int sig = 0;
-  sigwait(&stop_signals, &sig);
+  while (sig == 0)
+    sig = stop.wait(std::chrono::hours(1));
   spdlog::info("serve: {} received; no longer accepting, draining for up to {} ms",
                sig == SIGINT ? "SIGINT" : "SIGTERM", s.shutdown.drain_timeout_ms);
   server.stop_accepting();
@@ -341,8 +333,7 @@ int run_control_node(const settings& s, control_role role) {
                    server.in_flight());
       break;
     }
-    timespec wait{0, 50 * 1000 * 1000};
-    if (sigtimedwait(&stop_signals, nullptr, &wait) > 0) {
+    if (stop.wait(std::chrono::milliseconds(50)) > 0) {
       spdlog::warn("serve: second signal; stopping now");
       break;
     }

@@ -23,6 +23,7 @@
 #include "inference/model_repository.hpp"
 #include "messages/errors.hpp"
 #include "tools/serve.hpp"
+#include "tools/stop_signals.hpp"
 
 namespace infergrid {
 
@@ -55,20 +56,14 @@ bool split_host_port(const std::string& x, std::string& host, uint16_t& port) {
 }
 
 // Waits up to `d` for SIGINT/SIGTERM; true when one came.
-bool stop_requested(const sigset_t& stop, std::chrono::milliseconds d) {
-  timespec wait{static_cast<time_t>(d.count() / 1000),
-                static_cast<long>((d.count() % 1000) * 1000 * 1000)};
-  return sigtimedwait(&stop, nullptr, &wait) > 0;
+bool stop_requested(stop_signals& stop, std::chrono::milliseconds d) {
+  return stop.wait(d) > 0;
 }
 
 } // namespace
 
 int run_worker(const settings& s, const worker_options& opts) {
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  stop_signals stop;
 
   std::string host;
   uint16_t port = 0;

@@ -1,0 +1,54 @@
+#include "tools/stop_signals.hpp"
+
+#include <algorithm>
+#include <atomic>
+
+namespace infergrid {
+
+namespace {
+
+// Written by the handler only (async-signal-safe: lock-free atomics).
+std::atomic<long> received{0};
+std::atomic<int> last_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  last_signal.store(sig);
+  received.fetch_add(1);
+}
+
+} // namespace
+
+stop_signals::stop_signals() {
+  sigemptyset(&set_);
+  sigaddset(&set_, SIGINT);
+  sigaddset(&set_, SIGTERM);
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+}
+
+int stop_signals::wait(std::chrono::milliseconds d) {
+  auto end = std::chrono::steady_clock::now() + d;
+  for (;;) {
+    if (received.load() > seen_) {
+      ++seen_;
+      return last_signal.load();
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      end - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return 0;
+    // Signals blocked everywhere stay pending for sigtimedwait; those caught
+    // by the handler on another thread show up in `received` within 20 ms.
+    auto step = std::min<long>(left.count(), 20);
+    timespec wait{0, step * 1000 * 1000};
+    int sig = sigtimedwait(&set_, nullptr, &wait);
+    if (sig > 0)
+      return sig;
+  }
+}
+
+} // namespace infergrid
