@@ -227,10 +227,10 @@ std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
 
 // A callback that records how long interactive work of `model` took on `w`.
 auto latency_probe(queue_pointer self, const worker_entry& w, const std::string& model) {
-  auto t0 = std::chrono::steady_clock::now();
+  // The actor clock: steady time in production, virtual time in tests.
+  auto t0 = self->clock().now();
   return [self, id = w.id, model, t0] {
-    auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                .count();
+    auto ms = std::chrono::duration<double, std::milli>(self->clock().now() - t0).count();
     observe_latency(self->state, id, model, ms);
   };
 }

@@ -182,6 +182,31 @@ CAF_TEST(a drained worker gets no interactive work) {
                 [](caf::error& err) { CAF_CHECK(code_of(err) == errc::not_found); });
 }
 
+CAF_TEST(latency prefers the worker that answered faster) {
+  start(routing_strategy::latency);
+  add_worker("w1");
+  add_worker("w2");
+  settle();
+  auto request = [&](std::chrono::milliseconds took) {
+    self->send(queue, infer_atom::value,
+               infer_request{"classifier", {make_float_tensor("x", {1}, {1.f})}, "r"});
+    // The queue hands the request out; the worker answers `took` later.
+    expect((infer_atom, infer_request), from(self).to(queue).with(_, _));
+    sched.advance_time(took);
+    sched.run();
+    self->receive([](std::vector<tensor_data>&) {},
+                  [](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
+    settle();
+  };
+  request(std::chrono::milliseconds(5)); // w1 (never measured: goes first), slow
+  CAF_CHECK_EQUAL(counts(), (std::vector<int>{1, 0}));
+  request(std::chrono::milliseconds(0)); // w2 (never measured), fast
+  CAF_CHECK_EQUAL(counts(), (std::vector<int>{1, 1}));
+  request(std::chrono::milliseconds(0)); // the faster one from now on
+  request(std::chrono::milliseconds(0));
+  CAF_CHECK_EQUAL(counts(), (std::vector<int>{1, 3}));
+}
+
 CAF_TEST(work out on a worker that goes down fails at once and may be retried) {
   start(routing_strategy::queue_depth);
   auto w = sys.spawn(silent_worker);
