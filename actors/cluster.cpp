@@ -25,26 +25,29 @@ std::string resolved(const std::string& path) {
 
 door_actor::behavior_type door_behavior(door_actor::pointer, door_config cfg) {
   return {
-    [cfg](join_atom, const join_request& req) -> caf::result<join_reply> {
-      auto who = "'" + req.worker_id + "' from " + (req.host.empty() ? "?" : req.host);
-      if (cfg.secret.empty() || !constant_time_equal(req.secret, cfg.secret)) {
-        spdlog::warn("cluster: refused worker {}: wrong or missing cluster secret", who);
-        return make_error(errc::unauthorized, "wrong or missing cluster secret");
-      }
-      if (req.worker_id.empty() || req.worker_id.size() > 128)
-        return make_error(errc::invalid_input, "worker_id: expected 1..128 characters");
-      if (!req.db_path.empty() && resolved(req.db_path) != resolved(cfg.db_path)) {
-        spdlog::warn("cluster: refused worker {}: it would open {}, not this node's {}", who,
-                     req.db_path, cfg.db_path);
-        return make_error(errc::invalid_input,
-                          "db_path: '" + req.db_path + "' is not this control node's "
-                            + "database '" + cfg.db_path
-                            + "'; give the right path or none (claim through the queue)");
-      }
-      spdlog::info("cluster: worker {} joined ({})", who,
-                   req.db_path.empty() ? "claims through the queue" : "opens the database");
-      return join_reply{cfg.queue, cfg.broker, cfg.lease_ms};
-    },
+      [cfg](join_atom, const join_request& req) -> caf::result<join_reply> {
+        auto who = "'" + req.worker_id + "' from " + (req.host.empty() ? "?" : req.host);
+        if (cfg.secret.empty() || !constant_time_equal(req.secret, cfg.secret)) {
+          spdlog::warn("cluster: refused worker {}: wrong or missing cluster secret",
+                       who);
+          return make_error(errc::unauthorized, "wrong or missing cluster secret");
+        }
+        if (req.worker_id.empty() || req.worker_id.size() > 128)
+          return make_error(errc::invalid_input, "worker_id: expected 1..128 characters");
+        if (!req.db_path.empty() && resolved(req.db_path) != resolved(cfg.db_path)) {
+          spdlog::warn("cluster: refused worker {}: it would open {}, not this node's {}",
+                       who, req.db_path, cfg.db_path);
+          return make_error(
+              errc::invalid_input,
+              "db_path: '" + req.db_path + "' is not this control node's " + "database '"
+                  + cfg.db_path
+                  + "'; give the right path or none (claim through the queue)");
+        }
+        spdlog::info("cluster: worker {} joined ({})", who,
+                     req.db_path.empty() ? "claims through the queue"
+                                         : "opens the database");
+        return join_reply{cfg.queue, cfg.broker, cfg.lease_ms};
+      },
   };
 }
 
@@ -68,42 +71,45 @@ door_actor spawn_door(caf::actor_system& sys, door_config cfg) {
 
 void add_cluster_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<worker_actor>("infergrid::worker_actor")
-    .add_message_type<queue_actor>("infergrid::queue_actor")
-    .add_message_type<broker_actor>("infergrid::broker_actor")
-    .add_message_type<chunk_sink_actor>("infergrid::chunk_sink_actor")
-    .add_message_type<door_actor>("infergrid::door_actor")
-    .add_message_type<join_request>("infergrid::join_request")
-    .add_message_type<join_reply>("infergrid::join_reply")
-    .add_message_type<worker_registration>("infergrid::worker_registration")
-    .add_message_type<worker_status>("infergrid::worker_status")
-    .add_message_type<std::vector<worker_status>>("std::vector<infergrid::worker_status>")
-    .add_message_type<model_status>("infergrid::model_status")
-    .add_message_type<std::vector<model_status>>("std::vector<infergrid::model_status>")
-    .add_message_type<model_metrics>("infergrid::model_metrics")
-    .add_message_type<std::vector<model_metrics>>("std::vector<infergrid::model_metrics>")
-    .add_message_type<histogram_data>("infergrid::histogram_data")
-    .add_message_type<job_record>("infergrid::job_record")
-    .add_message_type<std::vector<job_record>>("std::vector<infergrid::job_record>")
-    .add_message_type<job_error>("infergrid::job_error")
-    .add_message_type<job_event>("infergrid::job_event")
-    .add_message_type<std::vector<job_event>>("std::vector<infergrid::job_event>")
-    .add_message_type<job_completion>("infergrid::job_completion")
-    .add_message_type<std::vector<job_completion>>("std::vector<infergrid::job_completion>")
-    .add_message_type<held_lease>("infergrid::held_lease")
-    .add_message_type<std::vector<held_lease>>("std::vector<infergrid::held_lease>")
-    .add_message_type<lease_status>("infergrid::lease_status")
-    .add_message_type<std::vector<lease_status>>("std::vector<infergrid::lease_status>")
-    .add_message_type<std::vector<bool>>("std::vector<bool>")
-    .add_message_type<tensor_data>("infergrid::tensor_data")
-    .add_message_type<std::vector<tensor_data>>("std::vector<infergrid::tensor_data>")
-    .add_message_type<infer_request>("infergrid::infer_request")
-    .add_message_type<infer_batch>("infergrid::infer_batch")
-    .add_message_type<infer_batch_result>("infergrid::infer_batch_result")
-    .add_message_type<generate_input>("infergrid::generate_input")
-    .add_message_type<generate_request>("infergrid::generate_request")
-    .add_message_type<generate_reply>("infergrid::generate_reply")
-    .add_message_type<speech_request>("infergrid::speech_request")
-    .add_message_type<speech_reply>("infergrid::speech_reply");
+      .add_message_type<queue_actor>("infergrid::queue_actor")
+      .add_message_type<broker_actor>("infergrid::broker_actor")
+      .add_message_type<chunk_sink_actor>("infergrid::chunk_sink_actor")
+      .add_message_type<door_actor>("infergrid::door_actor")
+      .add_message_type<join_request>("infergrid::join_request")
+      .add_message_type<join_reply>("infergrid::join_reply")
+      .add_message_type<worker_registration>("infergrid::worker_registration")
+      .add_message_type<worker_status>("infergrid::worker_status")
+      .add_message_type<std::vector<worker_status>>(
+          "std::vector<infergrid::worker_status>")
+      .add_message_type<model_status>("infergrid::model_status")
+      .add_message_type<std::vector<model_status>>("std::vector<infergrid::model_status>")
+      .add_message_type<model_metrics>("infergrid::model_metrics")
+      .add_message_type<std::vector<model_metrics>>(
+          "std::vector<infergrid::model_metrics>")
+      .add_message_type<histogram_data>("infergrid::histogram_data")
+      .add_message_type<job_record>("infergrid::job_record")
+      .add_message_type<std::vector<job_record>>("std::vector<infergrid::job_record>")
+      .add_message_type<job_error>("infergrid::job_error")
+      .add_message_type<job_event>("infergrid::job_event")
+      .add_message_type<std::vector<job_event>>("std::vector<infergrid::job_event>")
+      .add_message_type<job_completion>("infergrid::job_completion")
+      .add_message_type<std::vector<job_completion>>(
+          "std::vector<infergrid::job_completion>")
+      .add_message_type<held_lease>("infergrid::held_lease")
+      .add_message_type<std::vector<held_lease>>("std::vector<infergrid::held_lease>")
+      .add_message_type<lease_status>("infergrid::lease_status")
+      .add_message_type<std::vector<lease_status>>("std::vector<infergrid::lease_status>")
+      .add_message_type<std::vector<bool>>("std::vector<bool>")
+      .add_message_type<tensor_data>("infergrid::tensor_data")
+      .add_message_type<std::vector<tensor_data>>("std::vector<infergrid::tensor_data>")
+      .add_message_type<infer_request>("infergrid::infer_request")
+      .add_message_type<infer_batch>("infergrid::infer_batch")
+      .add_message_type<infer_batch_result>("infergrid::infer_batch_result")
+      .add_message_type<generate_input>("infergrid::generate_input")
+      .add_message_type<generate_request>("infergrid::generate_request")
+      .add_message_type<generate_reply>("infergrid::generate_reply")
+      .add_message_type<speech_request>("infergrid::speech_request")
+      .add_message_type<speech_reply>("infergrid::speech_reply");
 }
 
 } // namespace infergrid

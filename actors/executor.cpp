@@ -68,8 +68,11 @@ std::size_t utf8_complete(const std::string& x) {
     auto c = static_cast<unsigned char>(x[n - back]);
     if ((c & 0xC0) == 0x80)
       continue; // continuation byte: look further back
-    std::size_t len = (c & 0x80) == 0 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-                                             : (c & 0xF8) == 0xF0 ? 4 : 1;
+    std::size_t len = (c & 0x80) == 0      ? 1
+                      : (c & 0xE0) == 0xC0 ? 2
+                      : (c & 0xF0) == 0xE0 ? 3
+                      : (c & 0xF8) == 0xF0 ? 4
+                                           : 1;
     return len > back ? n - back : n;
   }
   return n;
@@ -141,8 +144,7 @@ void evict(executor_pointer self, const std::string& name) {
 
 // Makes `name` resident (evicting least recently used models if the budget
 // needs room) and returns it. Loading happens here, on the executor thread.
-caf::expected<model_runner*> ensure_loaded(executor_pointer self,
-                                           const std::string& name,
+caf::expected<model_runner*> ensure_loaded(executor_pointer self, const std::string& name,
                                            bool may_evict = true) {
   auto& st = self->state;
   if (auto i = st.runners.find(name); i != st.runners.end()) {
@@ -151,11 +153,12 @@ caf::expected<model_runner*> ensure_loaded(executor_pointer self,
   }
   auto e = st.entries.find(name);
   if (e == st.entries.end())
-    return make_error(errc::unavailable, "model '" + name + "' is not served by worker "
-                                             + st.cfg.worker_id);
+    return make_error(errc::unavailable,
+                      "model '" + name + "' is not served by worker " + st.cfg.worker_id);
   auto& entry = e->second;
   if (!entry.error.empty())
-    return make_error(errc::unavailable, "model '" + name + "' is broken: " + entry.error);
+    return make_error(errc::unavailable,
+                      "model '" + name + "' is broken: " + entry.error);
   auto need = std::max<int64_t>(entry.info.memory_mb, 0);
   auto plan = st.budget.plan(need);
   if (!plan)
@@ -242,7 +245,8 @@ void run_tensor_jobs(executor_state& st, model_runner& m,
     valid.push_back(i);
     inputs.push_back(std::move(*xs));
   }
-  auto max_batch = static_cast<std::size_t>(std::max<int64_t>(m.info().max_batch_size, 1));
+  auto max_batch
+      = static_cast<std::size_t>(std::max<int64_t>(m.info().max_batch_size, 1));
   for (std::size_t lo = 0; lo < valid.size(); lo += max_batch) {
     auto hi = std::min(valid.size(), lo + max_batch);
     std::vector<std::vector<tensor_data>> chunk(
@@ -272,9 +276,9 @@ void run_tensor_jobs(executor_state& st, model_runner& m,
     }
     for (auto k = lo; k < hi; ++k) {
       auto& job = jobs[valid[k]];
-      out[valid[k]] = ok_outcome(job.id, encode_kserve_response(m.info().name,
-                                                                job_id_string(job.id),
-                                                                (*parts)[k - lo]));
+      out[valid[k]] = ok_outcome(
+          job.id,
+          encode_kserve_response(m.info().name, job_id_string(job.id), (*parts)[k - lo]));
     }
   }
 }
@@ -359,15 +363,16 @@ caf::expected<std::string> run_speech_job(executor_pointer self, model_runner& m
     return in.error();
   auto rate = m.info().sample_rate;
   auto cancels = st.cfg.cancels;
-  auto result = synthesize_phrases(m, in->text, [&](int32_t index, const std::string& pcm) {
-    if (st.cfg.worker)
-      self->send(st.cfg.worker, chunk_atom::value, job.id, job.lease_seq,
-                 "{\"phrase\":" + std::to_string(index)
-                     + ",\"sample_rate\":" + std::to_string(rate) + ",\"samples\":"
-                     + std::to_string(pcm16_samples(pcm)) + ",\"pcm16_base64\":\""
-                     + base64_encode(pcm) + "\"}");
-    return !(cancels && cancels->raised(job.id));
-  });
+  auto result
+      = synthesize_phrases(m, in->text, [&](int32_t index, const std::string& pcm) {
+          if (st.cfg.worker)
+            self->send(st.cfg.worker, chunk_atom::value, job.id, job.lease_seq,
+                       "{\"phrase\":" + std::to_string(index)
+                           + ",\"sample_rate\":" + std::to_string(rate)
+                           + ",\"samples\":" + std::to_string(pcm16_samples(pcm))
+                           + ",\"pcm16_base64\":\"" + base64_encode(pcm) + "\"}");
+          return !(cancels && cancels->raised(job.id));
+        });
   if (!result)
     return result.error();
   auto& mm = metrics_of(st, m.info().name);
@@ -380,7 +385,8 @@ caf::expected<std::string> run_speech_job(executor_pointer self, model_runner& m
     return make_error(errc::timeout, "synthesis stopped (cancelled or out of time)");
   files.push_back(named_bytes{speech_artifact, encode_wav(result->pcm16, rate)});
   return encode_speech_output(speech_artifact, rate, pcm16_samples(result->pcm16),
-                              result->phrases, audio_s > 0 ? result->seconds / audio_s : 0);
+                              result->phrases,
+                              audio_s > 0 ? result->seconds / audio_s : 0);
 }
 
 executor_actor::behavior_type executor_behavior(executor_pointer self,
@@ -426,7 +432,8 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         send_status(self);
         return reg;
       },
-      [self](load_atom, const std::string& name) -> caf::result<std::vector<model_status>> {
+      [self](load_atom,
+             const std::string& name) -> caf::result<std::vector<model_status>> {
         auto m = ensure_loaded(self, name);
         if (!m)
           return m.error();
@@ -436,7 +443,8 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
              const std::string& name) -> caf::result<std::vector<model_status>> {
         auto& st = self->state;
         if (st.entries.count(name) == 0)
-          return make_error(errc::not_found, "model '" + name + "' is not served by worker "
+          return make_error(errc::not_found, "model '" + name
+                                                 + "' is not served by worker "
                                                  + st.cfg.worker_id);
         if (st.runners.count(name) > 0)
           evict(self, name);
@@ -502,7 +510,8 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         mm.requests += static_cast<int64_t>(batch.requests.size());
         status_changed(self);
         auto fail = [&](caf::error err) -> caf::result<infer_batch_result> {
-          mm.failures[to_string(code_of(err))] += static_cast<int64_t>(batch.requests.size());
+          mm.failures[to_string(code_of(err))]
+              += static_cast<int64_t>(batch.requests.size());
           return err;
         };
         auto runner = ensure_loaded(self, batch.model);
@@ -588,11 +597,12 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         auto& m = **runner;
         auto cancels = st.cfg.cancels;
         auto sink = req.stream ? req.sink : chunk_sink_actor{};
-        auto result = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
-          if (sink)
-            self->send(sink, chunk_atom::value, pcm);
-          return !(cancels && cancels->raised(key));
-        });
+        auto result
+            = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
+                if (sink)
+                  self->send(sink, chunk_atom::value, pcm);
+                return !(cancels && cancels->raised(key));
+              });
         if (cancels)
           cancels->clear(key);
         if (!result) {

@@ -58,7 +58,8 @@ using executor_actor = caf::typed_actor<
     // Runs durable jobs of one model: tensor jobs as one batched forward call
     // (inputs that do not match the model fail alone), the others one by one.
     // Generated text and speech phrases go to the worker as data events.
-    caf::replies_to<run_job_atom, std::vector<job_record>>::with<std::vector<job_outcome>>,
+    caf::replies_to<run_job_atom,
+                    std::vector<job_record>>::with<std::vector<job_outcome>>,
     // Interactive work; the int64_t is the cancel key the worker raises when
     // the client goes away.
     caf::replies_to<infer_atom, infer_batch>::with<infer_batch_result>,

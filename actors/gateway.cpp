@@ -130,7 +130,8 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
           return make_error(errc::invalid_input, "input: expected a non-empty string");
         return self->delegate(st.queue, speech_atom::value, std::move(req));
       },
-      [self](load_atom, const std::string& model) -> caf::result<std::vector<worker_status>> {
+      [self](load_atom,
+             const std::string& model) -> caf::result<std::vector<worker_status>> {
         auto& st = self->state;
         if (find_model(st, model) == nullptr)
           return unknown_model(model);
@@ -143,10 +144,12 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
           return unknown_model(model);
         return self->delegate(st.queue, unload_atom::value, model);
       },
-      [self](artifact_atom, int64_t id, const std::string& name) -> caf::result<artifact_ref> {
+      [self](artifact_atom, int64_t id,
+             const std::string& name) -> caf::result<artifact_ref> {
         return self->delegate(self->state.queue, artifact_atom::value, id, name);
       },
-      [self](drain_atom, const std::string& worker, bool drain) -> caf::result<worker_status> {
+      [self](drain_atom, const std::string& worker,
+             bool drain) -> caf::result<worker_status> {
         return self->delegate(self->state.queue, drain_atom::value, worker, drain);
       },
       [self](models_atom) -> std::vector<model_info> { return self->state.cfg.models; },

@@ -148,8 +148,8 @@ struct speech_request {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, speech_request& x) {
-  return f(caf::meta::type_name("speech_request"), x.model, x.text, x.voice,
-           x.request_id, x.sink, x.enqueued_ms, x.stream);
+  return f(caf::meta::type_name("speech_request"), x.model, x.text, x.voice, x.request_id,
+           x.sink, x.enqueued_ms, x.stream);
 }
 
 struct speech_reply {
@@ -287,8 +287,7 @@ using queue_actor = queue_feedback_actor::extend<
     caf::replies_to<generate_atom, generate_request>::with<generate_reply>,
     caf::replies_to<speech_atom, speech_request>::with<speech_reply>,
     // Self-timer: the oldest waiting tensor request reached its batch delay.
-    caf::reacts_to<batch_atom>,
-    caf::replies_to<stats_atom>::with<cluster_stats>,
+    caf::reacts_to<batch_atom>, caf::replies_to<stats_atom>::with<cluster_stats>,
     caf::replies_to<list_atom, job_filter>::with<job_page>,
     // Loads/unloads a model on every worker that serves it.
     caf::replies_to<load_atom, std::string>::with<std::vector<worker_status>>,
@@ -320,7 +319,8 @@ using queue_actor = queue_feedback_actor::extend<
     caf::replies_to<chunk_atom, int64_t, int64_t, std::string>::with<bool>,
     // A file of running job (id, lease_seq): (name, bytes) -> false when the
     // lease was lost (nothing written).
-    caf::replies_to<artifact_atom, int64_t, int64_t, std::string, std::string>::with<bool>,
+    caf::replies_to<artifact_atom, int64_t, int64_t, std::string,
+                    std::string>::with<bool>,
     // Drain (true) or resume (false) a worker by id: not_found when unknown.
     caf::replies_to<drain_atom, std::string, bool>::with<worker_status>,
     caf::reacts_to<qtick_atom>>;
@@ -401,6 +401,7 @@ typename Inspector::result_type inspect(Inspector& f, join_reply& x) {
 /// is reachable only through a join with the right secret; a wrong secret
 /// is refused (errc::unauthorized) and logged. A db_path that is not the
 /// control node's own file is refused (errc::invalid_input).
-using door_actor = caf::typed_actor<caf::replies_to<join_atom, join_request>::with<join_reply>>;
+using door_actor
+    = caf::typed_actor<caf::replies_to<join_atom, join_request>::with<join_reply>>;
 
 } // namespace infergrid

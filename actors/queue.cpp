@@ -284,7 +284,8 @@ void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
   auto probe = latency_probe(self, w, p.model);
   if (p.kind == pending_work::generate) {
     auto rp = p.generate_rp;
-    auto mine = track_inflight(self, w, [rp](const caf::error& err) mutable { rp.deliver(err); });
+    auto mine = track_inflight(self, w,
+                               [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
         .then(
             [rp, probe, mine](generate_reply& out) mutable {
@@ -299,7 +300,8 @@ void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
             });
   } else {
     auto rp = p.speech_rp;
-    auto mine = track_inflight(self, w, [rp](const caf::error& err) mutable { rp.deliver(err); });
+    auto mine = track_inflight(self, w,
+                               [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
         .then(
             [rp, probe, mine](speech_reply& out) mutable {
@@ -377,7 +379,8 @@ worker_entry* choose_worker(queue_state& st, const std::string& model) {
         return i == w->latency_ms.end() ? -1.0 : i->second;
       };
       return *std::min_element(pool.begin(), pool.end(), [&](auto* x, auto* y) {
-        return score(x) < score(y) || (score(x) == score(y) && x->dispatched < y->dispatched);
+        return score(x) < score(y)
+               || (score(x) == score(y) && x->dispatched < y->dispatched);
       });
     }
     case routing_strategy::queue_depth:
@@ -431,8 +434,8 @@ bool dispatch_interactive(queue_pointer self) {
     for (auto& q : st.interactive)
       if (q.kind == pending_work::infer && q.model == it->model)
         ++pending;
-    auto waited
-      = std::chrono::duration_cast<std::chrono::microseconds>(now - it->arrived).count();
+    auto waited = std::chrono::duration_cast<std::chrono::microseconds>(now - it->arrived)
+                      .count();
     auto d = inference::decide_batch(policy, pending, waited);
     if (!d.ready) {
       skip.insert(it->model);
@@ -441,7 +444,8 @@ bool dispatch_interactive(queue_pointer self) {
     }
     auto model = it->model;
     std::vector<pending_work> batch;
-    for (auto q = it; q != st.interactive.end() && static_cast<int64_t>(batch.size()) < d.take;) {
+    for (auto q = it;
+         q != st.interactive.end() && static_cast<int64_t>(batch.size()) < d.take;) {
       if (q->kind == pending_work::infer && q->model == model) {
         batch.push_back(std::move(*q));
         q = st.interactive.erase(q);
@@ -494,15 +498,15 @@ void dispatch(queue_pointer self) {
 void admit(queue_pointer self, pending_work p) {
   auto& st = self->state;
   if (!serves(st, p.model)) {
-    p.fail(make_error(errc::unavailable, "no ready worker serves model '" + p.model + "'"));
+    p.fail(
+        make_error(errc::unavailable, "no ready worker serves model '" + p.model + "'"));
     return;
   }
   auto limit = st.cfg.settings.max_interactive;
   if (static_cast<int64_t>(st.interactive.size()) >= limit) {
-    p.fail(make_error(errc::queue_full, "interactive queue holds "
-                                            + std::to_string(st.interactive.size())
-                                            + " of " + std::to_string(limit)
-                                            + " requests"));
+    p.fail(make_error(errc::queue_full,
+                      "interactive queue holds " + std::to_string(st.interactive.size())
+                          + " of " + std::to_string(limit) + " requests"));
     return;
   }
   p.arrived = self->clock().now();
@@ -559,7 +563,8 @@ caf::result<std::vector<worker_status>> fan_out(queue_pointer self, Atom atom,
 std::string content_type_of(const std::string& name) {
   auto ends_with = [&](const char* ext) {
     std::string e{ext};
-    return name.size() >= e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0;
+    return name.size() >= e.size()
+           && name.compare(name.size() - e.size(), e.size(), e) == 0;
   };
   if (ends_with(".wav"))
     return "audio/wav";
@@ -591,7 +596,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     // Its interactive requests fail now with a retryable error.
     auto inflight = std::move(i->inflight);
     for (auto& [id, fail] : inflight)
-      fail(make_error(errc::unavailable, "worker " + i->id + " went down while running it"));
+      fail(make_error(errc::unavailable,
+                      "worker " + i->id + " went down while running it"));
     // Its running jobs go back at once (attempt counted), not at lease expiry.
     auto requeued = st.store->requeue_worker(i->id, now_ms());
     if (!requeued)
@@ -781,7 +787,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
           w->last_seen_ms = now_ms();
         }
       },
-      [self](drain_atom, const std::string& id, bool drain) -> caf::result<worker_status> {
+      [self](drain_atom, const std::string& id,
+             bool drain) -> caf::result<worker_status> {
         auto& st = self->state;
         auto w = find_worker(st, id);
         if (w == nullptr)
@@ -829,7 +836,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         auto rec = st.store->get(id);
         if (!rec)
           return rec.error();
-        if (!*rec || (*rec)->state != job_state::running || (*rec)->lease_seq != lease_seq)
+        if (!*rec || (*rec)->state != job_state::running
+            || (*rec)->lease_seq != lease_seq)
           return false;
         persistence::artifact_store files{st.cfg.artifacts_dir};
         auto written = files.write(id, name, bytes);
@@ -837,14 +845,16 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
           return written.error();
         return true;
       },
-      [self](load_atom, const std::string& model) -> caf::result<std::vector<worker_status>> {
+      [self](load_atom,
+             const std::string& model) -> caf::result<std::vector<worker_status>> {
         return fan_out(self, load_atom::value, model);
       },
       [self](unload_atom,
              const std::string& model) -> caf::result<std::vector<worker_status>> {
         return fan_out(self, unload_atom::value, model);
       },
-      [self](artifact_atom, int64_t id, const std::string& name) -> caf::result<artifact_ref> {
+      [self](artifact_atom, int64_t id,
+             const std::string& name) -> caf::result<artifact_ref> {
         auto& st = self->state;
         auto rec = st.store->get(id);
         if (!rec)

@@ -52,23 +52,25 @@ public:
   virtual ~job_port() = default;
   virtual void claim(const std::vector<std::string>& models, int32_t n, int64_t lease_ms,
                      callback<std::vector<job_record>> cb)
-    = 0;
-  virtual void complete_batch(std::vector<job_completion> xs, callback<std::vector<bool>> cb)
-    = 0;
+      = 0;
+  virtual void complete_batch(std::vector<job_completion> xs,
+                              callback<std::vector<bool>> cb)
+      = 0;
   /// The resulting state's name, "" when the lease was lost.
-  virtual void fail(int64_t id, int64_t lease_seq, job_error err, callback<std::string> cb)
-    = 0;
+  virtual void fail(int64_t id, int64_t lease_seq, job_error err,
+                    callback<std::string> cb)
+      = 0;
   virtual void renew_batch(std::vector<held_lease> xs, int64_t lease_ms,
                            callback<std::vector<lease_status>> cb)
-    = 0;
+      = 0;
   /// A data event; its answer only matters for the log.
   virtual void add_event(int64_t id, int64_t lease_seq, std::string data,
                          callback<bool> cb)
-    = 0;
+      = 0;
   /// Stores a file of a running job before it completes.
   virtual void write_artifact(int64_t id, int64_t lease_seq, named_bytes file,
                               callback<bool> cb)
-    = 0;
+      = 0;
 };
 
 struct worker_state {
@@ -101,8 +103,7 @@ class local_port : public job_port {
 public:
   local_port(worker_pointer self, std::unique_ptr<persistence::job_store> store,
              std::string artifacts_dir)
-    : self_(self), store_(std::move(store)), files_(std::move(artifacts_dir)) {
-  }
+      : self_(self), store_(std::move(store)), files_(std::move(artifacts_dir)) {}
 
   void claim(const std::vector<std::string>& models, int32_t n, int64_t lease_ms,
              callback<std::vector<job_record>> cb) override {
@@ -164,8 +165,7 @@ private:
 class remote_port : public job_port {
 public:
   remote_port(worker_pointer self, queue_actor queue)
-    : self_(self), queue_(std::move(queue)) {
-  }
+      : self_(self), queue_(std::move(queue)) {}
 
   void claim(const std::vector<std::string>& models, int32_t n, int64_t lease_ms,
              callback<std::vector<job_record>> cb) override {
@@ -206,7 +206,8 @@ private:
     // Requests from one actor to another arrive in order, so a data event
     // or a file always lands before the completion that follows it.
     self_->request(queue_, std::chrono::seconds(30), std::forward<Ts>(xs)...)
-      .then([cb](T& x) { cb(std::move(x)); }, [cb](caf::error& err) { cb(std::move(err)); });
+        .then([cb](T& x) { cb(std::move(x)); },
+              [cb](caf::error& err) { cb(std::move(err)); });
   }
 
   worker_pointer self_;
@@ -330,20 +331,20 @@ void finish_jobs(worker_pointer self, std::vector<job_outcome> outcomes) {
   auto ids = std::make_shared<std::vector<int64_t>>();
   for (auto& d : done)
     ids->push_back(d.id);
-  st.port->complete_batch(std::move(done), [self, ids, step](
-                                               caf::expected<std::vector<bool>> results) {
-    auto& st = self->state;
-    if (!results) {
-      spdlog::error("worker {}: cannot complete {} job(s): {}", st.cfg.id, ids->size(),
-                    message_of(results.error()));
-    } else {
-      for (std::size_t i = 0; i < results->size() && i < ids->size(); ++i)
-        if (!(*results)[i])
-          spdlog::warn("worker {}: lost the lease of {}; result dropped", st.cfg.id,
-                       job_id_string((*ids)[i]));
-    }
-    step->tick();
-  });
+  st.port->complete_batch(
+      std::move(done), [self, ids, step](caf::expected<std::vector<bool>> results) {
+        auto& st = self->state;
+        if (!results) {
+          spdlog::error("worker {}: cannot complete {} job(s): {}", st.cfg.id,
+                        ids->size(), message_of(results.error()));
+        } else {
+          for (std::size_t i = 0; i < results->size() && i < ids->size(); ++i)
+            if (!(*results)[i])
+              spdlog::warn("worker {}: lost the lease of {}; result dropped", st.cfg.id,
+                           job_id_string((*ids)[i]));
+        }
+        step->tick();
+      });
 }
 
 // The executor failed as a whole (timeout, crash): every held job fails.
@@ -378,14 +379,17 @@ void run_held(worker_pointer self) {
   auto timeout = timeout_ms > 0 ? caf::duration{std::chrono::milliseconds(timeout_ms)}
                                 : caf::duration{std::chrono::seconds(24 * 3600)};
   self->request(st.exec, timeout, run_job_atom::value, st.held)
-    .then([self](std::vector<job_outcome>& outcomes) { finish_jobs(self, std::move(outcomes)); },
+      .then(
+          [self](std::vector<job_outcome>& outcomes) {
+            finish_jobs(self, std::move(outcomes));
+          },
           [self, timeout_ms](caf::error& err) {
             if (err == caf::sec::request_timeout) {
               // Stop a generation or synthesis still running on the executor.
               for (auto& job : self->state.held)
                 self->state.cancels->raise(job.id);
               err = make_error(errc::timeout, "job exceeded its timeout_ms of "
-                                                + std::to_string(timeout_ms));
+                                                  + std::to_string(timeout_ms));
             }
             fail_held(self, err);
           });
@@ -400,35 +404,38 @@ void claim_and_run(worker_pointer self) {
     return;
   }
   transition(self, worker_phase::busy);
-  st.port->claim(st.models, 1, st.cfg.lease_ms, [self](caf::expected<std::vector<job_record>>
-                                                         first) {
-    auto& st = self->state;
-    if (!first) {
-      spdlog::warn("worker {}: claim failed: {}", st.cfg.id, message_of(first.error()));
-      return become_idle(self, false);
-    }
-    if (first->empty())
-      return become_idle(self, false);
-    st.held = std::move(*first);
-    auto& job = st.held.front();
-    auto info = st.infos.find(job.model);
-    int64_t limit = 1;
-    if (info != st.infos.end() && info->second.kind == model_kind::tensor)
-      limit = std::min<int64_t>(info->second.max_batch_size, st.cfg.max_job_batch);
-    if (limit <= 1)
-      return run_held(self);
-    st.port->claim({job.model}, static_cast<int32_t>(limit - 1), st.cfg.lease_ms,
-                   [self](caf::expected<std::vector<job_record>> more) {
-                     auto& st = self->state;
-                     if (!more)
-                       spdlog::warn("worker {}: batch claim failed: {}", st.cfg.id,
-                                    message_of(more.error()));
-                     else
-                       st.held.insert(st.held.end(), std::make_move_iterator(more->begin()),
-                                      std::make_move_iterator(more->end()));
-                     run_held(self);
-                   });
-  });
+  st.port->claim(
+      st.models, 1, st.cfg.lease_ms,
+      [self](caf::expected<std::vector<job_record>> first) {
+        auto& st = self->state;
+        if (!first) {
+          spdlog::warn("worker {}: claim failed: {}", st.cfg.id,
+                       message_of(first.error()));
+          return become_idle(self, false);
+        }
+        if (first->empty())
+          return become_idle(self, false);
+        st.held = std::move(*first);
+        auto& job = st.held.front();
+        auto info = st.infos.find(job.model);
+        int64_t limit = 1;
+        if (info != st.infos.end() && info->second.kind == model_kind::tensor)
+          limit = std::min<int64_t>(info->second.max_batch_size, st.cfg.max_job_batch);
+        if (limit <= 1)
+          return run_held(self);
+        st.port->claim({job.model}, static_cast<int32_t>(limit - 1), st.cfg.lease_ms,
+                       [self](caf::expected<std::vector<job_record>> more) {
+                         auto& st = self->state;
+                         if (!more)
+                           spdlog::warn("worker {}: batch claim failed: {}", st.cfg.id,
+                                        message_of(more.error()));
+                         else
+                           st.held.insert(st.held.end(),
+                                          std::make_move_iterator(more->begin()),
+                                          std::make_move_iterator(more->end()));
+                         run_held(self);
+                       });
+      });
 }
 
 // Runs one interactive streaming request (generate or speech) on the
@@ -493,7 +500,8 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
                     message_of(store.error()));
       transition(self, worker_phase::error);
     } else {
-      st.port = std::make_unique<local_port>(self, std::move(*store), st.cfg.artifacts_dir);
+      st.port
+          = std::make_unique<local_port>(self, std::move(*store), st.cfg.artifacts_dir);
     }
   }
   self->set_down_handler([self](caf::down_msg& dm) {
@@ -581,46 +589,47 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
         std::vector<held_lease> leases;
         for (auto& job : st.held)
           leases.push_back(held_lease{job.id, job.lease_seq});
-        st.port->renew_batch(leases, st.cfg.lease_ms, [self, leases](
-                                                        caf::expected<std::vector<lease_status>>
-                                                          status) {
-          auto& st = self->state;
-          if (!status) {
-            spdlog::warn("worker {}: lease renewal failed: {}", st.cfg.id,
-                         message_of(status.error()));
-            return;
-          }
-          for (std::size_t i = 0; i < status->size() && i < leases.size(); ++i) {
-            auto& s = (*status)[i];
-            if (!s.held) {
-              spdlog::warn("worker {}: lease of {} was lost while running", st.cfg.id,
-                           job_id_string(leases[i].id));
-              st.cancels->raise(leases[i].id); // its result would be dropped anyway
-            } else if (s.cancel_requested) {
-              st.cancels->raise(leases[i].id);
-            }
-          }
-        });
+        st.port->renew_batch(
+            leases, st.cfg.lease_ms,
+            [self, leases](caf::expected<std::vector<lease_status>> status) {
+              auto& st = self->state;
+              if (!status) {
+                spdlog::warn("worker {}: lease renewal failed: {}", st.cfg.id,
+                             message_of(status.error()));
+                return;
+              }
+              for (std::size_t i = 0; i < status->size() && i < leases.size(); ++i) {
+                auto& s = (*status)[i];
+                if (!s.held) {
+                  spdlog::warn("worker {}: lease of {} was lost while running", st.cfg.id,
+                               job_id_string(leases[i].id));
+                  st.cancels->raise(leases[i].id); // its result would be dropped anyway
+                } else if (s.cancel_requested) {
+                  st.cancels->raise(leases[i].id);
+                }
+              }
+            });
         self->delayed_send(self, renew_period(st.cfg), renew_atom::value);
       },
       [self](chunk_atom, int64_t job_id, int64_t lease_seq, std::string& data) {
         auto& st = self->state;
         if (!st.port)
           return;
-        st.port->add_event(job_id, lease_seq, std::move(data),
-                           [self, job_id](caf::expected<bool> ok) {
-                             if (!ok)
-                               spdlog::warn("worker {}: cannot store a data event of {}: {}",
-                                            self->state.cfg.id, job_id_string(job_id),
-                                            message_of(ok.error()));
-                           });
+        st.port->add_event(
+            job_id, lease_seq, std::move(data), [self, job_id](caf::expected<bool> ok) {
+              if (!ok)
+                spdlog::warn("worker {}: cannot store a data event of {}: {}",
+                             self->state.cfg.id, job_id_string(job_id),
+                             message_of(ok.error()));
+            });
       },
       [self](drain_atom, bool drain) {
         auto& st = self->state;
         st.draining = drain;
         if (st.phase != worker_phase::error && st.phase != worker_phase::loading)
-          transition(self, drain ? worker_phase::draining
-                                 : (st.held.empty() ? worker_phase::idle : worker_phase::busy));
+          transition(self,
+                     drain ? worker_phase::draining
+                           : (st.held.empty() ? worker_phase::idle : worker_phase::busy));
         spdlog::info("worker {}: {}", st.cfg.id, drain ? "DRAINING" : "resumed");
         self->send(st.queue, status_atom::value, make_status(st));
       },

@@ -31,7 +31,6 @@ std::vector<job_event> take_in_order(std::vector<job_event>& live, int64_t last_
   return out;
 }
 
-
 std::size_t utf8_complete_prefix(std::string_view text) {
   // Mirrors the decoder of nlohmann-json's dump with error_handler_t::replace
   // (Hoehrmann's DFA): an invalid first byte is one replaced character; a
