@@ -515,6 +515,24 @@ void admit(queue_pointer self, pending_work p) {
   dispatch(self);
 }
 
+// The interactive handlers: stamps the request, keeps it in the slot of its
+// kind with its promise, and admits it.
+template <class Request, class Reply>
+caf::typed_response_promise<Reply>
+admit(queue_pointer self, pending_work::kind_t kind, Request req,
+      Request pending_work::*slot,
+      caf::typed_response_promise<Reply> pending_work::*promise) {
+  pending_work p;
+  p.kind = kind;
+  p.model = req.model;
+  req.enqueued_ms = now_ms();
+  p.*slot = std::move(req);
+  p.*promise = self->make_response_promise<Reply>();
+  auto rp = p.*promise;
+  admit(self, std::move(p));
+  return rp;
+}
+
 // Sends `atom`(model) to every worker that serves `model` and answers with
 // all of their statuses once each has answered (or failed).
 template <class Atom>
@@ -743,37 +761,16 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         return std::move(**rec);
       },
       [self](infer_atom, infer_request& req) -> caf::result<tensor_list> {
-        pending_work p;
-        p.kind = pending_work::infer;
-        p.model = req.model;
-        req.enqueued_ms = now_ms();
-        p.infer_req = std::move(req);
-        p.infer_rp = self->make_response_promise<tensor_list>();
-        auto rp = p.infer_rp;
-        admit(self, std::move(p));
-        return rp;
+        return admit(self, pending_work::infer, std::move(req), &pending_work::infer_req,
+                     &pending_work::infer_rp);
       },
       [self](generate_atom, generate_request& req) -> caf::result<generate_reply> {
-        pending_work p;
-        p.kind = pending_work::generate;
-        p.model = req.model;
-        req.enqueued_ms = now_ms();
-        p.generate_req = std::move(req);
-        p.generate_rp = self->make_response_promise<generate_reply>();
-        auto rp = p.generate_rp;
-        admit(self, std::move(p));
-        return rp;
+        return admit(self, pending_work::generate, std::move(req),
+                     &pending_work::generate_req, &pending_work::generate_rp);
       },
       [self](speech_atom, speech_request& req) -> caf::result<speech_reply> {
-        pending_work p;
-        p.kind = pending_work::speech;
-        p.model = req.model;
-        req.enqueued_ms = now_ms();
-        p.speech_req = std::move(req);
-        p.speech_rp = self->make_response_promise<speech_reply>();
-        auto rp = p.speech_rp;
-        admit(self, std::move(p));
-        return rp;
+        return admit(self, pending_work::speech, std::move(req),
+                     &pending_work::speech_req, &pending_work::speech_rp);
       },
       [self](batch_atom) {
         self->state.batch_timer = caf::actor_clock::time_point::max();

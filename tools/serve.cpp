@@ -56,16 +56,6 @@ caf::expected<cluster_stats> query_stats(caf::actor_system& sys, const queue_act
   return out;
 }
 
-// 32 random hex characters for serve's own worker processes.
-std::string random_secret() {
-  std::random_device rd;
-  std::string out;
-  static const char* hex = "0123456789abcdef";
-  for (int i = 0; i < 32; ++i)
-    out.push_back(hex[rd() % 16]);
-  return out;
-}
-
 std::string self_exe() {
   std::error_code ec;
   auto p = fs::read_symlink("/proc/self/exe", ec);
@@ -107,6 +97,15 @@ supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
 }
 
 } // namespace
+
+std::string random_secret() {
+  std::random_device rd; // /dev/urandom on Linux
+  std::string out;
+  static const char* hex = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i)
+    out.push_back(hex[rd() % 16]);
+  return out;
+}
 
 bool tls_enabled(const cluster_settings& c) {
   return !c.tls_certificate.empty() || !c.tls_key.empty() || !c.tls_cafile.empty();

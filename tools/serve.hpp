@@ -49,6 +49,10 @@ struct worker_options {
 /// control node goes away. Returns 2 when the control node refuses the join.
 int run_worker(const settings& s, const worker_options& opts);
 
+/// 32 random hex characters: a cluster secret for worker processes that
+/// serve (or a benchmark) starts itself.
+std::string random_secret();
+
 /// True when cluster.tls_* asks for TLS between nodes.
 bool tls_enabled(const cluster_settings& c);
 

@@ -25,8 +25,10 @@
 #include <unistd.h>
 
 #include "messages/errors.hpp"
+#include "tools/bench/child.hpp"
 #include "tools/bench/http_client.hpp"
 #include "tools/bench/queue_bench.hpp"
+#include "tools/serve.hpp"
 #include "tools/bench/format.hpp"
 
 namespace infergrid::bench {
@@ -85,33 +87,6 @@ int64_t jobs_gauge(const std::string& page, const std::string& state) {
   if (at == std::string::npos)
     return -1;
   return std::atoll(page.c_str() + at + key.size());
-}
-
-/// The last lines of the server's log, for a failure report.
-std::string log_tail(const std::string& path, std::size_t lines = 20) {
-  std::ifstream in{path};
-  std::vector<std::string> all;
-  for (std::string line; std::getline(in, line);)
-    all.push_back(line);
-  std::string out;
-  for (auto i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i)
-    out += "  | " + all[i] + '\n';
-  return out;
-}
-
-/// Non-empty lines of the server's log (it logs at warn and above) and the
-/// first of them.
-std::pair<int, std::string> log_lines(const std::string& path) {
-  std::ifstream in{path};
-  int n = 0;
-  std::string first;
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty())
-      continue;
-    if (n++ == 0)
-      first = line;
-  }
-  return {n, first};
 }
 
 using env_list = std::vector<std::pair<std::string, std::string>>;
@@ -174,55 +149,11 @@ std::vector<std::string> server_args(const e2e_bench_options& opts, uint16_t por
   return args;
 }
 
-/// 32 hex characters from the kernel, the cluster secret of remote mode.
-std::string random_secret() {
-  unsigned char raw[16] = {0};
-  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    auto n = ::read(fd, raw, sizeof raw);
-    (void)n;
-    ::close(fd);
-  }
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (auto b : raw) {
-    out.push_back(hex[b >> 4]);
-    out.push_back(hex[b & 15]);
-  }
-  return out;
-}
-
 /// `"workers_ready":N` of a /readyz body; -1 when absent.
 int64_t workers_ready(const std::string& body) {
   static const std::string key = "\"workers_ready\":";
   auto at = body.find(key);
   return at == std::string::npos ? -1 : std::atoll(body.c_str() + at + key.size());
-}
-
-/// Waits up to `deadline` for `pid` to end; its wait status, or -1.
-int wait_for_exit(pid_t pid, clock_type::duration deadline) {
-  auto until = clock_type::now() + deadline;
-  for (;;) {
-    int status = 0;
-    auto r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid)
-      return status;
-    if (r < 0 && errno != EINTR)
-      return -1;
-    if (clock_type::now() >= until)
-      return -1;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
-
-std::string describe_status(int status) {
-  if (status < 0)
-    return "still running";
-  if (WIFEXITED(status))
-    return "exit code " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return std::string{"signal "} + strsignal(WTERMSIG(status));
-  return "status " + std::to_string(status);
 }
 
 } // namespace

@@ -38,6 +38,7 @@
 #include "messages/errors.hpp"
 #include "messages/tensor.hpp"
 #include "tools/bench/format.hpp"
+#include "tools/bench/child.hpp"
 #include "tools/bench/http_client.hpp"
 #include "tools/bench/queue_bench.hpp"
 
@@ -287,58 +288,6 @@ std::pair<double, double> batch_histogram(uint16_t port, const std::string& mode
 }
 
 // -- the child server ----------------------------------------------------------
-
-/// The last lines of a server log, for a failure report.
-std::string log_tail(const std::string& path, std::size_t lines = 20) {
-  std::ifstream in{path};
-  std::vector<std::string> all;
-  for (std::string line; std::getline(in, line);)
-    all.push_back(line);
-  std::string out;
-  for (auto i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i)
-    out += "  | " + all[i] + '\n';
-  return out;
-}
-
-/// Non-empty lines of a server log (it logs at warn and above) and the first.
-std::pair<int, std::string> log_lines(const std::string& path) {
-  std::ifstream in{path};
-  int n = 0;
-  std::string first;
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty())
-      continue;
-    if (n++ == 0)
-      first = line;
-  }
-  return {n, first};
-}
-
-std::string describe_status(int status) {
-  if (status < 0)
-    return "still running";
-  if (WIFEXITED(status))
-    return "exit code " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return std::string{"signal "} + strsignal(WTERMSIG(status));
-  return "status " + std::to_string(status);
-}
-
-/// Waits up to `deadline` for `pid` to end; its wait status, or -1.
-int wait_for_exit(pid_t pid, clock_type::duration deadline) {
-  auto until = clock_type::now() + deadline;
-  for (;;) {
-    int status = 0;
-    auto r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid)
-      return status;
-    if (r < 0 && errno != EINTR)
-      return -1;
-    if (clock_type::now() >= until)
-      return -1;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
 
 /// A child `infergrid serve --workers 1` on a free loopback port, logging at
 /// warn to a file. Killed when destroyed while still running. Belongs to the
