@@ -38,7 +38,7 @@ int stop_signals::wait(std::chrono::milliseconds d) {
       return last_signal.load();
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      end - std::chrono::steady_clock::now());
+        end - std::chrono::steady_clock::now());
     if (left.count() <= 0)
       return 0;
     // Signals blocked everywhere stay pending for sigtimedwait; those caught

@@ -108,8 +108,9 @@ int run_worker(const settings& s, const worker_options& opts) {
     auto door = tls ? caf::openssl::remote_actor<door_actor>(sys, host, port)
                     : sys.middleman().remote_actor<door_actor>(host, port);
     if (!door) {
-      spdlog::warn("worker {}: cannot reach the control node at {}: {}; retrying in {} ms",
-                   id, opts.join, sys.render(door.error()), backoff.count());
+      spdlog::warn(
+          "worker {}: cannot reach the control node at {}: {}; retrying in {} ms", id,
+          opts.join, sys.render(door.error()), backoff.count());
       if (stop_requested(stop, backoff))
         return 0;
       backoff = std::min(backoff * 2, max_backoff);
@@ -119,12 +120,12 @@ int run_worker(const settings& s, const worker_options& opts) {
     join_request req{s.cluster.secret, id, host_name(), opts.db_path};
     caf::expected<join_reply> joined = make_error(errc::timeout, "no answer to the join");
     self->request(*door, 10s, join_atom::value, req)
-      .receive([&](join_reply& r) { joined = std::move(r); },
-               [&](caf::error& err) { joined = std::move(err); });
+        .receive([&](join_reply& r) { joined = std::move(r); },
+                 [&](caf::error& err) { joined = std::move(err); });
     if (!joined) {
       auto code = code_of(joined.error());
-      spdlog::error("worker {}: the control node at {} refused the join: {}", id, opts.join,
-                    message_of(joined.error()));
+      spdlog::error("worker {}: the control node at {} refused the join: {}", id,
+                    opts.join, message_of(joined.error()));
       if (code == errc::unauthorized || code == errc::invalid_input)
         return 2; // a configuration problem: retrying will not help
       if (stop_requested(stop, backoff))
@@ -156,7 +157,8 @@ int run_worker(const settings& s, const worker_options& opts) {
     self->monitor(joined->queue);
     self->monitor(worker);
     spdlog::info("worker {}: joined {} ({})", id, opts.join,
-                 opts.db_path.empty() ? "claims through the queue" : "opens " + opts.db_path);
+                 opts.db_path.empty() ? "claims through the queue"
+                                      : "opens " + opts.db_path);
     bool lost = false;
     while (!lost) {
       if (stop_requested(stop, 0ms)) {
@@ -166,17 +168,17 @@ int run_worker(const settings& s, const worker_options& opts) {
         return 0;
       }
       self->receive(
-        [&](caf::down_msg& dm) {
-          if (dm.source == worker.address()) {
-            spdlog::error("worker {}: the worker actor stopped: {}", id,
-                          sys.render(dm.reason));
-          } else {
-            spdlog::warn("worker {}: lost the control node at {}: {}; rejoining", id,
-                         opts.join, sys.render(dm.reason));
-          }
-          lost = true;
-        },
-        caf::after(std::chrono::milliseconds(100)) >> [] {});
+          [&](caf::down_msg& dm) {
+            if (dm.source == worker.address()) {
+              spdlog::error("worker {}: the worker actor stopped: {}", id,
+                            sys.render(dm.reason));
+            } else {
+              spdlog::warn("worker {}: lost the control node at {}: {}; rejoining", id,
+                           opts.join, sys.render(dm.reason));
+            }
+            lost = true;
+          },
+          caf::after(std::chrono::milliseconds(100)) >> [] {});
     }
     // Its jobs go back when their leases lapse (or at once, if the queue
     // saw it go); a fresh worker actor joins again.
