@@ -2,6 +2,7 @@
 // queue and broker handles.
 #include "actors/cluster.hpp"
 
+#include <chrono>
 #include <filesystem>
 
 #include <caf/actor_system.hpp>
@@ -23,9 +24,9 @@ std::string resolved(const std::string& path) {
   return ec ? path : p.string();
 }
 
-door_actor::behavior_type door_behavior(door_actor::pointer, door_config cfg) {
+door_actor::behavior_type door_behavior(door_actor::pointer self, door_config cfg) {
   return {
-      [cfg](join_atom, const join_request& req) -> caf::result<join_reply> {
+      [self, cfg](join_atom, const join_request& req) -> caf::result<join_reply> {
         auto who = "'" + req.worker_id + "' from " + (req.host.empty() ? "?" : req.host);
         if (cfg.secret.empty() || !constant_time_equal(req.secret, cfg.secret)) {
           spdlog::warn("cluster: refused worker {}: wrong or missing cluster secret",
@@ -43,10 +44,27 @@ door_actor::behavior_type door_behavior(door_actor::pointer, door_config cfg) {
                   + cfg.db_path
                   + "'; give the right path or none (claim through the queue)");
         }
-        spdlog::info("cluster: worker {} joined ({})", who,
-                     req.db_path.empty() ? "claims through the queue"
-                                         : "opens the database");
-        return join_reply{cfg.queue, cfg.broker, cfg.lease_ms};
+        // One live worker per id: its leases and its row in the workers
+        // table are keyed by it. The queue knows who is live.
+        auto rp = self->make_response_promise<join_reply>();
+        self->request(cfg.queue, std::chrono::seconds(10), join_atom::value, req.worker_id)
+            .then(
+                [cfg, rp, who, direct = !req.db_path.empty()](bool free) mutable {
+                  if (!free) {
+                    spdlog::warn("cluster: refused worker {}: a live worker already has "
+                                 "this id",
+                                 who);
+                    rp.deliver(make_error(errc::conflict,
+                                          "worker id already in use by a live worker; "
+                                          "give each worker its own --id"));
+                    return;
+                  }
+                  spdlog::info("cluster: worker {} joined ({})", who,
+                               direct ? "opens the database" : "claims through the queue");
+                  rp.deliver(join_reply{cfg.queue, cfg.broker, cfg.lease_ms});
+                },
+                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
       },
   };
 }

@@ -640,9 +640,27 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
       [self](register_atom, worker_actor& handle, worker_registration& reg) {
         auto& st = self->state;
         if (find_worker(st, reg.worker_id) != nullptr) {
-          spdlog::warn("queue: worker {} registered twice; keeping the first",
-                       reg.worker_id);
+          // Two live workers under one id would share its leases and its
+          // row in the workers table: the newcomer is stopped.
+          spdlog::error("queue: refused a second worker with id {}: one is already "
+                        "registered",
+                        reg.worker_id);
+          self->send_exit(handle, make_error(errc::conflict,
+                                             "worker id '" + reg.worker_id
+                                                 + "' is already registered"));
           return;
+        }
+        // Jobs still running under this id belong to an earlier life of the
+        // worker (its process or this queue restarted): the new one holds
+        // none, so they go back now rather than when their leases lapse.
+        if (auto requeued = st.store->requeue_worker(reg.worker_id, now_ms()); !requeued)
+          spdlog::error("queue: cannot requeue the jobs of worker {}: {}", reg.worker_id,
+                        message_of(requeued.error()));
+        else if (*requeued > 0) {
+          spdlog::info("queue: {} job(s) left running by an earlier life of worker {} "
+                       "put back",
+                       *requeued, reg.worker_id);
+          publish_events(self);
         }
         worker_entry w;
         w.id = reg.worker_id;
@@ -658,6 +676,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         record_worker(st, w, "IDLE", true);
         st.workers.push_back(std::move(w));
         dispatch(self);
+      },
+      [self](join_atom, const std::string& worker_id) {
+        return find_worker(self->state, worker_id) == nullptr;
       },
       [self](idle_atom, const std::string& worker_id, bool found_work) {
         auto& st = self->state;

@@ -61,6 +61,11 @@ struct cluster_settings {
   /// How interactive requests pick a worker: queue_depth, round_robin or
   /// latency (after preferring workers that hold the model resident).
   std::string routing = "queue_depth";
+  /// How often nodes send each other a heartbeat (CAF middleman); 0: never.
+  int64_t heartbeat_ms = 1000;
+  /// A peer silent this long (a frozen or partitioned process) is dropped:
+  /// its actors go down, as if it had died. 0: never (needs heartbeats).
+  int64_t peer_timeout_ms = 5000;
   /// TLS between nodes (libcaf_openssl): this node's certificate and key
   /// (PEM) and the CA file that peers' certificates must chain to. All
   /// empty: plain TCP (keep the cluster port on a private network).

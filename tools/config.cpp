@@ -146,6 +146,12 @@ const std::vector<key_def>& keys() {
                                       [](settings& s, std::string v) {
                                         s.cluster.routing = v;
                                       })},
+    {"cluster.heartbeat_ms", int_setter(0, 60000, [](settings& s, int64_t v) {
+       s.cluster.heartbeat_ms = v;
+     })},
+    {"cluster.peer_timeout_ms", int_setter(0, 3600 * 1000, [](settings& s, int64_t v) {
+       s.cluster.peer_timeout_ms = v;
+     })},
     {"cluster.tls_certificate", [](settings& s, const std::string& text) -> std::string {
        s.cluster.tls_certificate = text;
        return {};

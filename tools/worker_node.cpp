@@ -104,6 +104,7 @@ int run_worker(const settings& s, const worker_options& opts) {
 
   auto backoff = 250ms;
   const auto max_backoff = 10000ms;
+  bool joined_before = false;
   for (;;) {
     auto door = tls ? caf::openssl::remote_actor<door_actor>(sys, host, port)
                     : sys.middleman().remote_actor<door_actor>(host, port);
@@ -128,12 +129,17 @@ int run_worker(const settings& s, const worker_options& opts) {
                     opts.join, message_of(joined.error()));
       if (code == errc::unauthorized || code == errc::invalid_input)
         return 2; // a configuration problem: retrying will not help
+      // Another node has this id. On a rejoin it may be our own earlier
+      // connection that the control node has not yet seen go: retry.
+      if (code == errc::conflict && !joined_before)
+        return 2;
       if (stop_requested(stop, backoff))
         return 0;
       backoff = std::min(backoff * 2, max_backoff);
       continue;
     }
     backoff = 250ms;
+    joined_before = true;
     worker_config wcfg;
     wcfg.id = id;
     wcfg.models = entries;
@@ -160,6 +166,7 @@ int run_worker(const settings& s, const worker_options& opts) {
                  opts.db_path.empty() ? "claims through the queue"
                                       : "opens " + opts.db_path);
     bool lost = false;
+    bool refused = false;
     while (!lost) {
       if (stop_requested(stop, 0ms)) {
         spdlog::info("worker {}: stopping", id);
@@ -170,8 +177,15 @@ int run_worker(const settings& s, const worker_options& opts) {
       self->receive(
           [&](caf::down_msg& dm) {
             if (dm.source == worker.address()) {
-              spdlog::error("worker {}: the worker actor stopped: {}", id,
-                            sys.render(dm.reason));
+              if (code_of(dm.reason) == errc::conflict) {
+                // Two nodes joined with this id at once; the queue kept the other.
+                spdlog::error("worker {}: refused by the control node: {}", id,
+                              message_of(dm.reason));
+                refused = true;
+              } else {
+                spdlog::error("worker {}: the worker actor stopped: {}", id,
+                              sys.render(dm.reason));
+              }
             } else {
               spdlog::warn("worker {}: lost the control node at {}: {}; rejoining", id,
                            opts.join, sys.render(dm.reason));
@@ -180,10 +194,12 @@ int run_worker(const settings& s, const worker_options& opts) {
           },
           caf::after(std::chrono::milliseconds(100)) >> [] {});
     }
-    // Its jobs go back when their leases lapse (or at once, if the queue
-    // saw it go); a fresh worker actor joins again.
+    // Its jobs go back when the queue sees it go, or when it registers
+    // again; a fresh worker actor joins again.
     caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
     self->wait_for(worker);
+    if (refused)
+      return 2;
     if (stop_requested(stop, backoff))
       return 0;
     backoff = std::min(backoff * 2, max_backoff);

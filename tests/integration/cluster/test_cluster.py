@@ -39,6 +39,7 @@ FINAL = {"succeeded", "failed", "dead", "cancelled"}
 # A lease short enough that jobs orphaned by a gateway crash come back within
 # seconds (renewed every lease/3), long enough for a loaded two-core machine.
 LEASE_MS = 5000
+PEER_TIMEOUT_MS = 2000
 
 
 def clean_env(extra):
@@ -116,6 +117,8 @@ class Gateway(Proc):
         self.db_path = os.path.join(self.data_dir, "infergrid.db")
         self.http = requests.Session()
         env = clean_env({"INFERGRID_CLUSTER__SECRET": secret,
+                         "INFERGRID_CLUSTER__HEARTBEAT_MS": "500",
+                         "INFERGRID_CLUSTER__PEER_TIMEOUT_MS": str(PEER_TIMEOUT_MS),
                          "INFERGRID_QUEUE__TICK_MS": "100",
                          "INFERGRID_QUEUE__LEASE_MS": str(LEASE_MS)})
         super().__init__(binary, ["gateway", "--port", str(self.http_port),
@@ -346,6 +349,23 @@ def test_refused_workers(c):
     _assert("wbad" not in workers(g) and "wdb" not in workers(g), workers(g))
     _assert(any("refused the join" in line for line in bad.lines()), bad.tail())
 
+    # A second node under a live worker's id is refused; the first goes on.
+    twin = Proc(c.binary, worker_args(g, "w2"),
+                clean_env({"INFERGRID_CLUSTER__SECRET": c.secret}),
+                os.path.join(c.root, "worker-w2-twin.log")).start()
+    try:
+        rc_twin = twin.wait_exit(60)
+    finally:
+        twin.kill()
+    _assert(rc_twin == 2, f"duplicate id: exit {rc_twin}\n{twin.tail()}")
+    _assert(re.search(r"refused worker 'w2'.*already has this id", "\n".join(g.lines())),
+            f"no refusal of the second w2 in the gateway log:\n{g.tail()}")
+    _assert(c.workers["w2"].alive(), c.workers["w2"].tail())
+    wait_workers(g, ["w2"], 10, [c.workers["w2"]])
+    job = submit(g, {"model": "classifier", "input": classifier_input(1)})
+    c.jobs.add(job)
+    wait_jobs(g, [job], 30)
+
 
 def test_worker_killed_mid_job(c, victim):
     """SIGKILLs `victim` while it runs a long job, then starts it again."""
@@ -418,6 +438,52 @@ def test_interactive_on_killed_worker(c):
     wait_workers(g, [busy[0]], 60, [c.workers[busy[0]]])
 
 
+def test_frozen_worker(c):
+    """A worker that stops answering (SIGSTOP: its TCP connection stays open)
+    is dropped after cluster.peer_timeout_ms and its completion fails with a
+    retryable 503; once it runs again it rejoins."""
+    g = c.g
+    prompt = "the quick brown fox jumps over the lazy dog " * 1400
+    body = {"model": "tinylm", "prompt": prompt, "max_tokens": 4000, "seed": 11}
+    result = {}
+
+    def call():
+        try:
+            r = requests.post(g.url + "/v1/completions", json=body, timeout=60)
+            result["r"] = (r.status_code, r.text)
+        except requests.RequestException as e:
+            result["r"] = ("no answer", repr(e))
+    t = threading.Thread(target=call)
+    t.start()
+    frozen = None
+    try:
+        busy = wait_for(lambda: [i for i, w in workers(g).items() if w["state"] == "BUSY"]
+                        or None, 30, "a worker to run the completion")
+        frozen = busy[0]
+        c.workers[frozen].proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_for(lambda: frozen not in workers(g) or None, 30,
+                 f"the gateway to drop the frozen {frozen}")
+        dropped = time.monotonic() - stopped_at
+        t.join(30)
+    finally:
+        if frozen:
+            c.workers[frozen].proc.send_signal(signal.SIGCONT)
+        t.join(70)
+    print(f"  {frozen} frozen: dropped after {dropped:.1f} s "
+          f"(cluster.peer_timeout_ms {PEER_TIMEOUT_MS})", flush=True)
+    _assert(dropped < PEER_TIMEOUT_MS / 1000 + 5, f"dropped after {dropped:.1f} s")
+    _assert(any(f"worker {frozen} went down" in line for line in g.lines()), g.tail())
+    status, text = result["r"]
+    if status != 200:  # 200: it finished before the signal landed
+        _assert(status == 503, f"{status}: {text[:300]}")
+        _assert(json.loads(text)["error"]["retryable"] is True, text)
+    # Thawed, it finds its connection gone and joins again.
+    wait_workers(g, [frozen], 60, [c.workers[frozen]])
+    _assert(any("lost the control node" in line for line in c.workers[frozen].lines()),
+            c.workers[frozen].tail())
+
+
 def test_gateway_restart(c):
     g = c.g
     ids = [submit(g, tinylm(1500, 200 + k)) for k in range(24)]
@@ -444,9 +510,10 @@ def test_gateway_restart(c):
     print(f"  gateway healthy {t_up:.1f} s after its restart, all workers back after "
           f"{t_joined:.1f} s, all {len(ids)} jobs succeeded after {time.monotonic() - t0:.1f} s",
           flush=True)
-    lapsed = [line.split("queue: ")[-1] for line in g.lines() if "lapsed leases put back" in line]
-    print(f"  jobs orphaned by the crash came back at lease expiry ({LEASE_MS} ms): {lapsed}",
+    back = [line.split("queue: ")[-1] for line in g.lines() if "earlier life" in line]
+    print(f"  jobs orphaned by the crash came back when their workers rejoined: {back}",
           flush=True)
+    _assert(back, f"no orphaned job put back on rejoin:\n{g.tail()}")
     for wid, w in c.workers.items():
         _assert(any("lost the control node" in line for line in w.lines()), w.tail())
 
@@ -571,6 +638,8 @@ def main():
                               lambda c: test_worker_killed_mid_job(c, "w3")),
                              ("completion on a SIGKILLed worker fails at once",
                               test_interactive_on_killed_worker),
+                             ("a frozen (SIGSTOPped) worker is dropped and rejoins",
+                              test_frozen_worker),
                              ("gateway SIGKILLed and restarted", test_gateway_restart),
                              ("one success per job in the file", test_one_success_per_job)]:
                 results.append(run_case(name, fn, c))

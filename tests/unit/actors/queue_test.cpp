@@ -286,6 +286,58 @@ CAF_TEST(the jobs of a worker that goes down are put back at once) {
   CAF_CHECK(rec.has_error && rec.error.code == "worker_lost");
 }
 
+CAF_TEST(a second live worker with the same id is stopped and the first keeps going) {
+  auto first = add_worker("w1", {"classifier"});
+  // The door asks before a node may join.
+  self->send(queue, join_atom::value, std::string{"w1"});
+  sched.run();
+  self->receive([](bool free) { CAF_CHECK(!free); },
+                [](caf::error& err) { CAF_FAIL("join check failed: " << message_of(err)); });
+  self->send(queue, join_atom::value, std::string{"w2"});
+  sched.run();
+  self->receive([](bool free) { CAF_CHECK(free); },
+                [](caf::error& err) { CAF_FAIL("join check failed: " << message_of(err)); });
+  // Two nodes that passed the door at the same time: the later one is stopped
+  // with a conflict, the first stays registered.
+  auto second = sys.spawn(fake_worker);
+  self->monitor(second);
+  worker_registration reg{"w1", {"classifier"}, {}, "cpu"};
+  self->send(queue, register_atom::value, second, reg);
+  sched.run();
+  bool stopped = false;
+  self->receive([&](caf::down_msg& dm) {
+    stopped = true;
+    CAF_CHECK(code_of(dm.reason) == errc::conflict);
+  });
+  CAF_CHECK(stopped);
+  CAF_CHECK_EQUAL(stats().workers_total, 1);
+  submit_ok("classifier");
+  CAF_CHECK_EQUAL(works(first), 2);
+  anon_send_exit(first, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+CAF_TEST(jobs left running under an id go back when that id registers again) {
+  // The queue restarted: its table says w1 runs a job, but the w1 that
+  // registers now is a fresh actor that holds nothing.
+  submit_ok("classifier");
+  submit_ok("classifier");
+  auto store = worker_store();
+  auto claimed = store->claim("w1", {"classifier"}, 1, 3600000, now_ms());
+  CAF_REQUIRE(claimed && claimed->size() == 1u);
+  auto other = store->claim("w9", {"classifier"}, 1, 3600000, now_ms());
+  CAF_REQUIRE(other && other->size() == 1u);
+  auto w = register_worker("w1", {"classifier"});
+  auto rec = request_job(1);
+  CAF_CHECK(rec.state == job_state::queued);
+  CAF_CHECK_EQUAL(rec.attempts, 1);
+  CAF_CHECK(rec.has_error && rec.error.code == "worker_lost");
+  // Another worker's job is left alone: its lease still covers it.
+  CAF_CHECK(request_job(2).state == job_state::running);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
 CAF_TEST(listing and event backlog go through the queue) {
   for (int i = 0; i < 3; ++i)
     submit_ok("classifier");
