@@ -311,6 +311,14 @@ caf::expected<settings> load_settings(const config_sources& sources) {
   for (auto& [key, value] : sources.flags)
     if (auto ok = apply(s, key, value, "command line"); !ok)
       return ok.error();
+  // Keys that only make sense together.
+  auto& c = s.cluster;
+  if (c.peer_timeout_ms > 0 && (c.heartbeat_ms == 0 || c.peer_timeout_ms < 2 * c.heartbeat_ms))
+    return make_error(errc::invalid_input,
+                      "cluster.peer_timeout_ms: " + std::to_string(c.peer_timeout_ms)
+                          + " needs heartbeats at most half as far apart "
+                            "(cluster.heartbeat_ms is "
+                          + std::to_string(c.heartbeat_ms) + ")");
   if (auto ok = ensure_dir("storage.data_dir", s.storage.data_dir); !ok)
     return ok.error();
   if (auto ok = ensure_dir("storage.models_dir", s.storage.models_dir); !ok)

@@ -69,6 +69,8 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
   CAF_CHECK_EQUAL(from_file.log.level, defaults.log.level);
   CAF_CHECK_EQUAL(from_file.log.format, defaults.log.format);
   CAF_CHECK_EQUAL(from_file.shutdown.drain_timeout_ms, defaults.shutdown.drain_timeout_ms);
+  CAF_CHECK_EQUAL(from_file.cluster.heartbeat_ms, defaults.cluster.heartbeat_ms);
+  CAF_CHECK_EQUAL(from_file.cluster.peer_timeout_ms, defaults.cluster.peer_timeout_ms);
   // Every key of the table appears in the file.
   for (auto& key : config_keys()) {
     auto dot = key.find('.');
@@ -116,6 +118,13 @@ CAF_TEST(bad values name the key the source and the range) {
   src = sources();
   src.flags["log.format"] = "xml";
   CAF_CHECK_EQUAL(error_of(src), "log.format (from command line): 'xml' is not one of text|json");
+  src = sources();
+  src.env["INFERGRID_CLUSTER__HEARTBEAT_MS"] = "2000";
+  src.env["INFERGRID_CLUSTER__PEER_TIMEOUT_MS"] = "3000";
+  CAF_CHECK_EQUAL(error_of(src), "cluster.peer_timeout_ms: 3000 needs heartbeats at most "
+                                 "half as far apart (cluster.heartbeat_ms is 2000)");
+  src.env["INFERGRID_CLUSTER__PEER_TIMEOUT_MS"] = "0";
+  CAF_CHECK_EQUAL(error_of(src), "ok");
   src = sources();
   src.yaml_path = write("http:\n  prot: 1\n");
   CAF_CHECK(error_of(src).find("http.prot") == 0);
