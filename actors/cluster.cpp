@@ -47,7 +47,8 @@ door_actor::behavior_type door_behavior(door_actor::pointer self, door_config cf
         // One live worker per id: its leases and its row in the workers
         // table are keyed by it. The queue knows who is live.
         auto rp = self->make_response_promise<join_reply>();
-        self->request(cfg.queue, std::chrono::seconds(10), join_atom::value, req.worker_id)
+        self->request(cfg.queue, std::chrono::seconds(10), join_atom::value,
+                      req.worker_id)
             .then(
                 [cfg, rp, who, direct = !req.db_path.empty()](bool free) mutable {
                   if (!free) {
@@ -60,7 +61,8 @@ door_actor::behavior_type door_behavior(door_actor::pointer self, door_config cf
                     return;
                   }
                   spdlog::info("cluster: worker {} joined ({})", who,
-                               direct ? "opens the database" : "claims through the queue");
+                               direct ? "opens the database"
+                                      : "claims through the queue");
                   rp.deliver(join_reply{cfg.queue, cfg.broker, cfg.lease_ms});
                 },
                 [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });

@@ -35,6 +35,12 @@ using steady = std::chrono::steady_clock;
 /// How often generated text of a durable job becomes a data event.
 constexpr auto data_event_interval = std::chrono::milliseconds(50);
 
+/// How often text streamed to a client leaves as one message: the first
+/// token at once, later ones gathered for up to this long. A model slower
+/// than 1,000 tokens/s sends every token alone; a fast one would otherwise
+/// pay a message, a wake-up and a socket write per token (docs/benchmarks.md).
+constexpr auto stream_flush_interval = std::chrono::milliseconds(1);
+
 /// How long model states and metrics may lag behind before the worker hears.
 constexpr auto status_interval = std::chrono::milliseconds(200);
 
@@ -550,19 +556,30 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         }
         auto cancels = st.cfg.cancels;
         auto sink = req.stream ? req.sink : chunk_sink_actor{};
-        std::string pending; // holds back an incomplete UTF-8 sequence
+        std::string pending; // gathered text; holds back incomplete UTF-8
+        bool sent_any = false;
+        auto last_sent = steady::now();
+        auto flush = [&](bool all) {
+          auto n = all ? pending.size() : utf8_complete(pending);
+          if (n == 0)
+            return;
+          self->send(sink, chunk_atom::value, pending.substr(0, n));
+          pending.erase(0, n);
+          sent_any = true;
+          last_sent = steady::now();
+        };
         inference::token_callback on_token = [&](const std::string& delta) {
           if (sink) {
             pending += delta;
-            if (auto n = utf8_complete(pending); n > 0) {
-              self->send(sink, chunk_atom::value, pending.substr(0, n));
-              pending.erase(0, n);
-            }
+            if (!sent_any || steady::now() - last_sent >= stream_flush_interval)
+              flush(false);
           }
           return !(cancels && cancels->raised(key));
         };
         auto t0 = steady::now();
         auto out = (*runner)->generate(req.params, on_token);
+        if (sink)
+          flush(false); // before the reply; what stays is an incomplete sequence
         auto spent = seconds_since(t0);
         mm.compute_seconds.observe(spent);
         mm.batch_size.observe(1);

@@ -49,7 +49,13 @@ struct worker_entry {
   std::map<std::string, double> latency_ms;
   /// Interactive work out on this worker: how to fail it if the worker goes
   /// down (a remote node's requests would otherwise wait for their timeout).
-  std::map<uint64_t, std::function<void(const caf::error&)>> inflight;
+  /// Interactive work out on this worker: when its answer is due, and how
+  /// to fail it (worker down, or no answer by the deadline: the tick looks).
+  struct inflight_entry {
+    caf::actor_clock::time_point deadline;
+    std::function<void(const caf::error&)> fail;
+  };
+  std::map<uint64_t, inflight_entry> inflight;
 };
 
 struct pending_submit {
@@ -206,15 +212,17 @@ void observe_latency(queue_state& st, const std::string& id, const std::string& 
 // (unavailable, retryable) if `w` goes down; returns what the reply
 // handlers call first: true when the answer is still theirs to deliver.
 std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
+                                     caf::actor_clock::time_point deadline,
                                      std::function<void(const caf::error&)> fail) {
   auto done = std::make_shared<bool>(false);
   auto id = ++self->state.next_inflight;
-  w.inflight.emplace(id, [done, fail](const caf::error& err) {
-    if (!*done) {
-      *done = true;
-      fail(err);
-    }
-  });
+  w.inflight.emplace(
+      id, worker_entry::inflight_entry{deadline, [done, fail](const caf::error& err) {
+                                         if (!*done) {
+                                           *done = true;
+                                           fail(err);
+                                         }
+                                       }});
   return [self, done, id, wid = w.id] {
     if (auto w = find_worker(self->state, wid))
       w->inflight.erase(id);
@@ -223,6 +231,23 @@ std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
     *done = true;
     return true;
   };
+}
+
+// Fails interactive work whose worker has not answered by its deadline (the
+// worker keeps running it; its late answer is dropped).
+void fail_overdue(queue_pointer self) {
+  auto now = self->clock().now();
+  for (auto& w : self->state.workers) {
+    for (auto i = w.inflight.begin(); i != w.inflight.end();) {
+      if (i->second.deadline <= now) {
+        auto fail = std::move(i->second.fail);
+        i = w.inflight.erase(i);
+        fail(make_error(errc::timeout, "worker " + w.id + " did not answer in time"));
+      } else {
+        ++i;
+      }
+    }
+  }
 }
 
 // A callback that records how long interactive work of `model` took on `w`.
@@ -238,7 +263,6 @@ auto latency_probe(queue_pointer self, const worker_entry& w, const std::string&
 // Hands a batch of tensor requests of one model to `w` (busy in this step).
 void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_work> ps) {
   w.busy = true;
-  auto now = self->clock().now();
   auto deadline = ps.front().deadline;
   infer_batch batch;
   batch.model = ps.front().model;
@@ -248,14 +272,14 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
     batch.requests.push_back(std::move(p.infer_req));
     rps.push_back(p.infer_rp);
   }
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-  auto timeout = std::max(left, std::chrono::milliseconds(1));
   auto probe = latency_probe(self, w, batch.model);
-  auto mine = track_inflight(self, w, [rps](const caf::error& err) mutable {
+  auto mine = track_inflight(self, w, deadline, [rps](const caf::error& err) mutable {
     for (auto& rp : rps)
       rp.deliver(err);
   });
-  self->request(w.handle, timeout, infer_atom::value, std::move(batch))
+  // No CAF timeout: each would wake CAF's clock thread per request. The
+  // deadline is kept with the inflight entry and checked by the tick.
+  self->request(w.handle, caf::infinite, infer_atom::value, std::move(batch))
       .then(
           [rps, probe, mine](infer_batch_result& out) mutable {
             if (!mine())
@@ -280,11 +304,14 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
 // the run is bounded by the worker (it streams for as long as it takes).
 void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
   w.busy = true;
-  auto timeout = std::chrono::seconds(24 * 3600);
+  // Bounded by the worker (workers.generate_timeout_ms) and by its
+  // connection (a node that goes silent is dropped, failing this).
+  auto timeout = caf::infinite;
+  auto never = caf::actor_clock::time_point::max();
   auto probe = latency_probe(self, w, p.model);
   if (p.kind == pending_work::generate) {
     auto rp = p.generate_rp;
-    auto mine = track_inflight(self, w,
+    auto mine = track_inflight(self, w, never,
                                [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
         .then(
@@ -300,7 +327,7 @@ void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
             });
   } else {
     auto rp = p.speech_rp;
-    auto mine = track_inflight(self, w,
+    auto mine = track_inflight(self, w, never,
                                [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
         .then(
@@ -613,9 +640,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
     // Its interactive requests fail now with a retryable error.
     auto inflight = std::move(i->inflight);
-    for (auto& [id, fail] : inflight)
-      fail(make_error(errc::unavailable,
-                      "worker " + i->id + " went down while running it"));
+    for (auto& [id, entry] : inflight)
+      entry.fail(make_error(errc::unavailable,
+                            "worker " + i->id + " went down while running it"));
     // Its running jobs go back at once (attempt counted), not at lease expiry.
     auto requeued = st.store->requeue_worker(i->id, now_ms());
     if (!requeued)
@@ -645,9 +672,9 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
           spdlog::error("queue: refused a second worker with id {}: one is already "
                         "registered",
                         reg.worker_id);
-          self->send_exit(handle, make_error(errc::conflict,
-                                             "worker id '" + reg.worker_id
-                                                 + "' is already registered"));
+          self->send_exit(handle,
+                          make_error(errc::conflict, "worker id '" + reg.worker_id
+                                                         + "' is already registered"));
           return;
         }
         // Jobs still running under this id belong to an earlier life of the
@@ -957,6 +984,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
                        message_of(rescued.error()));
         else if (*rescued > 0)
           spdlog::info("queue: {} job(s) with lapsed leases put back", *rescued);
+        fail_overdue(self);
         // Other writers (worker processes, restarts, delayed run_at) may have
         // made jobs ready: let every idle worker look again.
         for (auto& w : st.workers) {

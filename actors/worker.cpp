@@ -553,8 +553,11 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
         auto& st = self->state;
         transition(self, worker_phase::busy);
         auto rp = self->make_response_promise<infer_batch_result>();
-        self->request(st.exec, std::chrono::milliseconds(st.cfg.infer_timeout_ms),
-                      infer_atom::value, std::move(batch))
+        // No CAF timeout here: one per request would wake CAF's clock thread
+        // each time. The queue fails requests not answered by their deadline;
+        // a forward pass that never returns leaves this worker BUSY, so it
+        // gets no more work.
+        self->request(st.exec, caf::infinite, infer_atom::value, std::move(batch))
             .then(
                 [self, rp](infer_batch_result& out) mutable {
                   rp.deliver(std::move(out));

@@ -33,8 +33,11 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/http/file_body.hpp>
 
+#include <caf/actor_companion.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/mixin/requester.hpp>
+#include <caf/scoped_execution_unit.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -95,6 +98,16 @@ constexpr auto load_backstop = std::chrono::minutes(10);
 constexpr const char* metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
 class session;
+
+/// An actor_companion (messages go to a callback: here, onto a session's
+/// strand) that can also send requests; CAF 0.17's companion only sends.
+class asker_actor
+    : public caf::extend<caf::actor_companion, asker_actor>::with<caf::mixin::requester> {
+public:
+  using super
+      = caf::extend<caf::actor_companion, asker_actor>::with<caf::mixin::requester>;
+  explicit asker_actor(caf::actor_config& cfg) : super(cfg) {}
+};
 
 /// Lets actor callbacks post into the io_context only while it is running:
 /// stop() closes it before the io_context and the sessions go away.
@@ -213,8 +226,8 @@ public:
   using executor_type = beast::tcp_stream::executor_type;
 
   session(tcp::socket&& socket, std::shared_ptr<shared_state> state, uint64_t id)
-      : stream_(std::move(socket)), keepalive_timer_(stream_.get_executor()),
-        state_(std::move(state)), id_(id) {}
+      : asker_context_(&state->sys), stream_(std::move(socket)),
+        keepalive_timer_(stream_.get_executor()), state_(std::move(state)), id_(id) {}
 
   ~session() {
     if (busy_)
@@ -222,6 +235,11 @@ public:
     stream_cleanup();
     result_cleanup();
     watch_cleanup();
+    // Answers still on their way find no handler and are dropped.
+    if (auto self = asker_ptr()) {
+      self->on_enqueue({});
+      self->cleanup(caf::error{}, &asker_context_);
+    }
   }
 
   executor_type executor() {
@@ -301,6 +319,38 @@ private:
   /// answer comes, as long as the session exists.
   template <class T, class OnOk, class OnErr, class... Ts>
   void ask_raw(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err, Ts... xs);
+
+  // -- the session's actor --------------------------------------------------
+  //
+  // Requests to the gateway leave from an actor_companion owned by the
+  // session: the answer is posted straight onto the session's strand and
+  // handled there (CAF's pattern for foreign event loops, as in its Qt
+  // mixin). No actor is spawned and no CAF thread is woken per request, and
+  // the deadline is an Asio timer on this strand rather than an entry in
+  // CAF's clock thread: on a small machine each such wake-up costs more
+  // than the model call (docs/benchmarks.md).
+
+  /// The companion, made on first use.
+  asker_actor* asker();
+  asker_actor* asker_ptr() {
+    return asker_
+               ? static_cast<asker_actor*>(caf::actor_cast<caf::abstract_actor*>(asker_))
+               : nullptr;
+  }
+  /// Runs one message of the companion (an answer) on the strand.
+  void on_asker_message(caf::mailbox_element& x) {
+    if (auto self = asker_ptr())
+      self->activate(&asker_context_, x);
+  }
+  /// Ends ask `id`: false when it already ended (answered or timed out).
+  bool end_ask(uint64_t id) {
+    auto i = asks_.find(id);
+    if (i == asks_.end())
+      return false;
+    i->second->cancel();
+    asks_.erase(i);
+    return true;
+  }
 
   /// ask_or for an event stream whose header is out: the callbacks run while
   /// the stream is open.
@@ -662,6 +712,11 @@ private:
   void note_answer(unsigned status, const std::string& error_code,
                    const std::string& error_message);
 
+  caf::strong_actor_ptr asker_;
+  caf::scoped_execution_unit asker_context_;
+  /// The deadline of each ask in flight.
+  std::unordered_map<uint64_t, std::unique_ptr<asio::steady_timer>> asks_;
+  uint64_t next_ask_ = 0;
   beast::tcp_stream stream_;
   asio::steady_timer keepalive_timer_;
   std::unique_ptr<event_stream> sse_;
@@ -703,28 +758,50 @@ void gate::post(const std::weak_ptr<session>& weak, F&& f) {
   asio::post(ex, [s = std::move(s), f = std::forward<F>(f)]() mutable { f(*s); });
 }
 
+asker_actor* session::asker() {
+  if (!asker_) {
+    asker_ = caf::actor_cast<caf::strong_actor_ptr>(state_->sys.spawn<asker_actor>());
+    // Without a behavior a companion ends after its first answer (nothing
+    // left to wait for); this one lives as long as the session.
+    asker_ptr()->become([](caf::atom_constant<caf::atom("asker")>) {});
+    asker_ptr()->set_default_handler(caf::drop);
+    std::weak_ptr<session> weak = weak_from_this();
+    auto g = state_->gate_ptr;
+    asker_ptr()->on_enqueue([weak, g](caf::mailbox_element_ptr ptr) {
+      g->post(weak,
+              [ptr = std::move(ptr)](session& s) mutable { s.on_asker_message(*ptr); });
+    });
+  }
+  return asker_ptr();
+}
+
 template <class T, class OnOk, class OnErr, class... Ts>
 void session::ask_raw(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err,
                       Ts... xs) {
+  auto id = ++next_ask_;
+  auto& timer = asks_[id];
+  timer = std::make_unique<asio::steady_timer>(executor(), timeout);
   std::weak_ptr<session> weak = weak_from_this();
-  auto g = state_->gate_ptr;
-  auto gw = state_->gateway;
-  auto body = [=](caf::event_based_actor* self) mutable {
-    self->request(gw, timeout, std::move(xs)...)
-        .then(
-            [=](T& result) {
-              g->post(weak, [on_ok, r = std::move(result)](session& s) mutable {
-                on_ok(s, r);
-              });
-            },
-            [=](caf::error& err) {
-              g->post(weak, [on_err, err](session& s) mutable { on_err(s, err); });
-            });
-  };
-  // The closure travels as a spawn argument: for a spawn without arguments
-  // CAF 0.17 dereferences a null argument tuple (UBSan reports it).
-  state_->sys.spawn([](caf::event_based_actor* self, decltype(body) run) { run(self); },
-                    std::move(body));
+  timer->async_wait([weak, id, on_err](beast::error_code ec) mutable {
+    auto s = weak.lock();
+    if (ec || !s || !s->end_ask(id))
+      return;
+    caf::error err = caf::make_error(caf::sec::request_timeout);
+    on_err(*s, err);
+  });
+  // The handlers run inside on_asker_message, on this session's strand,
+  // while the session exists: `this` is valid there.
+  asker()
+      ->request(state_->gateway, caf::infinite, std::move(xs)...)
+      .then(
+          [this, id, on_ok](T& result) mutable {
+            if (end_ask(id))
+              on_ok(*this, result);
+          },
+          [this, id, on_err](caf::error& err) mutable {
+            if (end_ask(id))
+              on_err(*this, err);
+          });
 }
 
 template <class T, class OnOk, class OnErr, class... Ts>

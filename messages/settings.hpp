@@ -78,8 +78,11 @@ struct actors_settings {
   /// CAF scheduler: "sharing" (one queue, threads woken by a condition
   /// variable) or "stealing" (work stealing with polling).
   std::string scheduler = "sharing";
-  /// Scheduler threads; 0: one per core.
-  int32_t threads = 0;
+  /// Scheduler threads; 0: one per core. One by default: model calls run
+  /// on their own executor threads and HTTP on Beast's, so the scheduler
+  /// mostly passes messages, and with more than one thread the shared queue
+  /// wakes a sibling for nearly every message (docs/benchmarks.md).
+  int32_t threads = 1;
 };
 
 struct storage_settings {

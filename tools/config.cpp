@@ -48,14 +48,14 @@ bool parse_int(const std::string& text, int64_t& out) {
   return pos == t.size();
 }
 
-setter int_setter(int64_t lo, int64_t hi, std::function<void(settings&, int64_t)> assign) {
+setter int_setter(int64_t lo, int64_t hi,
+                  std::function<void(settings&, int64_t)> assign) {
   return [lo, hi, assign](settings& s, const std::string& text) -> std::string {
     int64_t v = 0;
     if (!parse_int(text, v))
       return "'" + text + "' is not an integer";
     if (v < lo || v > hi)
-      return text + " is out of range " + std::to_string(lo) + ".."
-             + std::to_string(hi);
+      return text + " is out of range " + std::to_string(lo) + ".." + std::to_string(hi);
     assign(s, v);
     return {};
   };
@@ -93,105 +93,111 @@ constexpr int64_t int64_max = std::numeric_limits<int64_t>::max();
 
 const std::vector<key_def>& keys() {
   static const std::vector<key_def> table{
-    {"http.host", string_setter([](settings& s, std::string v) { s.http.host = v; })},
-    {"http.port", int_setter(1, 65535, [](settings& s, int64_t v) {
-       s.http.port = static_cast<uint16_t>(v);
-     })},
-    {"http.max_body_bytes", int_setter(1, int64_t{1} << 30, [](settings& s, int64_t v) {
-       s.http.max_body_bytes = static_cast<uint64_t>(v);
-     })},
-    {"http.threads", int_setter(1, 64, [](settings& s, int64_t v) {
-       s.http.threads = static_cast<int32_t>(v);
-     })},
-    {"http.request_timeout_ms", int_setter(1, 3600000, [](settings& s, int64_t v) {
-       s.http.request_timeout_ms = v;
-     })},
-    {"queue.max_queued", int_setter(1, int64_max, [](settings& s, int64_t v) {
-       s.queue.max_queued = v;
-     })},
-    {"queue.max_interactive", int_setter(1, 1000000, [](settings& s, int64_t v) {
-       s.queue.max_interactive = v;
-     })},
-    {"queue.lease_ms", int_setter(100, 86400000, [](settings& s, int64_t v) {
-       s.queue.lease_ms = v;
-     })},
-    {"queue.max_attempts", int_setter(1, 100, [](settings& s, int64_t v) {
-       s.queue.max_attempts = static_cast<int32_t>(v);
-     })},
-    {"queue.tick_ms", int_setter(10, 60000, [](settings& s, int64_t v) {
-       s.queue.tick_ms = v;
-     })},
-    {"workers.count", int_setter(0, 64, [](settings& s, int64_t v) {
-       s.workers.count = static_cast<int32_t>(v);
-     })},
-    {"workers.intra_op_threads", int_setter(1, 256, [](settings& s, int64_t v) {
-       s.workers.intra_op_threads = static_cast<int32_t>(v);
-     })},
-    {"workers.memory_budget_mb", int_setter(0, 16 * 1024 * 1024, [](settings& s, int64_t v) {
-       s.workers.memory_budget_mb = v;
-     })},
-    {"workers.generate_timeout_ms", int_setter(1000, 24LL * 3600 * 1000,
-                                               [](settings& s, int64_t v) {
-                                                 s.workers.generate_timeout_ms = v;
-                                               })},
-    {"workers.in_process", choice_setter({"true", "false"}, false,
-                                         [](settings& s, std::string v) {
-                                           s.workers.in_process = v == "true";
+      {"http.host", string_setter([](settings& s, std::string v) { s.http.host = v; })},
+      {"http.port", int_setter(1, 65535,
+                               [](settings& s, int64_t v) {
+                                 s.http.port = static_cast<uint16_t>(v);
+                               })},
+      {"http.max_body_bytes", int_setter(1, int64_t{1} << 30,
+                                         [](settings& s, int64_t v) {
+                                           s.http.max_body_bytes
+                                               = static_cast<uint64_t>(v);
                                          })},
-    {"cluster.host", string_setter([](settings& s, std::string v) { s.cluster.host = v; })},
-    {"cluster.port", int_setter(0, 65535, [](settings& s, int64_t v) {
-       s.cluster.port = static_cast<uint16_t>(v);
-     })},
-    {"cluster.routing", choice_setter({"queue_depth", "round_robin", "latency"}, false,
-                                      [](settings& s, std::string v) {
-                                        s.cluster.routing = v;
-                                      })},
-    {"cluster.heartbeat_ms", int_setter(0, 60000, [](settings& s, int64_t v) {
-       s.cluster.heartbeat_ms = v;
-     })},
-    {"cluster.peer_timeout_ms", int_setter(0, 3600 * 1000, [](settings& s, int64_t v) {
-       s.cluster.peer_timeout_ms = v;
-     })},
-    {"cluster.tls_certificate", [](settings& s, const std::string& text) -> std::string {
-       s.cluster.tls_certificate = text;
-       return {};
-     }},
-    {"cluster.tls_key", [](settings& s, const std::string& text) -> std::string {
-       s.cluster.tls_key = text;
-       return {};
-     }},
-    {"cluster.tls_cafile", [](settings& s, const std::string& text) -> std::string {
-       s.cluster.tls_cafile = text;
-       return {};
-     }},
-    {"cluster.secret", [](settings& s, const std::string& text) -> std::string {
-       s.cluster.secret = text;
-       return {};
-     }},
-    {"actors.scheduler", choice_setter({"sharing", "stealing"}, false,
-                                       [](settings& s, std::string v) {
-                                         s.actors.scheduler = v;
-                                       })},
-    {"actors.threads", int_setter(0, 256, [](settings& s, int64_t v) {
-       s.actors.threads = static_cast<int32_t>(v);
-     })},
-    {"storage.data_dir", string_setter([](settings& s, std::string v) {
-       s.storage.data_dir = v;
-     })},
-    {"storage.models_dir", string_setter([](settings& s, std::string v) {
-       s.storage.models_dir = v;
-     })},
-    {"storage.synchronous", choice_setter({"NORMAL", "FULL"}, true,
-                                          [](settings& s, std::string v) {
-                                            s.storage.synchronous = v;
-                                          })},
-    {"log.level", choice_setter({"trace", "debug", "info", "warn", "error", "off"}, false,
-                                [](settings& s, std::string v) { s.log.level = v; })},
-    {"log.format", choice_setter({"text", "json"}, false,
-                                 [](settings& s, std::string v) { s.log.format = v; })},
-    {"shutdown.drain_timeout_ms", int_setter(0, 3600000, [](settings& s, int64_t v) {
-       s.shutdown.drain_timeout_ms = v;
-     })},
+      {"http.threads", int_setter(1, 64,
+                                  [](settings& s, int64_t v) {
+                                    s.http.threads = static_cast<int32_t>(v);
+                                  })},
+      {"http.request_timeout_ms",
+       int_setter(1, 3600000,
+                  [](settings& s, int64_t v) { s.http.request_timeout_ms = v; })},
+      {"queue.max_queued",
+       int_setter(1, int64_max, [](settings& s, int64_t v) { s.queue.max_queued = v; })},
+      {"queue.max_interactive",
+       int_setter(1, 1000000,
+                  [](settings& s, int64_t v) { s.queue.max_interactive = v; })},
+      {"queue.lease_ms",
+       int_setter(100, 86400000, [](settings& s, int64_t v) { s.queue.lease_ms = v; })},
+      {"queue.max_attempts", int_setter(1, 100,
+                                        [](settings& s, int64_t v) {
+                                          s.queue.max_attempts = static_cast<int32_t>(v);
+                                        })},
+      {"queue.tick_ms",
+       int_setter(10, 60000, [](settings& s, int64_t v) { s.queue.tick_ms = v; })},
+      {"workers.count", int_setter(0, 64,
+                                   [](settings& s, int64_t v) {
+                                     s.workers.count = static_cast<int32_t>(v);
+                                   })},
+      {"workers.intra_op_threads", int_setter(1, 256,
+                                              [](settings& s, int64_t v) {
+                                                s.workers.intra_op_threads
+                                                    = static_cast<int32_t>(v);
+                                              })},
+      {"workers.memory_budget_mb",
+       int_setter(0, 16 * 1024 * 1024,
+                  [](settings& s, int64_t v) { s.workers.memory_budget_mb = v; })},
+      {"workers.generate_timeout_ms",
+       int_setter(1000, 24LL * 3600 * 1000,
+                  [](settings& s, int64_t v) { s.workers.generate_timeout_ms = v; })},
+      {"workers.in_process", choice_setter({"true", "false"}, false,
+                                           [](settings& s, std::string v) {
+                                             s.workers.in_process = v == "true";
+                                           })},
+      {"cluster.host",
+       string_setter([](settings& s, std::string v) { s.cluster.host = v; })},
+      {"cluster.port", int_setter(0, 65535,
+                                  [](settings& s, int64_t v) {
+                                    s.cluster.port = static_cast<uint16_t>(v);
+                                  })},
+      {"cluster.routing",
+       choice_setter({"queue_depth", "round_robin", "latency"}, false,
+                     [](settings& s, std::string v) { s.cluster.routing = v; })},
+      {"cluster.heartbeat_ms",
+       int_setter(0, 60000, [](settings& s, int64_t v) { s.cluster.heartbeat_ms = v; })},
+      {"cluster.peer_timeout_ms",
+       int_setter(0, 3600 * 1000,
+                  [](settings& s, int64_t v) { s.cluster.peer_timeout_ms = v; })},
+      {"cluster.tls_certificate",
+       [](settings& s, const std::string& text) -> std::string {
+         s.cluster.tls_certificate = text;
+         return {};
+       }},
+      {"cluster.tls_key",
+       [](settings& s, const std::string& text) -> std::string {
+         s.cluster.tls_key = text;
+         return {};
+       }},
+      {"cluster.tls_cafile",
+       [](settings& s, const std::string& text) -> std::string {
+         s.cluster.tls_cafile = text;
+         return {};
+       }},
+      {"cluster.secret",
+       [](settings& s, const std::string& text) -> std::string {
+         s.cluster.secret = text;
+         return {};
+       }},
+      {"actors.scheduler",
+       choice_setter({"sharing", "stealing"}, false,
+                     [](settings& s, std::string v) { s.actors.scheduler = v; })},
+      {"actors.threads", int_setter(0, 256,
+                                    [](settings& s, int64_t v) {
+                                      s.actors.threads = static_cast<int32_t>(v);
+                                    })},
+      {"storage.data_dir",
+       string_setter([](settings& s, std::string v) { s.storage.data_dir = v; })},
+      {"storage.models_dir",
+       string_setter([](settings& s, std::string v) { s.storage.models_dir = v; })},
+      {"storage.synchronous",
+       choice_setter({"NORMAL", "FULL"}, true,
+                     [](settings& s, std::string v) { s.storage.synchronous = v; })},
+      {"log.level",
+       choice_setter({"trace", "debug", "info", "warn", "error", "off"}, false,
+                     [](settings& s, std::string v) { s.log.level = v; })},
+      {"log.format", choice_setter({"text", "json"}, false,
+                                   [](settings& s, std::string v) { s.log.format = v; })},
+      {"shutdown.drain_timeout_ms",
+       int_setter(0, 3600000,
+                  [](settings& s, int64_t v) { s.shutdown.drain_timeout_ms = v; })},
   };
   return table;
 }
@@ -208,8 +214,8 @@ caf::error bad(const std::string& key, const std::string& origin,
   return make_error(errc::invalid_input, key + " (from " + origin + "): " + what);
 }
 
-caf::expected<void> apply(settings& s, const std::string& key,
-                          const std::string& value, const std::string& origin) {
+caf::expected<void> apply(settings& s, const std::string& key, const std::string& value,
+                          const std::string& origin) {
   auto def = find_key(key);
   if (def == nullptr)
     return bad(key, origin, "unknown key");
@@ -230,11 +236,11 @@ caf::expected<void> ensure_dir(const std::string& key, const std::string& path) 
   }
   auto parent = fs::absolute(p, ec).parent_path();
   if (!fs::is_directory(parent, ec))
-    return make_error(errc::invalid_input, key + ": parent directory '"
-                                             + parent.string() + "' does not exist");
+    return make_error(errc::invalid_input, key + ": parent directory '" + parent.string()
+                                               + "' does not exist");
   if (!fs::create_directory(p, ec) && !fs::is_directory(p))
-    return make_error(errc::invalid_input, key + ": cannot create '" + path
-                                             + "': " + ec.message());
+    return make_error(errc::invalid_input,
+                      key + ": cannot create '" + path + "': " + ec.message());
   return caf::unit;
 }
 
@@ -313,7 +319,8 @@ caf::expected<settings> load_settings(const config_sources& sources) {
       return ok.error();
   // Keys that only make sense together.
   auto& c = s.cluster;
-  if (c.peer_timeout_ms > 0 && (c.heartbeat_ms == 0 || c.peer_timeout_ms < 2 * c.heartbeat_ms))
+  if (c.peer_timeout_ms > 0
+      && (c.heartbeat_ms == 0 || c.peer_timeout_ms < 2 * c.heartbeat_ms))
     return make_error(errc::invalid_input,
                       "cluster.peer_timeout_ms: " + std::to_string(c.peer_timeout_ms)
                           + " needs heartbeats at most half as far apart "

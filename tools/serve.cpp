@@ -4,9 +4,11 @@
 
 #include <csignal>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -30,6 +32,7 @@
 #include "inference/demo_models.hpp"
 #include "inference/model_repository.hpp"
 #include "messages/errors.hpp"
+#include "tools/tls_guard.hpp"
 
 namespace infergrid {
 
@@ -45,14 +48,13 @@ bool has_models(const std::string& dir) {
   return false;
 }
 
-
 // Asks the queue for a snapshot from this plain thread (never an I/O thread).
 caf::expected<cluster_stats> query_stats(caf::actor_system& sys, const queue_actor& q) {
   caf::scoped_actor self{sys};
   caf::expected<cluster_stats> out = make_error(errc::timeout);
   self->request(q, std::chrono::seconds(2), stats_atom::value)
-    .receive([&](cluster_stats& s) { out = std::move(s); },
-             [&](caf::error& err) { out = std::move(err); });
+      .receive([&](cluster_stats& s) { out = std::move(s); },
+               [&](caf::error& err) { out = std::move(err); });
   return out;
 }
 
@@ -65,31 +67,35 @@ std::string self_exe() {
 // The worker processes serve starts: the same binary as `infergrid worker`,
 // with the effective settings they need in their environment.
 supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
-                                   const std::string& secret, const std::string& db_path) {
+                                   const std::string& secret,
+                                   const std::string& db_path) {
   supervisor_config sup;
   auto exe = self_exe();
   for (int i = 0; i < s.workers.count; ++i) {
     child_spec c;
     c.name = "w" + std::to_string(i + 1);
-    c.argv = {exe, "worker", "--join", "127.0.0.1:" + std::to_string(cluster_port), "--id",
-              c.name, "--db", db_path};
+    c.argv = {exe,    "worker", "--join", "127.0.0.1:" + std::to_string(cluster_port),
+              "--id", c.name,   "--db",   db_path};
     c.env = {
-      "INFERGRID_CLUSTER__SECRET=" + secret,
-      "INFERGRID_STORAGE__MODELS_DIR=" + s.storage.models_dir,
-      "INFERGRID_STORAGE__DATA_DIR=" + s.storage.data_dir,
-      "INFERGRID_STORAGE__SYNCHRONOUS=" + s.storage.synchronous,
-      "INFERGRID_WORKERS__INTRA_OP_THREADS=" + std::to_string(s.workers.intra_op_threads),
-      "INFERGRID_WORKERS__MEMORY_BUDGET_MB=" + std::to_string(s.workers.memory_budget_mb),
-      "INFERGRID_WORKERS__GENERATE_TIMEOUT_MS=" + std::to_string(s.workers.generate_timeout_ms),
-      "INFERGRID_HTTP__REQUEST_TIMEOUT_MS=" + std::to_string(s.http.request_timeout_ms),
-      "INFERGRID_ACTORS__SCHEDULER=" + s.actors.scheduler,
-      "INFERGRID_ACTORS__THREADS=" + std::to_string(s.actors.threads),
-      "INFERGRID_LOG__LEVEL=" + s.log.level,
-      "INFERGRID_LOG__FORMAT=" + s.log.format,
-      "LOG_LEVEL=" + s.log.level,
-      "INFERGRID_CLUSTER__TLS_CERTIFICATE=" + s.cluster.tls_certificate,
-      "INFERGRID_CLUSTER__TLS_KEY=" + s.cluster.tls_key,
-      "INFERGRID_CLUSTER__TLS_CAFILE=" + s.cluster.tls_cafile,
+        "INFERGRID_CLUSTER__SECRET=" + secret,
+        "INFERGRID_STORAGE__MODELS_DIR=" + s.storage.models_dir,
+        "INFERGRID_STORAGE__DATA_DIR=" + s.storage.data_dir,
+        "INFERGRID_STORAGE__SYNCHRONOUS=" + s.storage.synchronous,
+        "INFERGRID_WORKERS__INTRA_OP_THREADS="
+            + std::to_string(s.workers.intra_op_threads),
+        "INFERGRID_WORKERS__MEMORY_BUDGET_MB="
+            + std::to_string(s.workers.memory_budget_mb),
+        "INFERGRID_WORKERS__GENERATE_TIMEOUT_MS="
+            + std::to_string(s.workers.generate_timeout_ms),
+        "INFERGRID_HTTP__REQUEST_TIMEOUT_MS=" + std::to_string(s.http.request_timeout_ms),
+        "INFERGRID_ACTORS__SCHEDULER=" + s.actors.scheduler,
+        "INFERGRID_ACTORS__THREADS=" + std::to_string(s.actors.threads),
+        "INFERGRID_LOG__LEVEL=" + s.log.level,
+        "INFERGRID_LOG__FORMAT=" + s.log.format,
+        "LOG_LEVEL=" + s.log.level,
+        "INFERGRID_CLUSTER__TLS_CERTIFICATE=" + s.cluster.tls_certificate,
+        "INFERGRID_CLUSTER__TLS_KEY=" + s.cluster.tls_key,
+        "INFERGRID_CLUSTER__TLS_CAFILE=" + s.cluster.tls_cafile,
     };
     sup.children.push_back(std::move(c));
   }
@@ -124,13 +130,14 @@ std::string configure_cluster(caf::actor_system_config& cfg, const cluster_setti
   if (!tls_enabled(c))
     return {};
   std::pair<const char*, const std::string*> files[] = {
-    {"cluster.tls_certificate", &c.tls_certificate},
-    {"cluster.tls_key", &c.tls_key},
-    {"cluster.tls_cafile", &c.tls_cafile},
+      {"cluster.tls_certificate", &c.tls_certificate},
+      {"cluster.tls_key", &c.tls_key},
+      {"cluster.tls_cafile", &c.tls_cafile},
   };
   for (auto& [key, path] : files) {
     if (path->empty())
-      return std::string{key} + ": missing (TLS needs the certificate, the key and the CA file)";
+      return std::string{key}
+             + ": missing (TLS needs the certificate, the key and the CA file)";
     std::error_code ec;
     if (!fs::is_regular_file(*path, ec))
       return std::string{key} + ": no file '" + *path + "'";
@@ -139,6 +146,12 @@ std::string configure_cluster(caf::actor_system_config& cfg, const cluster_setti
   cfg.openssl_certificate = c.tls_certificate;
   cfg.openssl_key = c.tls_key;
   cfg.openssl_cafile = c.tls_cafile;
+  // Without the error-queue guard above, every refused TLS handshake drops
+  // this node's good connections as well.
+  if (!tls_error_queue_guard_active())
+    spdlog::warn(
+        "cluster: TLS: this binary's SSL_read does not take the place of OpenSSL's "
+        "(not exported?); a refused TLS handshake will also drop good connections");
   return {};
 }
 
@@ -175,13 +188,14 @@ int run_gateway(const settings& s) {
 
 int run_control_node(const settings& s, control_role role) {
   const char* name = role == control_role::gateway ? "gateway" : "serve";
-  bool local_processes = role == control_role::serve && !s.workers.in_process
-                         && s.workers.count > 0;
+  bool local_processes
+      = role == control_role::serve && !s.workers.in_process && s.workers.count > 0;
   bool publish = role == control_role::gateway || local_processes;
   std::string secret = s.cluster.secret;
   if (role == control_role::gateway && secret.empty()) {
-    spdlog::error("gateway: cluster.secret is empty; set it (INFERGRID_CLUSTER__SECRET) so "
-                  "that worker nodes can join");
+    spdlog::error(
+        "gateway: cluster.secret is empty; set it (INFERGRID_CLUSTER__SECRET) so "
+        "that worker nodes can join");
     return 2;
   }
   if (secret.empty())
@@ -199,8 +213,8 @@ int run_control_node(const settings& s, control_role role) {
     if (e.error.empty())
       valid.push_back(e.info);
     else
-      spdlog::error("serve: model {} is broken and will not be served: {}",
-                    e.info.name, e.error);
+      spdlog::error("serve: model {} is broken and will not be served: {}", e.info.name,
+                    e.error);
   }
   spdlog::info("serve: {} model(s) in {}", valid.size(), s.storage.models_dir);
 
@@ -232,15 +246,16 @@ int run_control_node(const settings& s, control_role role) {
   routing_from_string(s.cluster.routing, qcfg.routing);
   auto artifacts_dir = (fs::path{s.storage.data_dir} / "artifacts").string();
   qcfg.artifacts_dir = artifacts_dir;
-  auto queue = spawn_queue(sys, qcfg,
-                           std::shared_ptr<persistence::job_store>(std::move(*queue_store)),
-                           broker);
+  auto queue = spawn_queue(
+      sys, qcfg, std::shared_ptr<persistence::job_store>(std::move(*queue_store)),
+      broker);
   gateway_config gcfg;
   gcfg.models = valid;
   gcfg.default_max_attempts = s.queue.max_attempts;
   auto gateway = spawn_gateway(sys, queue, broker, gcfg);
   std::vector<worker_actor> workers;
-  int in_process_workers = role == control_role::serve && !local_processes ? s.workers.count : 0;
+  int in_process_workers
+      = role == control_role::serve && !local_processes ? s.workers.count : 0;
   for (int i = 0; i < in_process_workers; ++i) {
     worker_config wcfg;
     wcfg.id = "w" + std::to_string(i + 1);
@@ -262,11 +277,11 @@ int run_control_node(const settings& s, control_role role) {
       // Workers first, while the queue still hears them go.
       caf::scoped_actor self{sys};
       self->request(supervisor, std::chrono::seconds(30), halt_atom::value)
-        .receive([](std::vector<child_status>&) {},
-                 [](caf::error& err) {
-                   spdlog::warn("serve: stopping the worker processes: {}",
-                                message_of(err));
-                 });
+          .receive([](std::vector<child_status>&) {},
+                   [](caf::error& err) {
+                     spdlog::warn("serve: stopping the worker processes: {}",
+                                  message_of(err));
+                   });
       caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
     }
     if (door)
@@ -287,20 +302,21 @@ int run_control_node(const settings& s, control_role role) {
     dcfg.broker = broker;
     door = spawn_door(sys, dcfg);
     auto cluster_port
-      = tls_enabled(s.cluster)
-          ? caf::openssl::publish(door, s.cluster.port, s.cluster.host.c_str(), true)
-          : sys.middleman().publish(door, s.cluster.port, s.cluster.host.c_str(), true);
+        = tls_enabled(s.cluster)
+              ? caf::openssl::publish(door, s.cluster.port, s.cluster.host.c_str(), true)
+              : sys.middleman().publish(door, s.cluster.port, s.cluster.host.c_str(),
+                                        true);
     if (!cluster_port) {
-      spdlog::error("{}: cannot listen for worker nodes on {}:{}: {}", name, s.cluster.host,
-                    s.cluster.port, sys.render(cluster_port.error()));
+      spdlog::error("{}: cannot listen for worker nodes on {}:{}: {}", name,
+                    s.cluster.host, s.cluster.port, sys.render(cluster_port.error()));
       stop_actors();
       return 1;
     }
     spdlog::info("{}: worker nodes join at {}:{}{}", name, s.cluster.host, *cluster_port,
                  tls_enabled(s.cluster) ? " (TLS)" : "");
     if (local_processes)
-      supervisor
-        = spawn_supervisor(sys, worker_processes(s, *cluster_port, secret, store_opts.path));
+      supervisor = spawn_supervisor(
+          sys, worker_processes(s, *cluster_port, secret, store_opts.path));
   }
 
   auto http_opts = s.http;

@@ -52,7 +52,7 @@ struct fixture : test_coordinator_fixture<> {
   // Registers an idle worker (its first look for durable work found none).
   worker_actor add_worker(const std::string& id) {
     auto w = sys.spawn(fake_worker);
-    worker_registration reg{id, {"classifier", "tinylm"}, {}, "cpu"};
+    worker_registration reg{id, {"classifier", "tinylm"}, {}, "cpu", "localhost", "in-process"};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     expect((work_atom), from(queue).to(w));
@@ -165,6 +165,55 @@ CAF_TEST(requests past their deadline are refused not run) {
   self->receive([](std::vector<tensor_data>&) { CAF_FAIL("expired request ran"); },
                 [&](caf::error& err) { timed_out = code_of(err) == errc::timeout; });
   CAF_CHECK(timed_out);
+}
+
+namespace {
+
+// Takes interactive work and never answers (a hung forward pass).
+worker_actor::behavior_type silent_worker(worker_actor::pointer self) {
+  return {
+    [](work_atom) {},
+    [self](infer_atom, const infer_batch&) -> caf::result<infer_batch_result> {
+      return self->make_response_promise<infer_batch_result>(); // never delivered
+    },
+    [](generate_atom, const generate_request&) -> generate_reply { return {}; },
+    [](speech_atom, const speech_request&) -> speech_reply { return {}; },
+    [](renew_atom) {},
+    [](cancel_atom, int64_t) {},
+    [](chunk_atom, int64_t, int64_t, const std::string&) {},
+    [](status_atom, const std::vector<model_status>&, const std::vector<model_metrics>&) {},
+    [](load_atom, const std::string&) -> worker_status { return {}; },
+    [](unload_atom, const std::string&) -> worker_status { return {}; },
+    [](drain_atom, bool) {},
+  };
+}
+
+} // namespace
+
+CAF_TEST(a worker that never answers fails its requests at their deadline) {
+  // The queue sets no CAF timeout per request (each would wake the clock
+  // thread); its tick fails what is overdue.
+  auto w = sys.spawn(silent_worker);
+  worker_registration reg{"w1", {"classifier"}, {}, "cpu", "localhost", "in-process"};
+  inject((register_atom, worker_actor, worker_registration),
+         from(self).to(queue).with(register_atom::value, w, reg));
+  sched.run();
+  infer(4); // a full batch goes at once
+  CAF_CHECK(answers().empty());
+  advance_us(29'000'000);
+  self->send(queue, qtick_atom::value);
+  sched.run();
+  CAF_CHECK(answers().empty()); // not yet due
+  advance_us(2'000'000); // past interactive_timeout_ms (30 s)
+  self->send(queue, qtick_atom::value);
+  sched.run();
+  int timed_out = 0;
+  for (int i = 0; i < 4; ++i)
+    self->receive([](std::vector<tensor_data>&) { CAF_FAIL("an answer came"); },
+                  [&](caf::error& err) { timed_out += code_of(err) == errc::timeout; });
+  CAF_CHECK_EQUAL(timed_out, 4);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()
