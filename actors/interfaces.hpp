@@ -271,8 +271,9 @@ using worker_actor = caf::typed_actor<
 /// The part of the queue a worker talks to.
 using queue_feedback_actor
     = caf::typed_actor<caf::reacts_to<register_atom, worker_actor, worker_registration>,
-                       // The worker finished what it was given; `found_work` is false
-                       // when a work message found nothing to claim.
+                       // The worker finished the durable work it was given;
+                       // `found_work` is false when a work message found nothing
+                       // to claim. (Interactive work ends with its answer.)
                        caf::reacts_to<idle_atom, std::string, bool>,
                        // The worker's phase, model states or metrics changed.
                        caf::reacts_to<status_atom, worker_status>>;

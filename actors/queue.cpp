@@ -233,6 +233,18 @@ std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
   };
 }
 
+void dispatch(queue_pointer self);
+
+// Worker `id` answered interactive work: it is idle again (workers send no
+// idle message after interactive work; the answer says it).
+void answered(queue_pointer self, const std::string& id) {
+  if (auto w = find_worker(self->state, id)) {
+    w->busy = false;
+    w->last_seen_ms = now_ms();
+  }
+  dispatch(self);
+}
+
 // Fails interactive work whose worker has not answered by its deadline (the
 // worker keeps running it; its late answer is dropped).
 void fail_overdue(queue_pointer self) {
@@ -281,22 +293,23 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
   // deadline is kept with the inflight entry and checked by the tick.
   self->request(w.handle, caf::infinite, infer_atom::value, std::move(batch))
       .then(
-          [rps, probe, mine](infer_batch_result& out) mutable {
-            if (!mine())
-              return;
-            probe();
-            for (std::size_t i = 0; i < rps.size(); ++i) {
-              if (i < out.outputs.size())
-                rps[i].deliver(std::move(out.outputs[i]));
-              else
-                rps[i].deliver(make_error(errc::internal, "batch result too short"));
+          [self, wid = w.id, rps, probe, mine](infer_batch_result& out) mutable {
+            if (mine()) {
+              probe();
+              for (std::size_t i = 0; i < rps.size(); ++i) {
+                if (i < out.outputs.size())
+                  rps[i].deliver(std::move(out.outputs[i]));
+                else
+                  rps[i].deliver(make_error(errc::internal, "batch result too short"));
+              }
             }
+            answered(self, wid);
           },
-          [rps, mine](caf::error& err) mutable {
-            if (!mine())
-              return;
-            for (auto& rp : rps)
-              rp.deliver(err);
+          [self, wid = w.id, rps, mine](caf::error& err) mutable {
+            if (mine())
+              for (auto& rp : rps)
+                rp.deliver(err);
+            answered(self, wid);
           });
 }
 
@@ -315,15 +328,17 @@ void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
                                [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
         .then(
-            [rp, probe, mine](generate_reply& out) mutable {
-              if (!mine())
-                return;
-              probe();
-              rp.deliver(std::move(out));
+            [self, wid = w.id, rp, probe, mine](generate_reply& out) mutable {
+              if (mine()) {
+                probe();
+                rp.deliver(std::move(out));
+              }
+              answered(self, wid);
             },
-            [rp, mine](caf::error& err) mutable {
+            [self, wid = w.id, rp, mine](caf::error& err) mutable {
               if (mine())
                 rp.deliver(std::move(err));
+              answered(self, wid);
             });
   } else {
     auto rp = p.speech_rp;
@@ -331,15 +346,17 @@ void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
                                [rp](const caf::error& err) mutable { rp.deliver(err); });
     self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
         .then(
-            [rp, probe, mine](speech_reply& out) mutable {
-              if (!mine())
-                return;
-              probe();
-              rp.deliver(std::move(out));
+            [self, wid = w.id, rp, probe, mine](speech_reply& out) mutable {
+              if (mine()) {
+                probe();
+                rp.deliver(std::move(out));
+              }
+              answered(self, wid);
             },
-            [rp, mine](caf::error& err) mutable {
+            [self, wid = w.id, rp, mine](caf::error& err) mutable {
               if (mine())
                 rp.deliver(std::move(err));
+              answered(self, wid);
             });
   }
 }

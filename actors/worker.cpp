@@ -249,6 +249,13 @@ void become_idle(worker_pointer self, bool found_work) {
   self->send(st.queue, idle_atom::value, st.cfg.id, found_work);
 }
 
+// Ends a piece of interactive work. The queue learns from the answer itself
+// (one message between nodes instead of two), so no idle message follows.
+void end_interactive(worker_pointer self) {
+  auto& st = self->state;
+  transition(self, st.draining ? worker_phase::draining : worker_phase::idle);
+}
+
 void log_failure(worker_pointer self, const job_record& job, const job_error& err,
                  const caf::expected<std::string>& next) {
   auto& st = self->state;
@@ -459,7 +466,7 @@ caf::result<Reply> run_streaming(worker_pointer self, Atom atom, Request req) {
       st.sinks.erase(sink_addr);
       self->demonitor(sink_addr);
     }
-    become_idle(self, true);
+    end_interactive(self);
   };
   self->request(st.exec, std::chrono::milliseconds(st.cfg.generate_timeout_ms), atom,
                 std::move(req), key)
@@ -560,12 +567,12 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
         self->request(st.exec, caf::infinite, infer_atom::value, std::move(batch))
             .then(
                 [self, rp](infer_batch_result& out) mutable {
+                  end_interactive(self);
                   rp.deliver(std::move(out));
-                  become_idle(self, true);
                 },
                 [self, rp](caf::error& err) mutable {
+                  end_interactive(self);
                   rp.deliver(std::move(err));
-                  become_idle(self, true);
                 });
         return rp;
       },
