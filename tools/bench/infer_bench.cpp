@@ -157,6 +157,29 @@ double tree_cpu_s(pid_t pid, int depth = 0) {
   return total;
 }
 
+/// Context switches (voluntary + involuntary) of every thread of `pid` and
+/// of its running descendants so far, from /proc/<pid>/task/*/status; -1
+/// when `pid` is unreadable. Each is a thread going to sleep or being
+/// preempted: on this VM a wake-up costs more than the classifier's forward.
+double tree_switches(pid_t pid, int depth = 0) {
+  std::error_code ec;
+  fs::directory_iterator tasks{"/proc/" + std::to_string(pid) + "/task", ec};
+  if (ec)
+    return -1;
+  double total = 0;
+  for (auto& task : tasks) {
+    std::ifstream in{task.path() / "status"};
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0
+          || line.rfind("nonvoluntary_ctxt_switches:", 0) == 0)
+        total += std::strtod(line.c_str() + line.find(':') + 1, nullptr);
+  }
+  if (depth < 4)
+    for (auto child : child_pids(pid))
+      total += std::max(0.0, tree_switches(child, depth + 1));
+  return total;
+}
+
 std::string clip(std::string_view s, std::size_t n = quote_bytes) {
   std::string out{s.substr(0, n)};
   for (auto& c : out)
@@ -407,6 +430,10 @@ public:
   double cpu_s() const {
     return pid_ > 0 ? tree_cpu_s(pid_) : -1;
   }
+  /// Context switches of the server's and its workers' threads so far.
+  double switches() const {
+    return pid_ > 0 ? tree_switches(pid_) : -1;
+  }
   const std::string& log() const {
     return log_;
   }
@@ -461,6 +488,8 @@ struct http_latency {
   double rps = 0;
   /// The server's CPU time per counted request; -1 unknown.
   double server_cpu_us = -1;
+  /// Context switches of the server's threads per counted request; -1 unknown.
+  double server_switches = -1;
 };
 
 /// `requests` classifier requests (or, with `floor`, GET /healthz) one at a
@@ -470,6 +499,7 @@ http_latency measure_http_latency(const server_process& server, int64_t requests
   http_latency out;
   auto port = server.port();
   double cpu0 = -1;
+  double sw0 = -1;
   const std::string what = floor ? "GET /healthz" : "POST /v2/models/classifier/infer";
   const auto request
       = floor ? http_request("GET", "/healthz")
@@ -483,6 +513,7 @@ http_latency measure_http_latency(const server_process& server, int64_t requests
   for (int64_t i = -warm_up_requests; i < requests; ++i) {
     if (i == 0) {
       cpu0 = server.cpu_s();
+      sw0 = server.switches();
       started = clock_type::now();
     }
     auto sent = clock_type::now();
@@ -505,6 +536,9 @@ http_latency measure_http_latency(const server_process& server, int64_t requests
   auto cpu1 = server.cpu_s();
   if (cpu0 >= 0 && cpu1 >= 0)
     out.server_cpu_us = (cpu1 - cpu0) * 1e6 / static_cast<double>(requests);
+  auto sw1 = server.switches();
+  if (sw0 >= 0 && sw1 >= 0)
+    out.server_switches = (sw1 - sw0) / static_cast<double>(requests);
   return out;
 }
 
@@ -1253,6 +1287,10 @@ int run_bench_infer(const infer_bench_options& opts) {
                   + (classifier ? classifier->device() : "") + ")",
               direct_lat.us, direct_lat.us.mean > 0 ? 1e6 / direct_lat.us.mean : 0,
               direct_lat.cpu_us);
+  if (lat_b1.server_switches >= 0 && floor.server_switches >= 0)
+    std::printf("thread context switches per request, server and its workers: %.1f with "
+                "max_batch_size 1, %.1f for GET /healthz\n",
+                lat_b1.server_switches, floor.server_switches);
   if (lat_ok || lat_b1_ok)
     std::printf("overhead per request at p50 (HTTP - direct): %s us with the config's "
                 "batching, %s us with max_batch_size 1 (aim: under 150 us)\n",
@@ -1446,6 +1484,9 @@ int run_bench_infer(const infer_bench_options& opts) {
   json["streams"] = opts.streams;
   json["speech_requests"] = opts.speech_requests;
   json["http_cpu_us"] = figure(lat.server_cpu_us >= 0, lat.server_cpu_us, 1);
+  json["http_batch1_switches"]
+      = figure(lat_b1.server_switches >= 0, lat_b1.server_switches, 1);
+  json["healthz_switches"] = figure(floor.server_switches >= 0, floor.server_switches, 1);
   json["http_batch1_cpu_us"] = figure(lat_b1.server_cpu_us >= 0, lat_b1.server_cpu_us, 1);
   json["healthz_p50_us"] = figure(floor.us.n > 0, floor.us.p50, 1);
   json["http_p50_us"] = figure(lat.us.n > 0, lat.us.p50, 1);
