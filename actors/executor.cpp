@@ -84,6 +84,39 @@ std::size_t utf8_complete(const std::string& x) {
   return n;
 }
 
+/// Generated text on its way out in pieces: a piece is due at most every
+/// `interval` (the first at once when `first_at_once`), and never ends
+/// inside a UTF-8 sequence unless everything is taken.
+class text_pieces {
+public:
+  text_pieces(steady::duration interval, bool first_at_once)
+      : interval_(interval), last_(first_at_once ? steady::time_point{} : steady::now()) {
+  }
+
+  void add(const std::string& delta) {
+    pending_ += delta;
+  }
+
+  bool due() const {
+    return steady::now() - last_ >= interval_;
+  }
+
+  /// The next piece; empty when nothing complete is pending.
+  std::string take(bool all = false) {
+    auto n = all ? pending_.size() : utf8_complete(pending_);
+    auto out = pending_.substr(0, n);
+    pending_.erase(0, n);
+    if (n > 0)
+      last_ = steady::now();
+    return out;
+  }
+
+private:
+  steady::duration interval_;
+  steady::time_point last_;
+  std::string pending_;
+};
+
 model_metrics& metrics_of(executor_state& st, const std::string& model) {
   auto i = st.metrics.find(model);
   if (i == st.metrics.end()) {
@@ -296,20 +329,16 @@ caf::expected<std::string> run_generate_job(executor_pointer self, model_runner&
   if (!in)
     return in.error();
   auto cancels = st.cfg.cancels;
-  std::string pending;
-  auto last_flush = steady::now();
+  text_pieces pieces{data_event_interval, false};
   auto flush = [&](bool all) {
-    auto n = all ? pending.size() : utf8_complete(pending);
-    if (n == 0 || !st.cfg.worker)
-      return;
-    self->send(st.cfg.worker, chunk_atom::value, job.id, job.lease_seq,
-               encode_generate_delta(pending.substr(0, n)));
-    pending.erase(0, n);
-    last_flush = steady::now();
+    auto piece = pieces.take(all);
+    if (!piece.empty() && st.cfg.worker)
+      self->send(st.cfg.worker, chunk_atom::value, job.id, job.lease_seq,
+                 encode_generate_delta(piece));
   };
   inference::token_callback on_token = [&](const std::string& delta) {
-    pending += delta;
-    if (steady::now() - last_flush >= data_event_interval)
+    pieces.add(delta);
+    if (pieces.due())
       flush(false);
     return !(cancels && cancels->raised(job.id));
   };
@@ -556,30 +585,23 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         }
         auto cancels = st.cfg.cancels;
         auto sink = req.stream ? req.sink : chunk_sink_actor{};
-        std::string pending; // gathered text; holds back incomplete UTF-8
-        bool sent_any = false;
-        auto last_sent = steady::now();
-        auto flush = [&](bool all) {
-          auto n = all ? pending.size() : utf8_complete(pending);
-          if (n == 0)
-            return;
-          self->send(sink, chunk_atom::value, pending.substr(0, n));
-          pending.erase(0, n);
-          sent_any = true;
-          last_sent = steady::now();
+        text_pieces pieces{stream_flush_interval, true};
+        auto flush = [&] {
+          if (auto piece = pieces.take(); !piece.empty())
+            self->send(sink, chunk_atom::value, std::move(piece));
         };
         inference::token_callback on_token = [&](const std::string& delta) {
           if (sink) {
-            pending += delta;
-            if (!sent_any || steady::now() - last_sent >= stream_flush_interval)
-              flush(false);
+            pieces.add(delta);
+            if (pieces.due())
+              flush();
           }
           return !(cancels && cancels->raised(key));
         };
         auto t0 = steady::now();
         auto out = (*runner)->generate(req.params, on_token);
         if (sink)
-          flush(false); // before the reply; what stays is an incomplete sequence
+          flush(); // before the reply; what stays is an incomplete sequence
         auto spent = seconds_since(t0);
         mm.compute_seconds.observe(spent);
         mm.batch_size.observe(1);

@@ -326,8 +326,7 @@ using queue_actor = queue_feedback_actor::extend<
     caf::replies_to<drain_atom, std::string, bool>::with<worker_status>,
     // From the door: true when no live worker has this id (a second node
     // with the same id is refused before it loads its models).
-    caf::replies_to<join_atom, std::string>::with<bool>,
-    caf::reacts_to<qtick_atom>>;
+    caf::replies_to<join_atom, std::string>::with<bool>, caf::reacts_to<qtick_atom>>;
 
 /// The gateway: admission and validation in front of the queue. What http/
 /// talks to. Errors are infergrid::errc values with a message.

@@ -313,52 +313,40 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
           });
 }
 
-// Hands a generation or synthesis to `w`. Its deadline covered the wait;
-// the run is bounded by the worker (it streams for as long as it takes).
+// Sends one streaming request (generation or synthesis) to `w` and
+// answers `rp` with its reply.
+template <class Reply, class Atom, class Request>
+void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
+              caf::typed_response_promise<Reply> rp) {
+  auto probe = latency_probe(self, w, req.model);
+  // No deadline: the run is bounded by the worker (workers.generate_timeout_ms)
+  // and by its connection (a node that goes silent is dropped, failing this).
+  auto mine = track_inflight(self, w, caf::actor_clock::time_point::max(),
+                             [rp](const caf::error& err) mutable { rp.deliver(err); });
+  self->request(w.handle, caf::infinite, atom, std::move(req))
+      .then(
+          [self, wid = w.id, rp, probe, mine](Reply& out) mutable {
+            if (mine()) {
+              probe();
+              rp.deliver(std::move(out));
+            }
+            answered(self, wid);
+          },
+          [self, wid = w.id, rp, mine](caf::error& err) mutable {
+            if (mine())
+              rp.deliver(std::move(err));
+            answered(self, wid);
+          });
+}
+
+// Hands a generation or synthesis to `w` (busy in this step). Its deadline
+// covered the wait in the queue.
 void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
   w.busy = true;
-  // Bounded by the worker (workers.generate_timeout_ms) and by its
-  // connection (a node that goes silent is dropped, failing this).
-  auto timeout = caf::infinite;
-  auto never = caf::actor_clock::time_point::max();
-  auto probe = latency_probe(self, w, p.model);
-  if (p.kind == pending_work::generate) {
-    auto rp = p.generate_rp;
-    auto mine = track_inflight(self, w, never,
-                               [rp](const caf::error& err) mutable { rp.deliver(err); });
-    self->request(w.handle, timeout, generate_atom::value, std::move(p.generate_req))
-        .then(
-            [self, wid = w.id, rp, probe, mine](generate_reply& out) mutable {
-              if (mine()) {
-                probe();
-                rp.deliver(std::move(out));
-              }
-              answered(self, wid);
-            },
-            [self, wid = w.id, rp, mine](caf::error& err) mutable {
-              if (mine())
-                rp.deliver(std::move(err));
-              answered(self, wid);
-            });
-  } else {
-    auto rp = p.speech_rp;
-    auto mine = track_inflight(self, w, never,
-                               [rp](const caf::error& err) mutable { rp.deliver(err); });
-    self->request(w.handle, timeout, speech_atom::value, std::move(p.speech_req))
-        .then(
-            [self, wid = w.id, rp, probe, mine](speech_reply& out) mutable {
-              if (mine()) {
-                probe();
-                rp.deliver(std::move(out));
-              }
-              answered(self, wid);
-            },
-            [self, wid = w.id, rp, mine](caf::error& err) mutable {
-              if (mine())
-                rp.deliver(std::move(err));
-              answered(self, wid);
-            });
-  }
+  if (p.kind == pending_work::generate)
+    send_one(self, w, generate_atom::value, std::move(p.generate_req), p.generate_rp);
+  else
+    send_one(self, w, speech_atom::value, std::move(p.speech_req), p.speech_rp);
 }
 
 inference::batch_policy policy_of(const queue_state& st, const std::string& model) {

@@ -24,8 +24,8 @@ struct generate_input {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_input& x) {
-  return f(caf::meta::type_name("generate_input"), x.prompt, x.max_tokens,
-           x.temperature, x.top_k, x.top_p, x.has_seed, x.seed, x.stop);
+  return f(caf::meta::type_name("generate_input"), x.prompt, x.max_tokens, x.temperature,
+           x.top_k, x.top_p, x.has_seed, x.seed, x.stop);
 }
 
 /// Limits enforced by decode_generate_input.

@@ -97,11 +97,10 @@ struct job_record {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_record& x) {
-  return f(caf::meta::type_name("job_record"), x.id, x.model, x.state,
-           x.priority, x.attempts, x.max_attempts, x.timeout_ms, x.input_json,
-           x.output_json, x.has_error, x.error, x.worker, x.lease_seq,
-           x.lease_until_ms, x.created_at_ms, x.started_at_ms,
-           x.finished_at_ms, x.position, x.eta_ms, x.cancel_requested,
+  return f(caf::meta::type_name("job_record"), x.id, x.model, x.state, x.priority,
+           x.attempts, x.max_attempts, x.timeout_ms, x.input_json, x.output_json,
+           x.has_error, x.error, x.worker, x.lease_seq, x.lease_until_ms, x.created_at_ms,
+           x.started_at_ms, x.finished_at_ms, x.position, x.eta_ms, x.cancel_requested,
            x.idempotency_key, x.run_at_ms, x.progress, x.created);
 }
 
@@ -126,8 +125,8 @@ struct job_event {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_event& x) {
-  return f(caf::meta::type_name("job_event"), x.seq, x.job_id, x.kind,
-           x.data_json, x.time_ms, x.prev_seq);
+  return f(caf::meta::type_name("job_event"), x.seq, x.job_id, x.kind, x.data_json,
+           x.time_ms, x.prev_seq);
 }
 
 /// One row of the workers table: what `sqlite3 data/infergrid.db` shows about
@@ -146,8 +145,8 @@ struct worker_row {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_row& x) {
-  return f(caf::meta::type_name("worker_row"), x.id, x.state, x.models,
-           x.current_job, x.started_at_ms, x.last_heartbeat_ms);
+  return f(caf::meta::type_name("worker_row"), x.id, x.state, x.models, x.current_job,
+           x.started_at_ms, x.last_heartbeat_ms);
 }
 
 /// Which jobs GET /v1/jobs lists: newest first, a page at a time.
@@ -164,8 +163,7 @@ struct job_filter {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_filter& x) {
-  return f(caf::meta::type_name("job_filter"), x.states, x.model, x.before_id,
-           x.limit);
+  return f(caf::meta::type_name("job_filter"), x.states, x.model, x.before_id, x.limit);
 }
 
 struct job_page {

@@ -22,8 +22,7 @@ struct histogram_data {
 
   histogram_data() = default;
   explicit histogram_data(std::vector<double> upper_bounds)
-    : bounds(std::move(upper_bounds)), counts(bounds.size() + 1, 0) {
-  }
+      : bounds(std::move(upper_bounds)), counts(bounds.size() + 1, 0) {}
 
   void observe(double x) {
     if (counts.size() != bounds.size() + 1)
@@ -96,8 +95,8 @@ struct model_status {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, model_status& x) {
-  return f(caf::meta::type_name("model_status"), x.name, x.state, x.error,
-           x.memory_mb, x.last_used_ms);
+  return f(caf::meta::type_name("model_status"), x.name, x.state, x.error, x.memory_mb,
+           x.last_used_ms);
 }
 
 /// A worker as the queue last heard of it.
@@ -126,8 +125,8 @@ struct worker_status {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.worker_id, x.phase, x.device,
-           x.memory_budget_mb, x.models, x.metrics, x.host, x.claim_path,
-           x.last_seen_ms, x.running_jobs, x.current_job);
+           x.memory_budget_mb, x.models, x.metrics, x.host, x.claim_path, x.last_seen_ms,
+           x.running_jobs, x.current_job);
 }
 
 } // namespace infergrid

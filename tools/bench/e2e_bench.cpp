@@ -178,15 +178,7 @@ int run_bench_e2e(const e2e_bench_options& opts) {
               << std::strerror(errno) << '\n';
     return 1;
   }
-  struct cleanup {
-    std::string dir;
-    bool keep = false;
-    ~cleanup() {
-      std::error_code ec;
-      if (!keep)
-        fs::remove_all(dir, ec);
-    }
-  } guard{dir};
+  scratch_dir guard{dir};
   auto data = (fs::path{dir} / "data").string();
   auto models = (fs::path{dir} / "models").string();
   auto log = (fs::path{dir} / "serve.log").string();

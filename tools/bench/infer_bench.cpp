@@ -1100,15 +1100,7 @@ int run_bench_infer(const infer_bench_options& opts) {
               << std::strerror(errno) << '\n';
     return 1;
   }
-  struct cleanup {
-    std::string dir;
-    bool keep = false;
-    ~cleanup() {
-      std::error_code ec;
-      if (!keep)
-        fs::remove_all(dir, ec);
-    }
-  } guard{dir};
+  scratch_dir guard{dir};
   auto path = [&](const char* name) { return (fs::path{dir} / name).string(); };
   auto models = path("models");
   auto models_b1 = path("models-batch1");

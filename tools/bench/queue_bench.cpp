@@ -337,6 +337,12 @@ double median(std::vector<double> xs) {
   return n % 2 == 1 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
 }
 
+scratch_dir::~scratch_dir() {
+  std::error_code ec;
+  if (!keep)
+    fs::remove_all(path, ec);
+}
+
 std::string make_bench_dir(const std::string& parent, const std::string& prefix) {
   std::string base = parent;
   if (base.empty()) {
@@ -443,13 +449,7 @@ int run_bench_queue(const queue_bench_options& opts) {
               << std::strerror(errno) << '\n';
     return 1;
   }
-  struct cleanup {
-    std::string dir;
-    ~cleanup() {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    }
-  } guard{dir};
+  scratch_dir guard{dir};
 
   const char* sync = opts.synchronous_full ? "FULL" : "NORMAL";
   auto version = persistence::sqlite_version();

@@ -76,6 +76,14 @@ int run_bench_queue(const queue_bench_options& opts);
 /// empty, else under $TMPDIR or /tmp. Empty on failure.
 std::string make_bench_dir(const std::string& parent, const std::string& prefix);
 
+/// A bench's scratch directory (from make_bench_dir): removed with everything
+/// in it at the end, unless `keep` was set (a failure keeps files and logs).
+struct scratch_dir {
+  std::string path;
+  bool keep = false;
+  ~scratch_dir();
+};
+
 /// The median of `xs` (0 when empty).
 double median(std::vector<double> xs);
 

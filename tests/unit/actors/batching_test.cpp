@@ -40,7 +40,8 @@ struct fixture : test_coordinator_fixture<> {
     lm.name = "tinylm";
     lm.kind = model_kind::generate;
     cfg.models = {classifier, lm};
-    queue = spawn_queue(sys, cfg, std::shared_ptr<persistence::job_store>(std::move(*store)));
+    queue = spawn_queue(sys, cfg,
+                        std::shared_ptr<persistence::job_store>(std::move(*store)));
     sched.run();
   }
 
@@ -54,7 +55,8 @@ struct fixture : test_coordinator_fixture<> {
     auto w = sys.spawn(fake_worker);
     // Busy while a batch runs: its answer comes when the test says so.
     deref<worker_actor::stateful_base<fake_worker_state>>(w).state.hold = true;
-    worker_registration reg{id, {"classifier", "tinylm"}, {}, "cpu", "localhost", "in-process"};
+    worker_registration reg{id,          {"classifier", "tinylm"}, {}, "cpu", "localhost",
+                            "in-process"};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     expect((work_atom), from(queue).to(w));
@@ -75,7 +77,8 @@ struct fixture : test_coordinator_fixture<> {
   void infer(int n) {
     for (int i = 0; i < n; ++i)
       self->send(queue, infer_atom::value,
-                 infer_request{"classifier", {make_float_tensor("x", {1}, {1.f})},
+                 infer_request{"classifier",
+                               {make_float_tensor("x", {1}, {1.f})},
                                "r" + std::to_string(i)});
     sched.run();
   }
@@ -85,9 +88,13 @@ struct fixture : test_coordinator_fixture<> {
     std::vector<float> out;
     while (!self->mailbox().empty())
       self->receive(
-        [&](std::vector<tensor_data>& ys) { out.push_back(float_values(ys.at(0)).at(0)); },
-        [&](generate_reply& r) { out.push_back(-1.f * static_cast<float>(r.text.size())); },
-        [&](caf::error& err) { CAF_FAIL("request failed: " << message_of(err)); });
+          [&](std::vector<tensor_data>& ys) {
+            out.push_back(float_values(ys.at(0)).at(0));
+          },
+          [&](generate_reply& r) {
+            out.push_back(-1.f * static_cast<float>(r.text.size()));
+          },
+          [&](caf::error& err) { CAF_FAIL("request failed: " << message_of(err)); });
     return out;
   }
 
@@ -165,7 +172,7 @@ CAF_TEST(a request of another model does not wait behind a forming batch) {
 CAF_TEST(requests past their deadline are refused not run) {
   auto w = add_worker("w1");
   infer(4);
-  infer(1); // the worker is busy; this one waits
+  infer(1);               // the worker is busy; this one waits
   advance_us(31'000'000); // past interactive_timeout_ms (30 s)
   finish(w);
   CAF_CHECK_EQUAL(batches(w).size(), 1u);
@@ -183,19 +190,20 @@ namespace {
 // Takes interactive work and never answers (a hung forward pass).
 worker_actor::behavior_type silent_worker(worker_actor::pointer self) {
   return {
-    [](work_atom) {},
-    [self](infer_atom, const infer_batch&) -> caf::result<infer_batch_result> {
-      return self->make_response_promise<infer_batch_result>(); // never delivered
-    },
-    [](generate_atom, const generate_request&) -> generate_reply { return {}; },
-    [](speech_atom, const speech_request&) -> speech_reply { return {}; },
-    [](renew_atom) {},
-    [](cancel_atom, int64_t) {},
-    [](chunk_atom, int64_t, int64_t, const std::string&) {},
-    [](status_atom, const std::vector<model_status>&, const std::vector<model_metrics>&) {},
-    [](load_atom, const std::string&) -> worker_status { return {}; },
-    [](unload_atom, const std::string&) -> worker_status { return {}; },
-    [](drain_atom, bool) {},
+      [](work_atom) {},
+      [self](infer_atom, const infer_batch&) -> caf::result<infer_batch_result> {
+        return self->make_response_promise<infer_batch_result>(); // never delivered
+      },
+      [](generate_atom, const generate_request&) -> generate_reply { return {}; },
+      [](speech_atom, const speech_request&) -> speech_reply { return {}; },
+      [](renew_atom) {},
+      [](cancel_atom, int64_t) {},
+      [](chunk_atom, int64_t, int64_t, const std::string&) {},
+      [](status_atom, const std::vector<model_status>&,
+         const std::vector<model_metrics>&) {},
+      [](load_atom, const std::string&) -> worker_status { return {}; },
+      [](unload_atom, const std::string&) -> worker_status { return {}; },
+      [](drain_atom, bool) {},
   };
 }
 
@@ -215,7 +223,7 @@ CAF_TEST(a worker that never answers fails its requests at their deadline) {
   self->send(queue, qtick_atom::value);
   sched.run();
   CAF_CHECK(answers().empty()); // not yet due
-  advance_us(2'000'000); // past interactive_timeout_ms (30 s)
+  advance_us(2'000'000);        // past interactive_timeout_ms (30 s)
   self->send(queue, qtick_atom::value);
   sched.run();
   int timed_out = 0;

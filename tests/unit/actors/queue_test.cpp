@@ -37,7 +37,8 @@ struct fixture : test_coordinator_fixture<> {
     cfg.settings.max_queued = 3;
     cfg.settings.max_interactive = 1;
     cfg.tick = false;
-    queue = spawn_queue(sys, cfg, std::shared_ptr<persistence::job_store>(std::move(*store)));
+    queue = spawn_queue(sys, cfg,
+                        std::shared_ptr<persistence::job_store>(std::move(*store)));
     sched.run();
   }
 
@@ -74,8 +75,9 @@ struct fixture : test_coordinator_fixture<> {
   void submit_ok(const std::string& model) {
     self->send(queue, submit_atom::value, job_for(model));
     sched.run();
-    self->receive([](job_record&) {},
-                  [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
+    self->receive(
+        [](job_record&) {},
+        [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
   }
 
   fake_worker_state& worker_state(const worker_actor& w) {
@@ -108,8 +110,9 @@ struct fixture : test_coordinator_fixture<> {
     cluster_stats out;
     self->send(queue, stats_atom::value);
     sched.run();
-    self->receive([&](cluster_stats& s) { out = std::move(s); },
-                  [&](caf::error& err) { CAF_FAIL("stats failed: " << message_of(err)); });
+    self->receive(
+        [&](cluster_stats& s) { out = std::move(s); },
+        [&](caf::error& err) { CAF_FAIL("stats failed: " << message_of(err)); });
     return out;
   }
 };
@@ -122,12 +125,12 @@ CAF_TEST(submitted jobs wait in the table without workers) {
   self->send(queue, submit_atom::value, job_for("classifier"));
   sched.run();
   self->receive(
-    [&](job_record& rec) {
-      CAF_CHECK_EQUAL(rec.id, 1);
-      CAF_CHECK(rec.state == job_state::queued);
-      CAF_CHECK_EQUAL(rec.position, 0);
-    },
-    [&](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
+      [&](job_record& rec) {
+        CAF_CHECK_EQUAL(rec.id, 1);
+        CAF_CHECK(rec.state == job_state::queued);
+        CAF_CHECK_EQUAL(rec.position, 0);
+      },
+      [&](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
   auto s = stats();
   CAF_CHECK_EQUAL(s.jobs_by_state["queued"], 1);
   CAF_CHECK_EQUAL(s.jobs_by_state["succeeded"], 0);
@@ -201,11 +204,11 @@ CAF_TEST(interactive requests go to an idle worker and are bounded) {
   self->send(queue, infer_atom::value, req);
   sched.run();
   self->receive(
-    [](std::vector<tensor_data>& out) {
-      CAF_REQUIRE_EQUAL(out.size(), 1u);
-      CAF_CHECK_EQUAL(out[0].name, "echo");
-    },
-    [](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
+      [](std::vector<tensor_data>& out) {
+        CAF_REQUIRE_EQUAL(out.size(), 1u);
+        CAF_CHECK_EQUAL(out[0].name, "echo");
+      },
+      [](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
   // Its answer made it idle again. Now it holds the next one, so it stays
   // busy: one request may wait, the next is refused with queue_full.
   worker_state(w).hold = true;
@@ -225,8 +228,9 @@ CAF_TEST(interactive requests go to an idle worker and are bounded) {
   anon_send(w, renew_atom::value); // the fake's cue to answer
   sched.run();
   for (int i = 0; i < 2; ++i)
-    self->receive([](std::vector<tensor_data>& out) { CAF_CHECK_EQUAL(out.size(), 1u); },
-                  [](caf::error& err) { CAF_FAIL("queued infer failed: " << message_of(err)); });
+    self->receive(
+        [](std::vector<tensor_data>& out) { CAF_CHECK_EQUAL(out.size(), 1u); },
+        [](caf::error& err) { CAF_FAIL("queued infer failed: " << message_of(err)); });
   CAF_CHECK_EQUAL(stats().interactive_waiting, 0);
   anon_send_exit(w, caf::exit_reason::user_shutdown);
   sched.run();
@@ -267,11 +271,11 @@ CAF_TEST(cancel of a running job reaches the worker that holds it) {
   self->send(queue, cancel_atom::value, int64_t{1});
   sched.run();
   self->receive(
-    [](job_record& rec) {
-      CAF_CHECK(rec.state == job_state::running);
-      CAF_CHECK(rec.cancel_requested);
-    },
-    [](caf::error& err) { CAF_FAIL("cancel failed: " << message_of(err)); });
+      [](job_record& rec) {
+        CAF_CHECK(rec.state == job_state::running);
+        CAF_CHECK(rec.cancel_requested);
+      },
+      [](caf::error& err) { CAF_FAIL("cancel failed: " << message_of(err)); });
   CAF_CHECK_EQUAL(worker_state(w).cancels, (std::vector<int64_t>{1}));
   anon_send_exit(w, caf::exit_reason::user_shutdown);
   sched.run();
@@ -297,12 +301,14 @@ CAF_TEST(a second live worker with the same id is stopped and the first keeps go
   // The door asks before a node may join.
   self->send(queue, join_atom::value, std::string{"w1"});
   sched.run();
-  self->receive([](bool free) { CAF_CHECK(!free); },
-                [](caf::error& err) { CAF_FAIL("join check failed: " << message_of(err)); });
+  self->receive(
+      [](bool free) { CAF_CHECK(!free); },
+      [](caf::error& err) { CAF_FAIL("join check failed: " << message_of(err)); });
   self->send(queue, join_atom::value, std::string{"w2"});
   sched.run();
-  self->receive([](bool free) { CAF_CHECK(free); },
-                [](caf::error& err) { CAF_FAIL("join check failed: " << message_of(err)); });
+  self->receive(
+      [](bool free) { CAF_CHECK(free); },
+      [](caf::error& err) { CAF_FAIL("join check failed: " << message_of(err)); });
   // Two nodes that passed the door at the same time: the later one is stopped
   // with a conflict, the first stays registered.
   auto second = sys.spawn(fake_worker);
@@ -352,21 +358,21 @@ CAF_TEST(listing and event backlog go through the queue) {
   self->send(queue, list_atom::value, filter);
   sched.run();
   self->receive(
-    [](job_page& page) {
-      CAF_REQUIRE_EQUAL(page.jobs.size(), 2u);
-      CAF_CHECK_EQUAL(page.jobs[0].id, 3);
-      CAF_CHECK_EQUAL(page.next_before_id, 2);
-    },
-    [](caf::error& err) { CAF_FAIL("list failed: " << message_of(err)); });
+      [](job_page& page) {
+        CAF_REQUIRE_EQUAL(page.jobs.size(), 2u);
+        CAF_CHECK_EQUAL(page.jobs[0].id, 3);
+        CAF_CHECK_EQUAL(page.next_before_id, 2);
+      },
+      [](caf::error& err) { CAF_FAIL("list failed: " << message_of(err)); });
   self->send(queue, events_atom::value, int64_t{2}, int64_t{0});
   sched.run();
   self->receive(
-    [](std::vector<job_event>& events) {
-      CAF_REQUIRE_EQUAL(events.size(), 1u);
-      CAF_CHECK_EQUAL(events[0].kind, "status");
-      CAF_CHECK(events[0].data_json.find("queued") != std::string::npos);
-    },
-    [](caf::error& err) { CAF_FAIL("events failed: " << message_of(err)); });
+      [](std::vector<job_event>& events) {
+        CAF_REQUIRE_EQUAL(events.size(), 1u);
+        CAF_CHECK_EQUAL(events[0].kind, "status");
+        CAF_CHECK(events[0].data_json.find("queued") != std::string::npos);
+      },
+      [](caf::error& err) { CAF_FAIL("events failed: " << message_of(err)); });
 }
 
 CAF_TEST(submits that arrive together share one transaction) {
@@ -377,8 +383,9 @@ CAF_TEST(submits that arrive together share one transaction) {
   CAF_CHECK_EQUAL(*commits, 1);
   std::vector<int64_t> ids;
   for (int i = 0; i < 3; ++i)
-    self->receive([&](job_record& rec) { ids.push_back(rec.id); },
-                  [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
+    self->receive(
+        [&](job_record& rec) { ids.push_back(rec.id); },
+        [](caf::error& err) { CAF_FAIL("submit failed: " << message_of(err)); });
   CAF_CHECK_EQUAL(ids, (std::vector<int64_t>{1, 2, 3}));
   // Capacity is judged per job inside the batch: 3 is the limit here.
   self->send(queue, submit_atom::value, job_for("classifier"));
@@ -402,19 +409,21 @@ CAF_TEST(a remote worker claims and completes through the queue with fencing) {
   self->send(queue, renew_atom::value, job.id, job.lease_seq, int64_t{30000});
   sched.run();
   self->receive(
-    [](bool held, bool cancel_requested) {
-      CAF_CHECK(held);
-      CAF_CHECK(!cancel_requested);
-    },
-    [](caf::error& err) { CAF_FAIL("renew failed: " << message_of(err)); });
+      [](bool held, bool cancel_requested) {
+        CAF_CHECK(held);
+        CAF_CHECK(!cancel_requested);
+      },
+      [](caf::error& err) { CAF_FAIL("renew failed: " << message_of(err)); });
   self->send(queue, complete_atom::value, job.id, job.lease_seq + 1, std::string{"{}"});
   sched.run();
-  self->receive([](bool done) { CAF_CHECK(!done); }, // stale token: nothing changes
-                [](caf::error& err) { CAF_FAIL("complete failed: " << message_of(err)); });
+  self->receive(
+      [](bool done) { CAF_CHECK(!done); }, // stale token: nothing changes
+      [](caf::error& err) { CAF_FAIL("complete failed: " << message_of(err)); });
   self->send(queue, complete_atom::value, job.id, job.lease_seq, std::string{"{}"});
   sched.run();
-  self->receive([](bool done) { CAF_CHECK(done); },
-                [](caf::error& err) { CAF_FAIL("complete failed: " << message_of(err)); });
+  self->receive(
+      [](bool done) { CAF_CHECK(done); },
+      [](caf::error& err) { CAF_FAIL("complete failed: " << message_of(err)); });
   CAF_CHECK(request_job(job.id).state == job_state::succeeded);
 }
 

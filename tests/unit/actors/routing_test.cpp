@@ -20,23 +20,24 @@ namespace {
 // die, as a worker process under SIGKILL would).
 worker_actor::behavior_type silent_worker(worker_actor::pointer self) {
   return {
-    [](work_atom) {},
-    [self](infer_atom, const infer_batch&) -> caf::result<infer_batch_result> {
-      return self->make_response_promise<infer_batch_result>();
-    },
-    [self](generate_atom, const generate_request&) -> caf::result<generate_reply> {
-      return self->make_response_promise<generate_reply>();
-    },
-    [self](speech_atom, const speech_request&) -> caf::result<speech_reply> {
-      return self->make_response_promise<speech_reply>();
-    },
-    [](renew_atom) {},
-    [](cancel_atom, int64_t) {},
-    [](chunk_atom, int64_t, int64_t, const std::string&) {},
-    [](status_atom, const std::vector<model_status>&, const std::vector<model_metrics>&) {},
-    [](load_atom, const std::string&) -> worker_status { return {}; },
-    [](unload_atom, const std::string&) -> worker_status { return {}; },
-    [](drain_atom, bool) {},
+      [](work_atom) {},
+      [self](infer_atom, const infer_batch&) -> caf::result<infer_batch_result> {
+        return self->make_response_promise<infer_batch_result>();
+      },
+      [self](generate_atom, const generate_request&) -> caf::result<generate_reply> {
+        return self->make_response_promise<generate_reply>();
+      },
+      [self](speech_atom, const speech_request&) -> caf::result<speech_reply> {
+        return self->make_response_promise<speech_reply>();
+      },
+      [](renew_atom) {},
+      [](cancel_atom, int64_t) {},
+      [](chunk_atom, int64_t, int64_t, const std::string&) {},
+      [](status_atom, const std::vector<model_status>&,
+         const std::vector<model_metrics>&) {},
+      [](load_atom, const std::string&) -> worker_status { return {}; },
+      [](unload_atom, const std::string&) -> worker_status { return {}; },
+      [](drain_atom, bool) {},
   };
 }
 
@@ -58,7 +59,8 @@ struct fixture : test_coordinator_fixture<> {
     model_info m;
     m.name = "classifier"; // max_batch_size 1: every request leaves alone
     cfg.models = {m};
-    queue = spawn_queue(sys, cfg, std::shared_ptr<persistence::job_store>(std::move(*store)));
+    queue = spawn_queue(sys, cfg,
+                        std::shared_ptr<persistence::job_store>(std::move(*store)));
     sched.run();
   }
 
@@ -93,8 +95,9 @@ struct fixture : test_coordinator_fixture<> {
     sched.run();
     for (std::size_t i = 0; i < workers.size(); ++i)
       inject((idle_atom, std::string, bool),
-             from(workers[i]).to(queue).with(idle_atom::value, "w" + std::to_string(i + 1),
-                                             false));
+             from(workers[i])
+                 .to(queue)
+                 .with(idle_atom::value, "w" + std::to_string(i + 1), false));
     sched.run();
   }
 
@@ -225,7 +228,8 @@ CAF_TEST(work out on a worker that goes down fails at once and may be retried) {
   bool failed = false;
   self->receive([](std::vector<tensor_data>&) { CAF_FAIL("answered by a dead worker"); },
                 [&](caf::error& err) {
-                  failed = code_of(err) == errc::unavailable && is_retryable(code_of(err));
+                  failed
+                      = code_of(err) == errc::unavailable && is_retryable(code_of(err));
                 });
   CAF_CHECK(failed);
 }
