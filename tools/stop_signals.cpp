@@ -37,17 +37,19 @@ int stop_signals::wait(std::chrono::milliseconds d) {
       ++seen_;
       return last_signal.load();
     }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
         end - std::chrono::steady_clock::now());
-    if (left.count() <= 0)
-      return 0;
-    // Signals blocked everywhere stay pending for sigtimedwait; those caught
-    // by the handler on another thread show up in `received` within 20 ms.
-    auto step = std::min<long>(left.count(), 20);
-    timespec wait{0, step * 1000 * 1000};
+    // Signals blocked in every thread stay pending until sigtimedwait takes
+    // them, so even a zero wait polls once (a worker whose threads all block
+    // them never saw SIGTERM: the CUDA build has no OpenBLAS thread for the
+    // handler to run on). Those caught by the handler on another thread show
+    // up in `received` within 20 ms.
+    timespec wait{0, std::clamp<long>(left.count(), 0, 20'000'000)};
     int sig = sigtimedwait(&set_, nullptr, &wait);
     if (sig > 0)
       return sig;
+    if (left.count() <= 0)
+      return 0;
   }
 }
 

@@ -155,7 +155,13 @@ if [[ -n "$deps_prefix" ]]; then
   if [[ -f "$deps_prefix/include/caf/all.hpp" ]]; then
     cmake_args+=(-DCAF_INCLUDE_DIR="$deps_prefix/include"
                  -DCAF_CORE_LIBRARY="$libdir/libcaf_core.so"
-                 -DCAF_IO_LIBRARY="$libdir/libcaf_io.so")
+                 -DCAF_IO_LIBRARY="$libdir/libcaf_io.so"
+                 -DCAF_OPENSSL_LIBRARY="$libdir/libcaf_openssl.so")
+  fi
+  # Debian keeps some headers under include/<multiarch> (OpenSSL's
+  # configuration.h), which a compiler that is not Debian's does not search.
+  if [[ -d "$deps_prefix/include/${multiarch:-x86_64-linux-gnu}" ]]; then
+    cmake_args+=(-DCMAKE_CXX_FLAGS="-isystem $deps_prefix/include/${multiarch:-x86_64-linux-gnu}")
   fi
   if [[ -f "$deps_prefix/include/sqlite3.h" ]]; then
     cmake_args+=(-DSQLite3_INCLUDE_DIR="$deps_prefix/include"

@@ -8,6 +8,14 @@ a durable classifier job and a durable tinylm job on cuda agree with the CPU
 server (tensors within 1e-4); both servers stop cleanly on SIGTERM. Reports the
 warm-up first-call times from the logs and HTTP latency medians.
 
+With --device cuda and a Python that imports torch, two more checks:
+- CUDA out of memory: a TorchScript tensor model written here with torch.jit
+  ("hog") asks the GPU for 4 TiB when a batch has 8 rows or more. Such a
+  request must get 503 with code "oom" (retryable), and the next request of
+  the same model, and the classifier, must still succeed on the same worker.
+- Two workers sharing the GPU: a third server with --workers 2 serves
+  concurrent requests; all must succeed and both workers must have served.
+
     smoke.py --binary build-cuda/tools/infergrid --work DIR --logs DIR
 """
 import argparse
@@ -51,7 +59,7 @@ def http(method, url, body=None, timeout=30):
 
 
 class Server:
-    def __init__(self, binary, work, name, models_dir, logs):
+    def __init__(self, binary, work, name, models_dir, logs, workers=1):
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,7 +67,7 @@ class Server:
         env = dict(os.environ, LOG_LEVEL="info")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--port", str(self.port), "--workers", "1",
+            [binary, "serve", "--port", str(self.port), "--workers", str(workers),
              "--models-dir", models_dir, "--data-dir", os.path.join(work, f"data-{name}")],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -82,8 +90,8 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: not ready after {deadline_s}s:\n{self.text()[-3000:]}")
 
-    def infer(self, body):
-        status, out = http("POST", self.url + "/v2/models/classifier/infer", body)
+    def infer(self, body, model="classifier"):
+        status, out = http("POST", f"{self.url}/v2/models/{model}/infer", body)
         if status != 200:
             raise AssertionError(f"{self.name}: infer -> {status} {out}")
         return out
@@ -154,6 +162,48 @@ def latency(server, body, n=300):
     return statistics.median(ms), ms[int(0.9 * len(ms))]
 
 
+def write_hog_model(models_dir):
+    """Writes models_dir/hog: a tensor model (x [-1, 16] -> y [-1, 4]) that
+    allocates 4 TiB on its device when a batch has 8 rows or more. Returns
+    False when this Python has no torch."""
+    try:
+        import torch
+    except ImportError:
+        return False
+
+    class Hog(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            if x.size(0) >= 8:
+                big = torch.empty([1 << 40], dtype=torch.float32, device=x.device)
+                x = x + big[:1]
+            return torch.softmax(self.lin(x), dim=-1)
+
+    out = os.path.join(models_dir, "hog")
+    os.makedirs(out, exist_ok=True)
+    torch.jit.script(Hog()).save(os.path.join(out, "model.pt"))
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write("# Written by tools/gpu/smoke.py: 4 TiB for batches of 8 rows or more.\n"
+                "kind: tensor\nmax_batch_size: 16\nmax_queue_delay_us: 0\n"
+                "device: cuda\nmemory_mb: 1\npreload: true\n"
+                "inputs:\n  - {name: x, dtype: float32, shape: [-1, 16]}\n"
+                "outputs:\n  - {name: y, dtype: float32, shape: [-1, 4]}\n")
+    return True
+
+
+def metric_samples(text, name):
+    """{labels: value} of one Prometheus series family."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(re.escape(name) + r"\{([^}]*)\} (\S+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
 def write_models(binary, work, device):
     out = os.path.join(work, f"models-{device}")
     shutil.rmtree(out, ignore_errors=True)
@@ -168,6 +218,70 @@ def write_models(binary, work, device):
         with open(path, "w") as f:
             f.write(text)
     return out
+
+
+def check_oom(server, check, report):
+    """A batch that asks the GPU for 4 TiB fails alone, as a retryable oom,
+    and the worker goes on serving."""
+    ok = server.infer(request(1), model="hog")
+    check(ok["outputs"][0]["shape"] == [1, 4], "hog B=1 on cuda: 200 before the oom")
+    t = time.perf_counter()
+    status, out = http("POST", server.url + "/v2/models/hog/infer", request(8))
+    report["figures"]["oom answer (ms)"] = round((time.perf_counter() - t) * 1000.0, 2)
+    err = out.get("error", {}) if isinstance(out, dict) else {}
+    print(f"hog B=8 on cuda: {status} {json.dumps(out)[:400]}")
+    check(status == 503 and err.get("code") == "oom" and err.get("retryable") is True,
+          f"hog B=8 on cuda: 503 oom retryable (got {status} {err.get('code')})")
+    for attempt in range(2):
+        ok = server.infer(request(1), model="hog")
+        check(ok["outputs"][0]["shape"] == [1, 4], f"hog B=1 on cuda after the oom ({attempt + 1})")
+    server.infer(request(32))
+    check(True, "classifier B=32 on cuda after the oom")
+    # Workers report metrics at most every 200 ms: poll.
+    end = time.monotonic() + 5
+    while True:
+        _, metrics = http("GET", server.url + "/metrics")
+        fails = metric_samples(metrics if isinstance(metrics, str) else "",
+                               "infergrid_model_failures_total")
+        oom = sum(v for k, v in fails.items() if 'model="hog"' in k and 'code="oom"' in k)
+        if oom >= 1 or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    check(oom == 1, f"metrics: one hog failure with code oom (got {oom:g})")
+    log = server.text()
+    check("out of memory" in log.lower(), "serve log names the out-of-memory cause")
+
+
+def check_two_workers(server, check, report, threads=8, per_thread=50):
+    """Two worker processes on one GPU serve concurrent requests."""
+    import concurrent.futures
+    body = request(1)
+
+    def client(_):
+        codes = []
+        for _ in range(per_thread):
+            status, _ = http("POST", server.url + "/v2/models/classifier/infer", body)
+            codes.append(status)
+        return codes
+
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        codes = [c for cs in pool.map(client, range(threads)) for c in cs]
+    elapsed = time.perf_counter() - t
+    report["figures"]["two workers, 8 clients: requests/s"] = round(len(codes) / elapsed, 1)
+    check(all(c == 200 for c in codes),
+          f"two workers on one GPU: {codes.count(200)}/{len(codes)} requests 200")
+    _, metrics = http("GET", server.url + "/metrics")
+    served = metric_samples(metrics if isinstance(metrics, str) else "",
+                            "infergrid_model_requests_total")
+    per_worker = {k: v for k, v in served.items() if 'model="classifier"' in k}
+    print(f"two workers: classifier requests by worker {per_worker}")
+    check(len([v for v in per_worker.values() if v > 0]) == 2,
+          "two workers on one GPU: both served classifier requests")
+    status, models = http("GET", server.url + "/v1/models")
+    devices = sorted({w.get("device") for m in models.get("models", []) for w in m.get("workers", [])}) \
+        if isinstance(models, dict) else []
+    check(devices == ["cuda:0"], f"two workers: every model resident on cuda:0 (got {devices})")
 
 
 def main():
@@ -192,12 +306,21 @@ def main():
 
     servers = {}
     try:
+        hog = False
         for name, device in (("cuda", args.device), ("cpu", "cpu")):
             models = write_models(args.binary, os.path.join(args.work, name), device)
+            if name == "cuda" and args.device.startswith("cuda"):
+                hog = write_hog_model(models)
+                if hog:  # the two-worker server shares this copy
+                    servers["cuda2"] = Server(args.binary, args.work, "cuda2", models,
+                                              args.logs, workers=2)
             servers[name] = Server(args.binary, args.work, name, models, args.logs)
         for s in servers.values():
             s.wait_ready()
         gpu, cpu = servers["cuda"], servers["cpu"]
+        if not hog:
+            print("skipped: out-of-memory and two-worker checks (no torch in this "
+                  "Python, or not a cuda run)")
 
         log = gpu.text()
         check(f"model classifier loaded on {expected}" in log,
@@ -239,6 +362,11 @@ def main():
                 med, p90 = latency(s, request(batch))
                 report["figures"][f"HTTP infer B={batch} on {device}: median ms"] = round(med, 3)
                 report["figures"][f"HTTP infer B={batch} on {device}: p90 ms"] = round(p90, 3)
+
+        if hog:
+            check_oom(gpu, check, report)
+            check_two_workers(servers["cuda2"], check, report)
+
         status, metrics = http("GET", gpu.url + "/metrics")
         if isinstance(metrics, str):
             with open(os.path.join(args.logs, "metrics-cuda.txt"), "w") as f:
