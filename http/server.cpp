@@ -613,8 +613,8 @@ private:
     uint64_t id = 0;
     /// "completion" or "speech", for log lines.
     const char* what = "completion";
-    /// Receives the pieces; told to exit when the stream ends, which stops
-    /// the worker (it monitors the sink).
+    /// Receives the pieces (spawn_chunk_sink); goes down when the stream
+    /// ends, which stops the worker (it monitors the sink).
     chunk_sink_actor sink;
     /// Exactly one of these is set.
     std::optional<completion_stream> text;
@@ -1088,28 +1088,36 @@ void session::dispatch_request() {
 
 // -- streamed results ----------------------------------------------------------
 //
-// A streamed completion or synthesis: a chunk sink actor posts each piece to
-// the strand; the gateway's final reply (through a one-shot requester) carries
-// the whole result. The header goes out with the first piece that can be
+// A streamed completion or synthesis: a chunk sink posts each piece to the
+// strand; the gateway's final reply (through the session's asker) carries the
+// whole result. The header goes out with the first piece that can be
 // written, or with the final reply, so that errors before any output (unknown
 // model, wrong kind, queue full) are ordinary JSON errors. Pieces that come
 // after the final reply are dropped; the reply supplies what they carried.
 // One write at a time; pieces that come meanwhile are coalesced (bounded: past
 // the bound they are dropped and the final reply fills in). When the client
-// goes away (a read on the socket completes) or the stream ends, the sink is
-// told to exit, and the worker, which monitors it, stops within one step.
+// goes away (a read on the socket completes) or the stream ends, the sink
+// goes down, and the worker, which monitors it, stops within one step.
 
-/// The sink of one streamed result: posts each piece to the connection.
-chunk_sink_actor::behavior_type chunk_sink(chunk_sink_actor::pointer,
-                                           std::shared_ptr<gate> g,
-                                           std::weak_ptr<session> weak, uint64_t sid) {
-  return {
-      [g, weak, sid](chunk_atom, const std::string& data) {
-        g->post(weak, [sid, data](session& s) mutable {
-          s.on_result_chunk(sid, std::move(data));
-        });
-      },
-  };
+/// The sink of one streamed result: an actor_companion whose pieces are
+/// posted straight onto the session's strand from the thread that delivers
+/// them (the middleman's for a worker process, the executor's in-process).
+/// A scheduled actor here cost one more thread wake-up per piece, the first
+/// token's included. release_sink() ends it; its monitors see it go down.
+chunk_sink_actor spawn_chunk_sink(caf::actor_system& sys, std::shared_ptr<gate> g,
+                                  std::weak_ptr<session> weak, uint64_t sid) {
+  auto handle = sys.spawn<caf::actor_companion>();
+  auto self
+      = static_cast<caf::actor_companion*>(caf::actor_cast<caf::abstract_actor*>(handle));
+  self->on_enqueue([g = std::move(g), weak = std::move(weak),
+                    sid](caf::mailbox_element_ptr ptr) {
+    auto& msg = ptr->content();
+    if (!msg.match_elements<chunk_atom, std::string>())
+      return; // exit and system messages: release_sink() is the only way out
+    g->post(weak, [sid, data = std::string{msg.get_as<std::string>(1)}](
+                      session& s) mutable { s.on_result_chunk(sid, std::move(data)); });
+  });
+  return caf::actor_cast<chunk_sink_actor>(std::move(handle));
 }
 
 void session::open_completion(openai_request req) {
@@ -1187,7 +1195,7 @@ chunk_sink_actor session::open_result(const char* what) {
   auto st = std::make_unique<result_stream>();
   st->id = ++next_stream_id_;
   st->what = what;
-  st->sink = state_->sys.spawn(chunk_sink, state_->gate_ptr, weak_from_this(), st->id);
+  st->sink = spawn_chunk_sink(state_->sys, state_->gate_ptr, weak_from_this(), st->id);
   auto sink = st->sink;
   result_ = std::move(st);
   watch_result_disconnect();
@@ -1397,7 +1405,12 @@ void session::arm_result_keepalive() {
 void session::release_sink() {
   auto& st = *result_;
   if (st.sink) {
-    caf::anon_send_exit(st.sink, caf::exit_reason::user_shutdown);
+    // What actor_companion::disconnect would do (declared in CAF 0.17.6's
+    // header, but not in its library): drop what still comes, then go down.
+    auto sink = static_cast<caf::actor_companion*>(
+        caf::actor_cast<caf::abstract_actor*>(st.sink));
+    sink->on_enqueue({});
+    sink->cleanup(caf::make_error(caf::exit_reason::user_shutdown), &asker_context_);
     st.sink = nullptr;
   }
 }
