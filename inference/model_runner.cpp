@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -12,6 +13,8 @@
 #include <random>
 #include <set>
 #include <utility>
+
+#include <malloc.h>
 
 #include <spdlog/spdlog.h>
 #include <ATen/Parallel.h>
@@ -36,8 +39,7 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 double ms_since(clock_type::time_point start) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - start)
-    .count();
+  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
 }
 
 /// The message of an exception from LibTorch: c10::Error carries a C++
@@ -97,7 +99,8 @@ std::string last_line(const std::string& text) {
   if (end == std::string::npos)
     return text;
   auto begin = text.find_last_of('\n', end);
-  return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+  return text.substr(begin == std::string::npos ? 0 : begin + 1,
+                     end + 1 - (begin == std::string::npos ? 0 : begin + 1));
 }
 
 /// Out of memory: eager code throws c10::OutOfMemoryError, but an OOM inside
@@ -149,8 +152,8 @@ void log_cuda_devices() {
       spdlog::info("inference: cuda:{} present (no properties)", i);
       continue;
     }
-    spdlog::info("inference: cuda:{} is {} (sm_{}{}, {:.1f} GiB), cuDNN {}", i,
-                 prop.name, prop.major, prop.minor,
+    spdlog::info("inference: cuda:{} is {} (sm_{}{}, {:.1f} GiB), cuDNN {}", i, prop.name,
+                 prop.major, prop.minor,
                  static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0),
                  torch::cuda::cudnn_is_available() ? "available" : "absent");
   }
@@ -336,8 +339,10 @@ std::size_t held_back(const std::string& text, const std::vector<std::string>& s
     auto c = static_cast<unsigned char>(text[text.size() - back]);
     if ((c & 0xC0) == 0x80)
       continue; // continuation byte: look further back
-    std::size_t need = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-                                              : (c & 0xF8) == 0xF0 ? 4 : 1;
+    std::size_t need = (c & 0xE0) == 0xC0   ? 2
+                       : (c & 0xF0) == 0xE0 ? 3
+                       : (c & 0xF8) == 0xF0 ? 4
+                                            : 1;
     if (need > back)
       hold = std::max(hold, back);
     break;
@@ -347,9 +352,37 @@ std::size_t held_back(const std::string& text, const std::vector<std::string>& s
 
 } // namespace
 
+namespace {
+
+/// glibc's malloc returns the top of a thread's arena to the kernel once it
+/// exceeds the trim threshold, and serves blocks above the (adaptive) mmap
+/// threshold with fresh mappings. The executor thread allocates and frees
+/// the same large tensors on every call, so by default each call page-faulted
+/// its buffers in again: speech on the executor ran at a real-time factor of
+/// 0.0007-0.0036 against 0.0002-0.0005 with the thresholds raised, and the
+/// profile of the slow case was a third page faults (docs/inference.md).
+/// Values are the largest mmap threshold glibc accepts (32 MiB) and a trim
+/// threshold that keeps up to 512 MiB of freed memory per arena. A
+/// GLIBC_TUNABLES that sets malloc options wins.
+void tune_malloc() {
+  if (const char* t = std::getenv("GLIBC_TUNABLES"); t && std::strstr(t, "malloc")) {
+    spdlog::info("inference: malloc thresholds from GLIBC_TUNABLES ({})", t);
+    return;
+  }
+  constexpr int mmap_threshold = 32 << 20;
+  constexpr int trim_threshold = 512 << 20;
+  bool ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
+            && mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1;
+  if (!ok)
+    spdlog::warn("inference: mallopt refused the malloc thresholds");
+}
+
+} // namespace
+
 void configure_runtime(int intra_op_threads) {
   static std::once_flag once;
   std::call_once(once, [intra_op_threads] {
+    tune_malloc();
     if (intra_op_threads >= 1)
       at::set_num_threads(intra_op_threads);
     try {
@@ -357,8 +390,7 @@ void configure_runtime(int intra_op_threads) {
       // never fork, so one thread is enough.
       at::set_num_interop_threads(1);
     } catch (const std::exception& e) {
-      spdlog::warn("inference: cannot set inter-op threads: {}",
-                   cause_of(e));
+      spdlog::warn("inference: cannot set inter-op threads: {}", cause_of(e));
     }
 #ifndef INFERGRID_WITH_CUDA
     // Without CUDA no fuser is active, so the profiling executor only adds a
@@ -400,23 +432,23 @@ caf::expected<std::string> resolve_device(const std::string& requested) {
     index = std::stoll(requested.substr(5));
   } else {
     return make_error(errc::invalid_input, "device: unknown device '" + requested
-                                             + "' (auto|cpu|cuda|cuda:N)");
+                                               + "' (auto|cpu|cuda|cuda:N)");
   }
 #ifdef INFERGRID_WITH_CUDA
   if (!cuda_available())
-    return make_error(errc::unavailable, "device '" + requested
-                                           + "': no CUDA GPU is available");
+    return make_error(errc::unavailable,
+                      "device '" + requested + "': no CUDA GPU is available");
   auto count = static_cast<int64_t>(torch::cuda::device_count());
   if (index >= count)
     return make_error(errc::unavailable, "device '" + requested + "': only "
-                                           + std::to_string(count)
-                                           + " CUDA device(s) present");
+                                             + std::to_string(count)
+                                             + " CUDA device(s) present");
   return "cuda:" + std::to_string(index);
 #else
-  (void) index;
+  (void)index;
   return make_error(errc::unavailable,
                     "device '" + requested
-                      + "': this build has no CUDA support (CPU-only LibTorch)");
+                        + "': this build has no CUDA support (CPU-only LibTorch)");
 #endif
 }
 
@@ -437,8 +469,8 @@ struct model_runner::impl {
     if (info.kind == kind)
       return {};
     return fail(errc::invalid_input, std::string{call} + " needs a model of kind "
-                                       + to_string(kind) + ", this one is "
-                                       + to_string(info.kind));
+                                         + to_string(kind) + ", this one is "
+                                         + to_string(info.kind));
   }
 
   /// Moves a CPU tensor to the model's device.
@@ -449,7 +481,7 @@ struct model_runner::impl {
   torch::Tensor token_tensor(const std::vector<int64_t>& ids) const {
     auto t = torch::from_blob(const_cast<int64_t*>(ids.data()),
                               {1, static_cast<int64_t>(ids.size())}, torch::kInt64)
-               .clone();
+                 .clone();
     return place(t);
   }
 
@@ -462,7 +494,7 @@ struct model_runner::impl {
     outputs.reserve(tensors.size());
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       auto name = i < info.outputs.size() ? info.outputs[i].name
-                                           : "output_" + std::to_string(i);
+                                          : "output_" + std::to_string(i);
       outputs.push_back(from_torch(std::move(name), tensors[i]));
     }
     return outputs;
@@ -482,8 +514,7 @@ struct model_runner::impl {
     if (!elems[0].isTensor())
       throw std::runtime_error("logits must be a Tensor, got a " + elems[0].tagKind());
     auto logits = elems[0].toTensor();
-    if (logits.dim() == 0 || logits.numel() != logits.size(-1)
-        || logits.numel() == 0)
+    if (logits.dim() == 0 || logits.numel() != logits.size(-1) || logits.numel() == 0)
       throw std::runtime_error("logits must have shape [1, V], got "
                                + c10::str(logits.sizes()));
     if (logits.numel() > 256)
@@ -502,8 +533,8 @@ model_runner::model_runner(std::unique_ptr<impl> ptr) : impl_(std::move(ptr)) {
 
 model_runner::~model_runner() = default;
 
-caf::expected<std::unique_ptr<model_runner>>
-model_runner::load(const model_info& info, const std::string& dir) {
+caf::expected<std::unique_ptr<model_runner>> model_runner::load(const model_info& info,
+                                                                const std::string& dir) {
   auto p = std::make_unique<impl>();
   p->info = info;
   p->dir = dir;
@@ -595,8 +626,8 @@ model_runner::forward(const std::vector<tensor_data>& inputs) {
     if (!x->consistent())
       return d.fail(errc::invalid_input,
                     "input '" + x->name + "': " + std::to_string(x->bytes.size())
-                      + " bytes do not fill shape " + shape_string(x->shape)
-                      + " of " + to_string(x->type));
+                        + " bytes do not fill shape " + shape_string(x->shape) + " of "
+                        + to_string(x->type));
   try {
     warning_guard warnings{warning_handler()};
     c10::InferenceMode guard;
@@ -610,8 +641,8 @@ model_runner::forward(const std::vector<tensor_data>& inputs) {
   }
 }
 
-caf::expected<generate_result>
-model_runner::generate(const generate_params& params, const token_callback& on_token) {
+caf::expected<generate_result> model_runner::generate(const generate_params& params,
+                                                      const token_callback& on_token) {
   auto& d = *impl_;
   if (auto err = d.require_kind(model_kind::generate, "generate"))
     return err;
@@ -629,7 +660,7 @@ model_runner::generate(const generate_params& params, const token_callback& on_t
       stop.push_back(s);
   std::mt19937_64 rng{params.has_seed ? params.seed
                                       : (uint64_t{std::random_device{}()} << 32)
-                                          ^ std::random_device{}()};
+                                            ^ std::random_device{}()};
   generate_result result;
   std::size_t emitted = 0;
   // Streams text[emitted, upto); false when the callback asks to stop.
