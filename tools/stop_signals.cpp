@@ -2,6 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include <spdlog/spdlog.h>
 
 namespace infergrid {
 
@@ -51,6 +56,18 @@ int stop_signals::wait(std::chrono::milliseconds d) {
     if (left.count() <= 0)
       return 0;
   }
+}
+
+void arm_exit_deadline(std::chrono::milliseconds deadline, int code, const char* who) {
+  std::thread([deadline, code, name = std::string{who}] {
+    std::this_thread::sleep_for(deadline);
+    spdlog::warn("{}: the actor system did not shut down within {} ms after every actor "
+                 "stopped (a detached actor's thread left waiting: CAF 0.17 issue 1196); "
+                 "exiting with {}",
+                 name, deadline.count(), code);
+    spdlog::shutdown(); // flushes
+    std::_Exit(code);
+  }).detach();
 }
 
 } // namespace infergrid

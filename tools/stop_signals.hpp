@@ -24,4 +24,13 @@ private:
   long seen_ = 0;
 };
 
+/// Ends the process with `code` if it is still running `deadline` from now.
+/// Called once every actor of ours is down, just before the actor system is
+/// destroyed: CAF 0.17.6's detached actors can leave their thread waiting
+/// after the actor is gone (actor-framework#1196, fixed in 0.18), and the
+/// actor system's destructor then waits for that thread for ever. Logs at
+/// warn when it has to act. Durable state is closed by then (the job store
+/// belongs to the worker actors, which are down).
+void arm_exit_deadline(std::chrono::milliseconds deadline, int code, const char* who);
+
 } // namespace infergrid

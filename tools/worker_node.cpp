@@ -102,108 +102,116 @@ int run_worker(const settings& s, const worker_options& opts) {
   caf::actor_system sys{cfg};
   auto tls = tls_enabled(s.cluster);
 
-  auto backoff = 250ms;
-  const auto max_backoff = 10000ms;
-  bool joined_before = false;
-  for (;;) {
-    auto door = tls ? caf::openssl::remote_actor<door_actor>(sys, host, port)
-                    : sys.middleman().remote_actor<door_actor>(host, port);
-    if (!door) {
-      spdlog::warn(
-          "worker {}: cannot reach the control node at {}: {}; retrying in {} ms", id,
-          opts.join, sys.render(door.error()), backoff.count());
-      if (stop_requested(stop, backoff))
-        return 0;
-      backoff = std::min(backoff * 2, max_backoff);
-      continue;
-    }
-    caf::scoped_actor self{sys};
-    join_request req{s.cluster.secret, id, host_name(), opts.db_path};
-    caf::expected<join_reply> joined = make_error(errc::timeout, "no answer to the join");
-    self->request(*door, 10s, join_atom::value, req)
-        .receive([&](join_reply& r) { joined = std::move(r); },
-                 [&](caf::error& err) { joined = std::move(err); });
-    if (!joined) {
-      auto code = code_of(joined.error());
-      spdlog::error("worker {}: the control node at {} refused the join: {}", id,
-                    opts.join, message_of(joined.error()));
-      if (code == errc::unauthorized || code == errc::invalid_input)
-        return 2; // a configuration problem: retrying will not help
-      // Another node has this id. On a rejoin it may be our own earlier
-      // connection that the control node has not yet seen go: retry.
-      if (code == errc::conflict && !joined_before)
+  // Joins and serves until a stop signal or a refusal; every path out of it
+  // has awaited the worker actor, so nothing of ours runs afterwards.
+  auto code = [&]() -> int {
+    auto backoff = 250ms;
+    const auto max_backoff = 10000ms;
+    bool joined_before = false;
+    for (;;) {
+      auto door = tls ? caf::openssl::remote_actor<door_actor>(sys, host, port)
+                      : sys.middleman().remote_actor<door_actor>(host, port);
+      if (!door) {
+        spdlog::warn(
+            "worker {}: cannot reach the control node at {}: {}; retrying in {} ms", id,
+            opts.join, sys.render(door.error()), backoff.count());
+        if (stop_requested(stop, backoff))
+          return 0;
+        backoff = std::min(backoff * 2, max_backoff);
+        continue;
+      }
+      caf::scoped_actor self{sys};
+      join_request req{s.cluster.secret, id, host_name(), opts.db_path};
+      caf::expected<join_reply> joined
+          = make_error(errc::timeout, "no answer to the join");
+      self->request(*door, 10s, join_atom::value, req)
+          .receive([&](join_reply& r) { joined = std::move(r); },
+                   [&](caf::error& err) { joined = std::move(err); });
+      if (!joined) {
+        auto code = code_of(joined.error());
+        spdlog::error("worker {}: the control node at {} refused the join: {}", id,
+                      opts.join, message_of(joined.error()));
+        if (code == errc::unauthorized || code == errc::invalid_input)
+          return 2; // a configuration problem: retrying will not help
+        // Another node has this id. On a rejoin it may be our own earlier
+        // connection that the control node has not yet seen go: retry.
+        if (code == errc::conflict && !joined_before)
+          return 2;
+        if (stop_requested(stop, backoff))
+          return 0;
+        backoff = std::min(backoff * 2, max_backoff);
+        continue;
+      }
+      backoff = 250ms;
+      joined_before = true;
+      worker_config wcfg;
+      wcfg.id = id;
+      wcfg.models = entries;
+      wcfg.lease_ms = joined->lease_ms;
+      wcfg.intra_op_threads = s.workers.intra_op_threads;
+      wcfg.infer_timeout_ms = s.http.request_timeout_ms;
+      wcfg.generate_timeout_ms = s.workers.generate_timeout_ms;
+      wcfg.memory_budget_mb = s.workers.memory_budget_mb;
+      wcfg.host = host_name();
+      if (opts.db_path.empty()) {
+        wcfg.claim_via = joined->queue;
+        wcfg.claim_path = "queue";
+      } else {
+        wcfg.store.path = opts.db_path;
+        wcfg.store.synchronous_full = s.storage.synchronous == "FULL";
+        wcfg.artifacts_dir
+            = (fs::path{opts.db_path}.parent_path() / "artifacts").string();
+        wcfg.claim_path = "direct";
+      }
+      auto queue = caf::actor_cast<queue_feedback_actor>(joined->queue);
+      auto worker = spawn_worker(sys, queue, joined->broker, wcfg);
+      self->monitor(joined->queue);
+      self->monitor(worker);
+      spdlog::info("worker {}: joined {} ({})", id, opts.join,
+                   opts.db_path.empty() ? "claims through the queue"
+                                        : "opens " + opts.db_path);
+      bool lost = false;
+      bool refused = false;
+      while (!lost) {
+        if (stop_requested(stop, 0ms)) {
+          spdlog::info("worker {}: stopping", id);
+          caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+          self->wait_for(worker);
+          return 0;
+        }
+        self->receive(
+            [&](caf::down_msg& dm) {
+              if (dm.source == worker.address()) {
+                if (code_of(dm.reason) == errc::conflict) {
+                  // Two nodes joined with this id at once; the queue kept the other.
+                  spdlog::error("worker {}: refused by the control node: {}", id,
+                                message_of(dm.reason));
+                  refused = true;
+                } else {
+                  spdlog::error("worker {}: the worker actor stopped: {}", id,
+                                sys.render(dm.reason));
+                }
+              } else {
+                spdlog::warn("worker {}: lost the control node at {}: {}; rejoining", id,
+                             opts.join, sys.render(dm.reason));
+              }
+              lost = true;
+            },
+            caf::after(std::chrono::milliseconds(100)) >> [] {});
+      }
+      // Its jobs go back when the queue sees it go, or when it registers
+      // again; a fresh worker actor joins again.
+      caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+      self->wait_for(worker);
+      if (refused)
         return 2;
       if (stop_requested(stop, backoff))
         return 0;
       backoff = std::min(backoff * 2, max_backoff);
-      continue;
     }
-    backoff = 250ms;
-    joined_before = true;
-    worker_config wcfg;
-    wcfg.id = id;
-    wcfg.models = entries;
-    wcfg.lease_ms = joined->lease_ms;
-    wcfg.intra_op_threads = s.workers.intra_op_threads;
-    wcfg.infer_timeout_ms = s.http.request_timeout_ms;
-    wcfg.generate_timeout_ms = s.workers.generate_timeout_ms;
-    wcfg.memory_budget_mb = s.workers.memory_budget_mb;
-    wcfg.host = host_name();
-    if (opts.db_path.empty()) {
-      wcfg.claim_via = joined->queue;
-      wcfg.claim_path = "queue";
-    } else {
-      wcfg.store.path = opts.db_path;
-      wcfg.store.synchronous_full = s.storage.synchronous == "FULL";
-      wcfg.artifacts_dir = (fs::path{opts.db_path}.parent_path() / "artifacts").string();
-      wcfg.claim_path = "direct";
-    }
-    auto queue = caf::actor_cast<queue_feedback_actor>(joined->queue);
-    auto worker = spawn_worker(sys, queue, joined->broker, wcfg);
-    self->monitor(joined->queue);
-    self->monitor(worker);
-    spdlog::info("worker {}: joined {} ({})", id, opts.join,
-                 opts.db_path.empty() ? "claims through the queue"
-                                      : "opens " + opts.db_path);
-    bool lost = false;
-    bool refused = false;
-    while (!lost) {
-      if (stop_requested(stop, 0ms)) {
-        spdlog::info("worker {}: stopping", id);
-        caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
-        self->wait_for(worker);
-        return 0;
-      }
-      self->receive(
-          [&](caf::down_msg& dm) {
-            if (dm.source == worker.address()) {
-              if (code_of(dm.reason) == errc::conflict) {
-                // Two nodes joined with this id at once; the queue kept the other.
-                spdlog::error("worker {}: refused by the control node: {}", id,
-                              message_of(dm.reason));
-                refused = true;
-              } else {
-                spdlog::error("worker {}: the worker actor stopped: {}", id,
-                              sys.render(dm.reason));
-              }
-            } else {
-              spdlog::warn("worker {}: lost the control node at {}: {}; rejoining", id,
-                           opts.join, sys.render(dm.reason));
-            }
-            lost = true;
-          },
-          caf::after(std::chrono::milliseconds(100)) >> [] {});
-    }
-    // Its jobs go back when the queue sees it go, or when it registers
-    // again; a fresh worker actor joins again.
-    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
-    self->wait_for(worker);
-    if (refused)
-      return 2;
-    if (stop_requested(stop, backoff))
-      return 0;
-    backoff = std::min(backoff * 2, max_backoff);
-  }
+  }();
+  arm_exit_deadline(std::chrono::seconds(2), code, "worker");
+  return code;
 }
 
 } // namespace infergrid
