@@ -365,7 +365,7 @@ int run_control_node(const settings& s, control_role role) {
   spdlog::info("serve: stopped");
   // The actor system's destructor awaits the actors stopped above; in-process
   // workers have detached executors (stop_signals.hpp).
-  arm_exit_deadline(std::chrono::seconds(2), 0, "serve");
+  arm_exit_deadline(std::chrono::seconds(2), 0, name);
   return 0;
 }
 
