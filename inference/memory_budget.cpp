@@ -29,7 +29,7 @@ std::vector<std::string> memory_budget::residents() const {
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     if (a.second->last_used_ms != b.second->last_used_ms)
       return a.second->last_used_ms < b.second->last_used_ms;
-    return a.second->load_seq < b.second->load_seq;
+    return a.second->use_seq < b.second->use_seq;
   });
   std::vector<std::string> out;
   out.reserve(rows.size());
@@ -43,7 +43,7 @@ void memory_budget::loaded(const std::string& model, int64_t mb, int64_t now_ms)
   entry e;
   e.mb = std::max<int64_t>(mb, 0);
   e.last_used_ms = now_ms;
-  e.load_seq = next_seq_++;
+  e.use_seq = next_seq_++;
   used_mb_ += e.mb;
   models_.emplace(model, e);
 }
@@ -58,8 +58,10 @@ void memory_budget::unloaded(const std::string& model) {
 
 void memory_budget::touch(const std::string& model, int64_t now_ms) {
   auto i = models_.find(model);
-  if (i != models_.end())
+  if (i != models_.end()) {
     i->second.last_used_ms = now_ms;
+    i->second.use_seq = next_seq_++;
+  }
 }
 
 int64_t memory_budget::last_used_ms(const std::string& model) const {

@@ -27,7 +27,9 @@ public:
 
   bool resident(const std::string& model) const;
 
-  /// Residents, least recently used first (ties: loaded earlier first).
+  /// Residents, least recently used first. Within one millisecond the order of
+  /// the calls decides: the model loaded or touched last is the most recent
+  /// (a use in the same millisecond as another model's load counts as later).
   std::vector<std::string> residents() const;
 
   /// Records that `model` now takes `mb` (negative counts as 0) and was used at
@@ -56,8 +58,8 @@ private:
   struct entry {
     int64_t mb = 0;
     int64_t last_used_ms = 0;
-    /// Order of loading, for ties in last use.
-    uint64_t load_seq = 0;
+    /// Order of loads and touches, for ties in last_used_ms.
+    uint64_t use_seq = 0;
   };
 
   int64_t budget_mb_;
