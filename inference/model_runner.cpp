@@ -360,7 +360,7 @@ namespace {
 /// the same large tensors on every call, so by default each call page-faulted
 /// its buffers in again: speech on the executor ran at a real-time factor of
 /// 0.0007-0.0036 against 0.0002-0.0005 with the thresholds raised, and the
-/// profile of the slow case was a third page faults (docs/inference.md).
+/// profile of the slow case was over a fifth page faults (docs/inference.md).
 /// Values are the largest mmap threshold glibc accepts (32 MiB) and a trim
 /// threshold that keeps up to 512 MiB of freed memory per arena. A
 /// GLIBC_TUNABLES that sets malloc options wins.

@@ -43,7 +43,9 @@ struct fixture {
 
 CAF_TEST_FIXTURE_SCOPE(config_tests, fixture)
 
+// clang-format off
 CAF_TEST(the shipped file holds exactly the built-in defaults) {
+  // clang-format on
   settings from_file;
   std::ifstream in{std::string{INFERGRID_SOURCE_DIR} + "/configs/infergrid.yaml"};
   CAF_REQUIRE(in.good());
@@ -68,7 +70,8 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
   CAF_CHECK_EQUAL(from_file.storage.synchronous, defaults.storage.synchronous);
   CAF_CHECK_EQUAL(from_file.log.level, defaults.log.level);
   CAF_CHECK_EQUAL(from_file.log.format, defaults.log.format);
-  CAF_CHECK_EQUAL(from_file.shutdown.drain_timeout_ms, defaults.shutdown.drain_timeout_ms);
+  CAF_CHECK_EQUAL(from_file.shutdown.drain_timeout_ms,
+                  defaults.shutdown.drain_timeout_ms);
   CAF_CHECK_EQUAL(from_file.cluster.heartbeat_ms, defaults.cluster.heartbeat_ms);
   CAF_CHECK_EQUAL(from_file.cluster.peer_timeout_ms, defaults.cluster.peer_timeout_ms);
   // Every key of the table appears in the file.
@@ -81,7 +84,8 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
 
 CAF_TEST(layers apply in order file then environment then flags) {
   auto src = sources();
-  src.yaml_path = write("http:\n  port: 9000\nqueue:\n  max_queued: 5\n  lease_ms: 2000\n");
+  src.yaml_path
+      = write("http:\n  port: 9000\nqueue:\n  max_queued: 5\n  lease_ms: 2000\n");
   src.env["INFERGRID_QUEUE__MAX_QUEUED"] = "7";
   src.env["PORT"] = "9100";
   src.env["LOG_LEVEL"] = "debug";
@@ -104,9 +108,10 @@ CAF_TEST(bad values name the key the source and the range) {
   CAF_CHECK_EQUAL(error_of(src), "http.port (from PORT): 70000 is out of range 1..65535");
   src = sources();
   src.env["INFERGRID_QUEUE__MAX_QUEUED"] = "0";
-  CAF_CHECK_EQUAL(error_of(src),
-                  "queue.max_queued (from INFERGRID_QUEUE__MAX_QUEUED): 0 is out of range "
-                  "1..9223372036854775807");
+  CAF_CHECK_EQUAL(
+      error_of(src),
+      "queue.max_queued (from INFERGRID_QUEUE__MAX_QUEUED): 0 is out of range "
+      "1..9223372036854775807");
   src = sources();
   src.env["INFERGRID_QUEUE__MAX_QEUED"] = "10";
   CAF_CHECK_EQUAL(error_of(src),
@@ -117,7 +122,8 @@ CAF_TEST(bad values name the key the source and the range) {
                   "http.max_body_bytes (from command line): 'lots' is not an integer");
   src = sources();
   src.flags["log.format"] = "xml";
-  CAF_CHECK_EQUAL(error_of(src), "log.format (from command line): 'xml' is not one of text|json");
+  CAF_CHECK_EQUAL(error_of(src),
+                  "log.format (from command line): 'xml' is not one of text|json");
   src = sources();
   src.env["INFERGRID_CLUSTER__HEARTBEAT_MS"] = "2000";
   src.env["INFERGRID_CLUSTER__PEER_TIMEOUT_MS"] = "3000";
