@@ -98,6 +98,12 @@ typename Inspector::result_type inspect(Inspector& f, infer_batch_result& x) {
   return f(caf::meta::type_name("infer_batch_result"), x.outputs);
 }
 
+/// Whatever runs a worker's tensor batches: its executor. The queue sends
+/// batches there directly, so a request does not pass through the worker
+/// actor's thread on its way in and again on its way out.
+using batch_runner_actor = caf::typed_actor<
+    caf::replies_to<infer_atom, infer_batch>::with<infer_batch_result>>;
+
 /// An interactive generation (OpenAI completions and chat routes).
 struct generate_request {
   std::string model;
@@ -194,17 +200,21 @@ struct worker_registration {
   std::string host;
   /// "in-process", "direct" (opens the SQLite file) or "queue".
   std::string claim_path = "in-process";
+  /// Runs the worker's tensor batches (its executor); null: the worker
+  /// actor itself takes them.
+  batch_runner_actor runner;
 };
 
 inline bool operator==(const worker_registration& x, const worker_registration& y) {
   return x.worker_id == y.worker_id && x.models == y.models && x.failed == y.failed
-         && x.device == y.device && x.host == y.host && x.claim_path == y.claim_path;
+         && x.device == y.device && x.host == y.host && x.claim_path == y.claim_path
+         && x.runner == y.runner;
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_registration& x) {
   return f(caf::meta::type_name("worker_registration"), x.worker_id, x.models, x.failed,
-           x.device, x.host, x.claim_path);
+           x.device, x.host, x.claim_path, x.runner);
 }
 
 /// A snapshot of the queue for /readyz, /metrics and the admin API.

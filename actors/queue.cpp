@@ -29,6 +29,8 @@ using tensor_list = std::vector<tensor_data>;
 struct worker_entry {
   std::string id;
   worker_actor handle;
+  /// Where its tensor batches go: its executor when it named one.
+  batch_runner_actor runner;
   std::set<std::string> models;
   bool busy = false;
   /// The state last written to the workers table, and when.
@@ -291,7 +293,7 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
   });
   // No CAF timeout: each would wake CAF's clock thread per request. The
   // deadline is kept with the inflight entry and checked by the tick.
-  self->request(w.handle, caf::infinite, infer_atom::value, std::move(batch))
+  self->request(w.runner, caf::infinite, infer_atom::value, std::move(batch))
       .then(
           [self, wid = w.id, rps, probe, mine](infer_batch_result& out) mutable {
             if (mine()) {
@@ -697,6 +699,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         worker_entry w;
         w.id = reg.worker_id;
         w.handle = handle;
+        w.runner = reg.runner ? reg.runner : batch_runner_actor{handle};
         w.host = reg.host;
         w.claim_path = reg.claim_path;
         w.order = ++st.registrations;

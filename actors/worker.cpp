@@ -541,6 +541,7 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
             st.device = reg.device;
             reg.host = st.cfg.host;
             reg.claim_path = st.cfg.claim_path;
+            reg.runner = st.exec;
             if (st.phase != worker_phase::error)
               transition(self, worker_phase::idle);
             spdlog::info("worker {}: {} on {} with {} model(s) ready", st.cfg.id,

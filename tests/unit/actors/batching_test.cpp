@@ -55,8 +55,8 @@ struct fixture : test_coordinator_fixture<> {
     auto w = sys.spawn(fake_worker);
     // Busy while a batch runs: its answer comes when the test says so.
     deref<worker_actor::stateful_base<fake_worker_state>>(w).state.hold = true;
-    worker_registration reg{id,          {"classifier", "tinylm"}, {}, "cpu", "localhost",
-                            "in-process"};
+    worker_registration reg{
+        id, {"classifier", "tinylm"}, {}, "cpu", "localhost", "in-process", {}};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     expect((work_atom), from(queue).to(w));
@@ -130,6 +130,30 @@ CAF_TEST(a full batch leaves at once) {
   CAF_CHECK_EQUAL(batches(w), std::vector<std::size_t>{4});
   finish(w);
   CAF_CHECK_EQUAL(answers(), std::vector<float>(4, 4.f));
+}
+
+CAF_TEST(batches go to the runner a worker names and skip the worker actor) {
+  // A real worker names its executor, so a batch does not pass through the
+  // worker actor's thread on its way in and out.
+  auto w = sys.spawn(fake_worker);
+  auto runner = sys.spawn(fake_worker);
+  worker_registration reg{"w1",        {"classifier"}, {},    "cpu",
+                          "localhost", "in-process",   runner};
+  inject((register_atom, worker_actor, worker_registration),
+         from(self).to(queue).with(register_atom::value, w, reg));
+  expect((work_atom), from(queue).to(w));
+  inject((idle_atom, std::string, bool),
+         from(w).to(queue).with(idle_atom::value, "w1", false));
+  infer(4);
+  CAF_CHECK_EQUAL(batches(runner), std::vector<std::size_t>{4});
+  CAF_CHECK(batches(w).empty());
+  CAF_CHECK_EQUAL(answers(), std::vector<float>(4, 4.f));
+  // The worker is free again: the next full batch leaves at once.
+  infer(4);
+  CAF_CHECK_EQUAL(batches(runner), (std::vector<std::size_t>{4, 4}));
+  anon_send_exit(runner, caf::exit_reason::user_shutdown);
+  anon_send_exit(w, caf::exit_reason::user_shutdown);
+  sched.run();
 }
 
 CAF_TEST(requests gather while the worker is busy and leave in batches) {
@@ -213,7 +237,7 @@ CAF_TEST(a worker that never answers fails its requests at their deadline) {
   // The queue sets no CAF timeout per request (each would wake the clock
   // thread); its tick fails what is overdue.
   auto w = sys.spawn(silent_worker);
-  worker_registration reg{"w1", {"classifier"}, {}, "cpu", "localhost", "in-process"};
+  worker_registration reg{"w1", {"classifier"}, {}, "cpu", "localhost", "in-process", {}};
   inject((register_atom, worker_actor, worker_registration),
          from(self).to(queue).with(register_atom::value, w, reg));
   sched.run();
