@@ -5,7 +5,8 @@
 // event to the connection's strand (§6.2); streamed completions and speech
 // get a chunk sink actor that does the same with each piece of the result.
 // Non-streamed completions and speech get a sink too, only so that the
-// worker notices when the client goes away (a watch read on the socket).
+// worker notices when the client goes away; for both kinds a watch read on
+// the socket tells (and keeps pipelined requests).
 #include "http/server.hpp"
 
 #include <algorithm>
@@ -606,8 +607,9 @@ private:
 
   /// One streamed answer. Until its header goes out, the request is answered
   /// the ordinary way (an error before the first piece is a JSON error); from
-  /// then on the body is written as pieces come, and the connection closes
-  /// after it. It counts as in flight until it ends.
+  /// then on the body is written as pieces come, in chunks, and the next
+  /// request on the connection is read after its last chunk (HTTP/1.0: the
+  /// connection closes after it). It counts as in flight until it ends.
   struct result_stream {
     /// Tells this stream's posts from those of an earlier one.
     uint64_t id = 0;
@@ -621,7 +623,9 @@ private:
     std::optional<speech_stream> audio;
     /// Speech: "audio/wav" or "audio/pcm".
     std::string content_type;
-    /// The body uses HTTP/1.1 chunked transfer (speech, HTTP/1.1 clients).
+    /// The body uses HTTP/1.1 chunked transfer (every HTTP/1.1 client): it
+    /// ends with its last chunk and the connection stays open for the next
+    /// request. HTTP/1.0: the body ends with the connection.
     bool chunked = false;
     /// The header is being written or was written.
     bool streaming = false;
@@ -634,7 +638,6 @@ private:
     /// The bytes of the write that is out.
     std::string out;
     uint64_t keepalive_gen = 0;
-    std::array<char, 1024> discard{};
     bhttp::response<bhttp::empty_body> head;
     std::optional<bhttp::response_serializer<bhttp::empty_body>> serializer;
     /// Chunked speech: X-Worker and X-Real-Time-Factor, known at the end.
@@ -654,7 +657,7 @@ private:
   void open_speech(speech_http_request req);
   void start_speech(speech_http_request req, int64_t rate);
   /// Makes the result stream and its sink, and watches for the client
-  /// going away.
+  /// going away (client_watch: bytes it sends are the next request).
   chunk_sink_actor open_result(const char* what);
   void on_generate_done(generate_reply& r);
   void on_speech_done(speech_reply& r);
@@ -666,18 +669,19 @@ private:
   void on_result_write(beast::error_code ec, std::size_t);
   void pump_result();
   void write_result();
-  void watch_result_disconnect();
   void arm_result_keepalive();
   void release_sink();
   void end_result(const char* why);
+  /// The body is complete: the next request, or the end of the connection.
+  void complete_result();
   void result_cleanup();
 
-  // -- non-streamed completions and speech: is the client still there? ------
+  // -- completions and speech: is the client still there? -------------------
 
-  /// While a non-streamed generation or synthesis runs, a read on the socket
-  /// watches for the client going away: EOF or an error ends the request
-  /// and its sink, and the worker (which monitors the sink) stops within a
-  /// step. Bytes that arrive are the next request (pipelining): they go to
+  /// While a generation or synthesis runs (streamed or not), a read on the
+  /// socket watches for the client going away: EOF or an error ends the
+  /// request and its sink, and the worker (which monitors the sink) stops
+  /// within a step. Bytes that arrive are the next request (pipelining): they go to
   /// buffer_ for the next read and are no disconnect. An EOF after such
   /// bytes is taken as a half-close: the client still waits for answers.
   struct client_watch {
@@ -697,6 +701,8 @@ private:
 
   /// Spawns the sink of a non-streamed request and starts the watch.
   chunk_sink_actor open_watch(const char* what);
+  /// Starts the watch alone (a result stream has its own sink).
+  void start_watch(const char* what);
   void arm_watch();
   void on_watch_read(uint64_t wid, beast::error_code ec, std::size_t n);
   /// The answer is ready: releases the sink and cancels the read. Called
@@ -1181,7 +1187,6 @@ void session::start_speech(speech_http_request req, int64_t rate) {
   bool wav = req.response_format != "pcm";
   result_->audio.emplace(wav, rate, speech_max_pending);
   result_->content_type = wav ? "audio/wav" : "audio/pcm";
-  result_->chunked = version_ == 11;
   ask_result<speech_reply>([](session& s, speech_reply& r) { s.on_speech_done(r); },
                            [](session& s, caf::error& err) { s.on_result_error(err); },
                            speech_atom::value, std::move(sreq));
@@ -1189,16 +1194,16 @@ void session::start_speech(speech_http_request req, int64_t rate) {
 
 chunk_sink_actor session::open_result(const char* what) {
   result_cleanup(); // an earlier stream of this connection
-  // The body ends with the connection, and the disconnect watch may read
-  // what the client sends next.
-  keep_alive_ = false;
   auto st = std::make_unique<result_stream>();
   st->id = ++next_stream_id_;
   st->what = what;
+  st->chunked = version_ == 11;
+  if (!st->chunked)
+    keep_alive_ = false; // the body ends with the connection
   st->sink = spawn_chunk_sink(state_->sys, state_->gate_ptr, weak_from_this(), st->id);
   auto sink = st->sink;
   result_ = std::move(st);
-  watch_result_disconnect();
+  start_watch(what);
   return sink;
 }
 
@@ -1293,13 +1298,13 @@ void session::start_result() {
     h.set(bhttp::field::content_type, st.content_type);
     if (st.audio->sample_rate() > 0)
       h.set("X-Sample-Rate", std::to_string(st.audio->sample_rate()));
-    if (st.chunked) {
-      h.chunked(true);
+    if (st.chunked)
       h.set(bhttp::field::trailer, "X-Worker, X-Real-Time-Factor");
-    }
   }
+  if (st.chunked)
+    h.chunked(true);
   // Without chunks the body ends when the connection does.
-  h.keep_alive(false);
+  h.keep_alive(st.chunked && keep_alive_ && state_->accepting.load());
   note_answer(200, {}, {});
   stream_.expires_after(io_deadline);
   st.serializer.emplace(h);
@@ -1353,7 +1358,7 @@ void session::pump_result() {
         beast::bind_front_handler(&session::on_result_write, shared_from_this()));
     return;
   }
-  end_result("done");
+  complete_result();
 }
 
 void session::write_result() {
@@ -1365,21 +1370,6 @@ void session::write_result() {
     asio::async_write(stream_, bhttp::make_chunk(asio::buffer(st.out)), std::move(done));
   else
     asio::async_write(stream_, asio::buffer(st.out), std::move(done));
-}
-
-void session::watch_result_disconnect() {
-  // The client sends nothing more; a read that completes means it closed (or
-  // sent bytes we drop). Raw socket: no tcp_stream timeout.
-  auto sid = result_->id;
-  stream_.socket().async_read_some(
-      asio::buffer(result_->discard),
-      [self = shared_from_this(), sid](beast::error_code ec, std::size_t) {
-        if (!self->result_current(sid))
-          return;
-        if (ec)
-          return self->end_result("client closed");
-        self->watch_result_disconnect();
-      });
 }
 
 void session::arm_result_keepalive() {
@@ -1435,6 +1425,19 @@ void session::end_result(const char* why) {
   finish();
 }
 
+void session::complete_result() {
+  auto& st = *result_;
+  auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
+  spdlog::info("{} {} stream ended after {:.2f}ms: done ({} bytes)", request_id_, st.what,
+               seconds * 1000.0, st.text ? st.text->text_bytes() : st.audio->pcm_bytes());
+  bool keep = st.chunked && keep_alive_ && state_->accepting.load();
+  result_cleanup();
+  // Cancels the watch's read; what it read stays in buffer_ for the next
+  // request, and on_write waits for the read to come back.
+  stop_watch();
+  on_write(keep, {}, 0);
+}
+
 void session::result_cleanup() {
   if (!result_ || result_->ended)
     return;
@@ -1456,15 +1459,18 @@ chunk_sink_actor::behavior_type liveness_sink(chunk_sink_actor::pointer, std::st
 }
 
 chunk_sink_actor session::open_watch(const char* what) {
+  start_watch(what);
+  // The argument only avoids a spawn without arguments (see ask_raw).
+  watch_->sink = state_->sys.spawn(liveness_sink, request_id_);
+  return watch_->sink;
+}
+
+void session::start_watch(const char* what) {
   watch_cleanup();
   watch_.emplace();
   watch_->id = ++next_stream_id_;
   watch_->what = what;
-  // The argument only avoids a spawn without arguments (see ask_raw).
-  watch_->sink = state_->sys.spawn(liveness_sink, request_id_);
-  auto sink = watch_->sink;
   arm_watch();
-  return sink;
 }
 
 void session::arm_watch() {
@@ -1498,6 +1504,11 @@ void session::on_watch_read(uint64_t wid, beast::error_code ec, std::size_t n) {
       return arm_watch(); // pipelined bytes: kept for the next request
     if (ec == asio::error::eof && buffer_.size() > 0)
       return; // half-closed after sending more requests: it still reads answers
+    if (result_ && !result_->ended) {
+      // A result stream: releasing its sink stops the worker.
+      watch_cleanup();
+      return end_result("client closed");
+    }
     auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
     spdlog::info("{} {} {} -> no answer after {:.2f}ms: client closed ({}); {} stopped",
                  request_id_, method_, clip(target_), seconds * 1000.0, ec.message(),

@@ -385,7 +385,12 @@ def test_nonstream_disconnect_frees_worker(s):
 def read_responses(sock, count, deadline_s=60):
     """Reads `count` HTTP/1.1 responses with Content-Length from `sock`, in order;
     returns [(status, headers, body)] and the bytes after them."""
-    data, out = b"", []
+    return read_responses_after(sock, b"", count, deadline_s)
+
+
+def read_responses_after(sock, data, count, deadline_s=60):
+    """read_responses when `data` was already read from `sock`."""
+    out = []
     end = time.monotonic() + deadline_s
     while len(out) < count:
         while b"\r\n\r\n" not in data:
@@ -409,6 +414,104 @@ def read_responses(sock, count, deadline_s=60):
                     data[header_end + 4:header_end + 4 + length]))
         data = data[header_end + 4 + length:]
     return out, data
+
+
+def read_chunked_response(sock, data=b"", deadline_s=60):
+    """Reads one chunked HTTP/1.1 response from `sock` (`data`: bytes already
+    read). Returns (status, headers, decoded body, chunk count, bytes after)."""
+    end = time.monotonic() + deadline_s
+
+    def more(data):
+        _assert(time.monotonic() < end, f"response did not end in time: {data[-200:]!r}")
+        piece = sock.recv(65536)
+        _assert(piece, f"closed inside a response: {data[-200:]!r}")
+        return data + piece
+
+    while b"\r\n\r\n" not in data:
+        data = more(data)
+    header_end = data.index(b"\r\n\r\n")
+    lines = data[:header_end].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    _assert(headers.get("transfer-encoding") == "chunked", headers)
+    pos, body, count = header_end + 4, b"", 0
+    while True:
+        while b"\r\n" not in data[pos:]:
+            data = more(data)
+        eol = data.index(b"\r\n", pos)
+        size = int(data[pos:eol].split(b";")[0], 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        while len(data) < pos + size + 2:
+            data = more(data)
+        body += data[pos:pos + size]
+        _assert(data[pos + size:pos + size + 2] == b"\r\n", "chunk not followed by CRLF")
+        pos += size + 2
+        count += 1
+    while True:  # the trailer ends with an empty line
+        while b"\r\n" not in data[pos:]:
+            data = more(data)
+        eol = data.index(b"\r\n", pos)
+        line, pos = data[pos:eol], eol + 2
+        if not line:
+            break
+    return int(lines[0].split()[1]), headers, body, count, data[pos:]
+
+
+def sse_payloads(body):
+    return [line[len(b"data: "):].decode() for line in body.split(b"\n")
+            if line.startswith(b"data: ")]
+
+
+def test_stream_keeps_the_connection(s):
+    """A streamed completion is a chunked body on HTTP/1.1: the connection
+    stays open, a request pipelined while it streams is answered after it,
+    and the next stream on the same connection gives the same text. An
+    HTTP/1.0 client gets a body that ends with the connection."""
+    payload = json.dumps(dict(GEN, stream=True, temperature=0, max_tokens=64)).encode()
+    stream = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+              ).encode() + payload
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: after-stream\r\n\r\n"
+    texts = []
+    with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
+        sock.sendall(stream + health)  # pipelined behind the stream
+        status, headers, body, count, rest = read_chunked_response(sock)
+        _assert(status == 200, body[:300])
+        _assert(headers["content-type"].startswith("text/event-stream"), headers)
+        _assert(headers.get("connection", "").lower() != "close", headers)
+        _assert(count >= 1, "no chunks")
+        data = sse_payloads(body)
+        texts.append("".join(c["choices"][0]["text"] for c in chunks_of(data)
+                             if c["choices"]))
+        [(st2, h2, b2)], rest = read_responses_after(sock, rest, 1)
+        _assert(st2 == 200 and h2["x-request-id"] == "after-stream", (st2, h2))
+        _assert(json.loads(b2) == {"status": "ok"}, b2)
+        _assert(rest == b"", f"bytes after the answers: {rest[:100]!r}")
+        sock.sendall(stream)  # a second stream on the same connection
+        status, _, body, _, rest = read_chunked_response(sock)
+        _assert(status == 200 and rest == b"", (status, rest[:100]))
+        texts.append("".join(c["choices"][0]["text"]
+                             for c in chunks_of(sse_payloads(body)) if c["choices"]))
+    _assert(texts[0] and texts[0] == texts[1], texts)
+    # HTTP/1.0: no chunks, the body ends with the connection.
+    old = stream.replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
+        sock.sendall(old)
+        data, end = b"", time.monotonic() + 60
+        while True:
+            _assert(time.monotonic() < end, "HTTP/1.0 stream did not end")
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    _assert(b"transfer-encoding" not in head.lower(), head)
+    _assert("".join(c["choices"][0]["text"] for c in chunks_of(sse_payloads(body))
+                    if c["choices"]) == texts[0], body[-300:])
 
 
 def test_pipelined_after_completion(s):
@@ -767,6 +870,7 @@ def main():
                               test_nonstream_disconnect_frees_worker),
                              ("pipelined requests after a completion",
                               test_pipelined_after_completion),
+                             ("streams keep the connection", test_stream_keeps_the_connection),
                              ("speech", test_speech),
                              ("speech job and artifacts", test_speech_job_and_artifacts),
                              ("generate job data events", test_generate_job_events),
