@@ -35,12 +35,6 @@ using steady = std::chrono::steady_clock;
 /// How often generated text of a durable job becomes a data event.
 constexpr auto data_event_interval = std::chrono::milliseconds(50);
 
-/// How often text streamed to a client leaves as one message: the first
-/// token at once, later ones gathered for up to this long. A model slower
-/// than 1,000 tokens/s sends every token alone; a fast one would otherwise
-/// pay a message, a wake-up and a socket write per token (docs/benchmarks.md).
-constexpr auto stream_flush_interval = std::chrono::milliseconds(1);
-
 /// How long model states and metrics may lag behind before the worker hears.
 constexpr auto status_interval = std::chrono::milliseconds(200);
 
@@ -585,7 +579,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         }
         auto cancels = st.cfg.cancels;
         auto sink = req.stream ? req.sink : chunk_sink_actor{};
-        text_pieces pieces{stream_flush_interval, true};
+        text_pieces pieces{st.cfg.stream_interval, true};
         auto flush = [&] {
           if (auto piece = pieces.take(); !piece.empty())
             self->send(sink, chunk_atom::value, std::move(piece));

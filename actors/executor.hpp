@@ -3,6 +3,7 @@
 // so no event-based actor waits.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -75,6 +76,10 @@ struct executor_config {
   /// Memory budget of this worker's device in MB (each model's memory_mb
   /// counts against it); <= 0: unlimited.
   int64_t memory_budget_mb = 0;
+  /// Streamed text leaves at most this often (the first token at once); a
+  /// fast model would otherwise pay a message, wake-ups and a socket write
+  /// per token. 0: every token alone.
+  std::chrono::milliseconds stream_interval{5};
   /// Raised by the worker for a job or request to stop (cancel, timeout,
   /// client gone); generation checks it after every token.
   std::shared_ptr<cancel_flags> cancels;

@@ -526,6 +526,7 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
   ecfg.models = st.cfg.models;
   ecfg.intra_op_threads = st.cfg.intra_op_threads;
   ecfg.memory_budget_mb = st.cfg.memory_budget_mb;
+  ecfg.stream_interval = std::chrono::milliseconds{st.cfg.stream_interval_ms};
   ecfg.cancels = st.cancels;
   ecfg.worker = caf::actor_cast<worker_actor>(self);
   st.exec = spawn_executor(self->system(), std::move(ecfg));

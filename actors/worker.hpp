@@ -41,6 +41,8 @@ struct worker_config {
   int64_t infer_timeout_ms = 30000;
   /// Deadline of one interactive generation or synthesis on the executor.
   int64_t generate_timeout_ms = 600000;
+  /// workers.stream_interval_ms: how often streamed text leaves the executor.
+  int32_t stream_interval_ms = 5;
   /// Memory budget of the device in MB; <= 0: unlimited.
   int64_t memory_budget_mb = 0;
   /// data_dir/artifacts: where durable jobs' files go (with a store of its

@@ -45,6 +45,10 @@ struct workers_settings {
   int64_t memory_budget_mb = 0;
   /// Longest an interactive generation or synthesis may run.
   int64_t generate_timeout_ms = 600000;
+  /// Streamed text leaves the executor at most this often: the first token
+  /// at once, later ones gathered while they come faster; 0: every token
+  /// alone.
+  int32_t stream_interval_ms = 5;
   /// `serve` runs workers as actors inside its own process (development,
   /// tests) instead of supervised worker processes.
   bool in_process = false;

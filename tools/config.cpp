@@ -138,6 +138,11 @@ const std::vector<key_def>& keys() {
       {"workers.generate_timeout_ms",
        int_setter(1000, 24LL * 3600 * 1000,
                   [](settings& s, int64_t v) { s.workers.generate_timeout_ms = v; })},
+      {"workers.stream_interval_ms", int_setter(0, 1000,
+                                                [](settings& s, int64_t v) {
+                                                  s.workers.stream_interval_ms
+                                                      = static_cast<int32_t>(v);
+                                                })},
       {"workers.in_process", choice_setter({"true", "false"}, false,
                                            [](settings& s, std::string v) {
                                              s.workers.in_process = v == "true";

@@ -270,6 +270,7 @@ int run_control_node(const settings& s, control_role role) {
     wcfg.intra_op_threads = s.workers.intra_op_threads;
     wcfg.infer_timeout_ms = s.http.request_timeout_ms;
     wcfg.generate_timeout_ms = s.workers.generate_timeout_ms;
+    wcfg.stream_interval_ms = s.workers.stream_interval_ms;
     wcfg.memory_budget_mb = s.workers.memory_budget_mb;
     wcfg.artifacts_dir = artifacts_dir;
     workers.push_back(spawn_worker(sys, queue, broker, std::move(wcfg)));

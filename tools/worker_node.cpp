@@ -151,6 +151,7 @@ int run_worker(const settings& s, const worker_options& opts) {
       wcfg.intra_op_threads = s.workers.intra_op_threads;
       wcfg.infer_timeout_ms = s.http.request_timeout_ms;
       wcfg.generate_timeout_ms = s.workers.generate_timeout_ms;
+      wcfg.stream_interval_ms = s.workers.stream_interval_ms;
       wcfg.memory_budget_mb = s.workers.memory_budget_mb;
       wcfg.host = host_name();
       if (opts.db_path.empty()) {

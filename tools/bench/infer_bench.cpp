@@ -581,6 +581,10 @@ struct completion_stream_reader {
   clock_type::time_point sent;
   /// Seconds from the send to the first non-empty choices[0].text; -1 if none.
   double first_text_s = -1;
+  /// Seconds from the send to the last non-empty text, and the first text's
+  /// bytes: the rate after the first token leaves the stream's fixed costs out.
+  double last_text_s = -1;
+  std::size_t first_text_bytes = 0;
   std::string text;
   /// usage.completion_tokens of the usage chunk; -1 without one.
   int64_t usage_tokens = -1;
@@ -641,8 +645,13 @@ struct completion_stream_reader {
       auto t = c0.find("text");
       if (t != c0.end() && t->is_string()) {
         auto delta = t->get<std::string>();
-        if (!delta.empty() && first_text_s < 0)
-          first_text_s = seconds_since(sent);
+        if (!delta.empty()) {
+          last_text_s = seconds_since(sent);
+          if (first_text_s < 0) {
+            first_text_s = last_text_s;
+            first_text_bytes = delta.size();
+          }
+        }
         text += delta;
       }
       auto f = c0.find("finish_reason");
@@ -666,6 +675,12 @@ struct generation_section {
   double server_cpu_s = -1;
   double http_seconds = 0;
   latency_summary http_first_ms;
+  /// After the first token: text bytes (= tokens of a byte-level model)
+  /// from the second on, and the seconds from the first text to the last.
+  int64_t http_decode_tokens = 0;
+  double http_decode_seconds = 0;
+  int64_t direct_decode_tokens = 0;
+  double direct_decode_seconds = 0;
   bool usage_seen = true;
   std::string http_text;
   std::string finish_reason;
@@ -713,6 +728,9 @@ bool one_stream(http_connection& conn, const std::string& request, bool counted,
     out.usage_seen = false;
   out.http_tokens += tokens;
   out.http_seconds += s;
+  out.http_decode_tokens
+      += static_cast<int64_t>(reader.text.size() - reader.first_text_bytes);
+  out.http_decode_seconds += reader.last_text_s - reader.first_text_s;
   first_ms.push_back(reader.first_text_s * 1e3);
   out.http_text = reader.text;
   out.finish_reason = reader.finish_reason;
@@ -725,9 +743,16 @@ bool one_generate(model_runner& lm, const inference::generate_params& params,
   auto cpu0 = thread_cpu_s();
   auto t = clock_type::now();
   double first = -1;
+  double last = -1;
+  std::size_t first_bytes = 0;
   auto r = lm.generate(params, [&](const std::string& delta) {
-    if (first < 0 && !delta.empty())
-      first = seconds_since(t);
+    if (!delta.empty()) {
+      last = seconds_since(t);
+      if (first < 0) {
+        first = last;
+        first_bytes = delta.size();
+      }
+    }
     return true;
   });
   double s = seconds_since(t);
@@ -740,6 +765,8 @@ bool one_generate(model_runner& lm, const inference::generate_params& params,
     return true;
   out.direct_tokens += r->tokens;
   out.direct_seconds += s;
+  out.direct_decode_tokens += static_cast<int64_t>(r->text.size() - first_bytes);
+  out.direct_decode_seconds += last - first;
   out.direct_cpu_s += cpu;
   first_ms.push_back(first * 1e3);
   out.direct_text = r->text;
@@ -1334,6 +1361,19 @@ int run_bench_infer(const infer_bench_options& opts) {
                 fixed(gen_ratio, 2).c_str(),
                 gen.finish_reason.empty() ? "(none)" : gen.finish_reason.c_str(),
                 same_text ? "yes" : "NO");
+  double http_decode_tps = gen.http_decode_seconds > 0
+                               ? gen.http_decode_tokens / gen.http_decode_seconds
+                               : 0;
+  double direct_decode_tps = gen.direct_decode_seconds > 0
+                                 ? gen.direct_decode_tokens / gen.direct_decode_seconds
+                                 : 0;
+  double decode_ratio = direct_decode_tps > 0 ? http_decode_tps / direct_decode_tps : 0;
+  if (gen_ok && http_decode_tps > 0 && direct_decode_tps > 0)
+    std::printf(
+        "after the first token (first text to last, the stream's fixed costs left "
+        "out): HTTP %s, direct %s tokens/s: %s\n",
+        thousands(http_decode_tps).c_str(), thousands(direct_decode_tps).c_str(),
+        fixed(decode_ratio, 2).c_str());
   if (print_failures({&gen.http_problem, &gen.direct_problem}))
     failed.emplace_back("generation");
 
@@ -1492,6 +1532,7 @@ int run_bench_infer(const infer_bench_options& opts) {
   json["gen_http_tokens_s"] = figure(http_tps > 0, http_tps, 1);
   json["gen_direct_tokens_s"] = figure(direct_tps > 0, direct_tps, 1);
   json["gen_ratio"] = figure(gen_ok, gen_ratio, 3);
+  json["gen_decode_ratio"] = figure(gen_ok && decode_ratio > 0, decode_ratio, 3);
   json["gen_ttft_p50_ms"] = figure(http_tps > 0, gen.http_first_ms.p50, 2);
   json["gen_direct_first_token_p50_ms"]
       = figure(direct_tps > 0, gen.direct_first_ms.p50, 2);

@@ -45,19 +45,19 @@ struct heard {
 queue_feedback_actor::behavior_type fake_queue(queue_feedback_actor::pointer,
                                                std::shared_ptr<heard> h) {
   return {
-    [h](register_atom, const worker_actor&, const worker_registration& reg) {
-      std::lock_guard<std::mutex> guard{h->mtx};
-      h->registered = true;
-      h->reg = reg;
-    },
-    [h](idle_atom, const std::string&, bool) {
-      std::lock_guard<std::mutex> guard{h->mtx};
-      ++h->idles;
-    },
-    [h](status_atom, const worker_status& ws) {
-      std::lock_guard<std::mutex> guard{h->mtx};
-      h->status = ws;
-    },
+      [h](register_atom, const worker_actor&, const worker_registration& reg) {
+        std::lock_guard<std::mutex> guard{h->mtx};
+        h->registered = true;
+        h->reg = reg;
+      },
+      [h](idle_atom, const std::string&, bool) {
+        std::lock_guard<std::mutex> guard{h->mtx};
+        ++h->idles;
+      },
+      [h](status_atom, const worker_status& ws) {
+        std::lock_guard<std::mutex> guard{h->mtx};
+        h->status = ws;
+      },
   };
 }
 
@@ -73,14 +73,15 @@ chunk_sink_actor::behavior_type sink(chunk_sink_actor::stateful_pointer<sink_sta
   self->state.got = got;
   self->state.chunks = chunks;
   return {
-    [self](chunk_atom, const std::string& piece) {
-      *self->state.got += piece;
-      ++*self->state.chunks;
-    },
+      [self](chunk_atom, const std::string& piece) {
+        *self->state.got += piece;
+        ++*self->state.chunks;
+      },
   };
 }
 
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = 20s) {
+bool eventually(const std::function<bool()>& pred,
+                std::chrono::milliseconds limit = 20s) {
   auto end = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < end) {
     if (pred())
@@ -119,13 +120,14 @@ struct fixture {
   }
 
   // Starts the worker and waits until it registered.
-  void start(int64_t budget_mb = 0) {
+  void start(int64_t budget_mb = 0, int32_t stream_interval_ms = 5) {
     worker_config wcfg;
     wcfg.id = "w1";
     wcfg.models = entries;
     wcfg.store.path = dir.str("infergrid.db");
     wcfg.lease_ms = 30000;
     wcfg.memory_budget_mb = budget_mb;
+    wcfg.stream_interval_ms = stream_interval_ms;
     wcfg.artifacts_dir = dir.str("artifacts");
     worker = spawn_worker(sys, queue, broker_actor{}, wcfg);
     CAF_REQUIRE(eventually([&] {
@@ -171,8 +173,8 @@ struct fixture {
     caf::scoped_actor self{sys};
     infer_batch_result out;
     self->request(worker, 20s, infer_atom::value, batch)
-      .receive([&](infer_batch_result& r) { out = std::move(r); },
-               [&](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
+        .receive([&](infer_batch_result& r) { out = std::move(r); },
+                 [&](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
     return out;
   }
 };
@@ -224,7 +226,8 @@ CAF_TEST(durable jobs of a batching model are claimed and completed together) {
   // One bad input among them fails alone.
   new_job bad;
   bad.model = "classifier";
-  bad.input_json = R"({"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]})";
+  bad.input_json
+      = R"({"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]})";
   auto bad_rec = store->enqueue(bad, 1000, now_ms());
   CAF_REQUIRE(bad_rec);
   caf::anon_send(worker, work_atom::value);
@@ -265,8 +268,9 @@ CAF_TEST(a generation streams its text to the sink) {
   caf::scoped_actor self{sys};
   generate_reply reply;
   self->request(worker, 20s, generate_atom::value, req)
-    .receive([&](generate_reply& r) { reply = std::move(r); },
-             [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
+      .receive(
+          [&](generate_reply& r) { reply = std::move(r); },
+          [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
   CAF_CHECK_EQUAL(reply.tokens, 64);
   CAF_CHECK_EQUAL(reply.finish_reason, "length");
   CAF_CHECK_EQUAL(reply.worker, "w1");
@@ -274,6 +278,42 @@ CAF_TEST(a generation streams its text to the sink) {
   CAF_CHECK(eventually([&] { return *got == reply.text; }, 5s));
   CAF_CHECK_GREATER(chunks->load(), 1);
   caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+}
+
+CAF_TEST(the stream interval decides how many pieces a generation sends) {
+  // 64 tokens take milliseconds: with 0 each token leaves alone (bytes of an
+  // unfinished UTF-8 character wait for the rest), with 1 s only the first
+  // token leaves at once and the rest at the end.
+  for (int32_t interval_ms : {0, 1000}) {
+    start(0, interval_ms);
+    auto got = std::make_shared<std::string>();
+    auto chunks = std::make_shared<std::atomic<int>>(0);
+    auto s = sys.spawn(sink, got, chunks);
+    generate_request req;
+    req.model = "tinylm";
+    req.params.prompt = "hello";
+    req.params.max_tokens = 64;
+    req.params.has_seed = true;
+    req.params.seed = 7;
+    req.sink = s;
+    caf::scoped_actor self{sys};
+    generate_reply reply;
+    self->request(worker, 20s, generate_atom::value, req)
+        .receive(
+            [&](generate_reply& r) { reply = std::move(r); },
+            [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
+    CAF_REQUIRE(eventually([&] { return *got == reply.text; }, 5s));
+    CAF_MESSAGE("interval " << interval_ms << " ms: " << chunks->load() << " pieces");
+    if (interval_ms == 0)
+      CAF_CHECK_GREATER_OR_EQUAL(chunks->load(), 32);
+    else
+      CAF_CHECK_LESS_OR_EQUAL(chunks->load(), 2);
+    caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+    // The next worker registers anew under the same id.
+    std::lock_guard<std::mutex> guard{h->mtx};
+    h->registered = false;
+  }
 }
 
 CAF_TEST(a sink that goes away stops its generation within a step) {
@@ -293,8 +333,9 @@ CAF_TEST(a sink that goes away stops its generation within a step) {
   caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
   auto t0 = std::chrono::steady_clock::now();
   generate_reply reply;
-  pending.receive([&](generate_reply& r) { reply = std::move(r); },
-                  [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
+  pending.receive(
+      [&](generate_reply& r) { reply = std::move(r); },
+      [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
   CAF_CHECK_EQUAL(reply.finish_reason, "cancelled");
   CAF_CHECK_LESS(reply.tokens, max_generate_tokens);
   CAF_CHECK_LESS(std::chrono::steady_clock::now() - t0, 10s);
@@ -322,8 +363,8 @@ CAF_TEST(the memory budget loads on demand and evicts the least recently used) {
   sreq.text = "Hello there. How are you?";
   speech_reply sp;
   self->request(worker, 30s, speech_atom::value, sreq)
-    .receive([&](speech_reply& r) { sp = std::move(r); },
-             [&](caf::error& err) { CAF_FAIL("speech failed: " << message_of(err)); });
+      .receive([&](speech_reply& r) { sp = std::move(r); },
+               [&](caf::error& err) { CAF_FAIL("speech failed: " << message_of(err)); });
   CAF_CHECK_GREATER(sp.pcm16.size(), 0u);
   CAF_CHECK_EQUAL(sp.sample_rate, 24000);
   CAF_CHECK_EQUAL(sp.phrases, 2);
@@ -333,8 +374,8 @@ CAF_TEST(the memory budget loads on demand and evicts the least recently used) {
   // An operator unloads and loads by hand.
   worker_status after;
   self->request(worker, 30s, unload_atom::value, std::string{"classifier"})
-    .receive([&](worker_status& ws) { after = std::move(ws); },
-             [&](caf::error& err) { CAF_FAIL("unload failed: " << message_of(err)); });
+      .receive([&](worker_status& ws) { after = std::move(ws); },
+               [&](caf::error& err) { CAF_FAIL("unload failed: " << message_of(err)); });
   auto state_in = [](const worker_status& ws, const std::string& name) {
     for (auto& m : ws.models)
       if (m.name == name)
@@ -343,8 +384,8 @@ CAF_TEST(the memory budget loads on demand and evicts the least recently used) {
   };
   CAF_CHECK_EQUAL(state_in(after, "classifier"), "UNLOADED");
   self->request(worker, 30s, load_atom::value, std::string{"tinylm"})
-    .receive([&](worker_status& ws) { after = std::move(ws); },
-             [&](caf::error& err) { CAF_FAIL("load failed: " << message_of(err)); });
+      .receive([&](worker_status& ws) { after = std::move(ws); },
+               [&](caf::error& err) { CAF_FAIL("load failed: " << message_of(err)); });
   CAF_CHECK_EQUAL(state_in(after, "tinylm"), "READY");
   CAF_CHECK_EQUAL(state_in(after, "tinyspeech"), "READY");
   CAF_CHECK_EQUAL(state_in(after, "classifier"), "UNLOADED");
@@ -378,7 +419,7 @@ CAF_TEST(a durable speech job writes a WAV artifact and streams its phrases) {
   CAF_CHECK_EQUAL(data, 2);
   std::error_code ec;
   auto size = std::filesystem::file_size(
-    dir.path() / "artifacts" / job_id_string(rec->id) / "speech.wav", ec);
+      dir.path() / "artifacts" / job_id_string(rec->id) / "speech.wav", ec);
   CAF_CHECK(!ec);
   CAF_CHECK_GREATER(size, 44u);
 }

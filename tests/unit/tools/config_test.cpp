@@ -65,6 +65,8 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
   CAF_CHECK_EQUAL(from_file.queue.tick_ms, defaults.queue.tick_ms);
   CAF_CHECK_EQUAL(from_file.workers.count, defaults.workers.count);
   CAF_CHECK_EQUAL(from_file.workers.intra_op_threads, defaults.workers.intra_op_threads);
+  CAF_CHECK_EQUAL(from_file.workers.stream_interval_ms,
+                  defaults.workers.stream_interval_ms);
   CAF_CHECK_EQUAL(from_file.storage.data_dir, defaults.storage.data_dir);
   CAF_CHECK_EQUAL(from_file.storage.models_dir, defaults.storage.models_dir);
   CAF_CHECK_EQUAL(from_file.storage.synchronous, defaults.storage.synchronous);
@@ -112,6 +114,11 @@ CAF_TEST(bad values name the key the source and the range) {
       error_of(src),
       "queue.max_queued (from INFERGRID_QUEUE__MAX_QUEUED): 0 is out of range "
       "1..9223372036854775807");
+  src = sources();
+  src.env["INFERGRID_WORKERS__STREAM_INTERVAL_MS"] = "1001";
+  CAF_CHECK_EQUAL(error_of(src), "workers.stream_interval_ms (from "
+                                 "INFERGRID_WORKERS__STREAM_INTERVAL_MS): 1001 is out of "
+                                 "range 0..1000");
   src = sources();
   src.env["INFERGRID_QUEUE__MAX_QEUED"] = "10";
   CAF_CHECK_EQUAL(error_of(src),
