@@ -72,6 +72,18 @@ def chunks_of(data):
     return [json.loads(d) for d in data[:-1]]
 
 
+def split_head(data):
+    """(status, headers with lower-case names, where the body starts) of the
+    response head at the start of `data`, which holds all of it."""
+    header_end = data.index(b"\r\n\r\n")
+    lines = data[:header_end].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, header_end + 4
+
+
 def raw_http(port, method, path, body=None, deadline_s=60):
     """One request over a plain socket; reads until the server closes.
     Returns (status, headers with lower-case names, raw body bytes)."""
@@ -89,14 +101,8 @@ def raw_http(port, method, path, body=None, deadline_s=60):
             if not piece:
                 break
             data += piece
-    header_end = data.index(b"\r\n\r\n")
-    lines = data[:header_end].decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, data[header_end + 4:]
+    status, headers, body_at = split_head(data)
+    return status, headers, data[body_at:]
 
 
 def dechunk(raw):
@@ -398,21 +404,15 @@ def read_responses_after(sock, data, count, deadline_s=60):
             piece = sock.recv(65536)
             _assert(piece, f"closed after {len(out)} responses: {data[:300]!r}")
             data += piece
-        header_end = data.index(b"\r\n\r\n")
-        lines = data[:header_end].decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status, headers, body_at = split_head(data)
         length = int(headers["content-length"])
-        while len(data) < header_end + 4 + length:
+        while len(data) < body_at + length:
             _assert(time.monotonic() < end, "body did not come")
             piece = sock.recv(65536)
             _assert(piece, "closed inside a body")
             data += piece
-        out.append((int(lines[0].split()[1]), headers,
-                    data[header_end + 4:header_end + 4 + length]))
-        data = data[header_end + 4 + length:]
+        out.append((status, headers, data[body_at:body_at + length]))
+        data = data[body_at + length:]
     return out, data
 
 
@@ -429,14 +429,9 @@ def read_chunked_response(sock, data=b"", deadline_s=60):
 
     while b"\r\n\r\n" not in data:
         data = more(data)
-    header_end = data.index(b"\r\n\r\n")
-    lines = data[:header_end].decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
+    status, headers, pos = split_head(data)
     _assert(headers.get("transfer-encoding") == "chunked", headers)
-    pos, body, count = header_end + 4, b"", 0
+    body, count = b"", 0
     while True:
         while b"\r\n" not in data[pos:]:
             data = more(data)
@@ -458,7 +453,7 @@ def read_chunked_response(sock, data=b"", deadline_s=60):
         line, pos = data[pos:eol], eol + 2
         if not line:
             break
-    return int(lines[0].split()[1]), headers, body, count, data[pos:]
+    return status, headers, body, count, data[pos:]
 
 
 def sse_payloads(body):

@@ -164,6 +164,36 @@ struct fixture {
     return make_float_tensor("x", {1, 16}, xs);
   }
 
+  /// What a streamed generation of 64 tokens of "hello" (seed 7) sent.
+  struct streamed {
+    generate_reply reply;
+    std::shared_ptr<std::string> got = std::make_shared<std::string>();
+    std::shared_ptr<std::atomic<int>> chunks = std::make_shared<std::atomic<int>>(0);
+  };
+
+  // Runs that generation with a sink (fails the test on error); the sink
+  // is gone when this returns.
+  streamed generate_streamed() {
+    streamed out;
+    auto s = sys.spawn(sink, out.got, out.chunks);
+    generate_request req;
+    req.model = "tinylm";
+    req.params.prompt = "hello";
+    req.params.max_tokens = 64;
+    req.params.has_seed = true;
+    req.params.seed = 7;
+    req.sink = s;
+    caf::scoped_actor self{sys};
+    self->request(worker, 20s, generate_atom::value, req)
+        .receive(
+            [&](generate_reply& r) { out.reply = std::move(r); },
+            [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
+    // Chunks and the reply travel apart; all chunks arrive soon after.
+    CAF_CHECK(eventually([&] { return *out.got == out.reply.text; }, 5s));
+    caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+    return out;
+  }
+
   // Runs an infer batch and returns its result (fails the test on error).
   infer_batch_result infer(const std::vector<float>& bases) {
     infer_batch batch;
@@ -255,29 +285,12 @@ CAF_TEST(durable jobs of a batching model are claimed and completed together) {
 
 CAF_TEST(a generation streams its text to the sink) {
   start();
-  auto got = std::make_shared<std::string>();
-  auto chunks = std::make_shared<std::atomic<int>>(0);
-  auto s = sys.spawn(sink, got, chunks);
-  generate_request req;
-  req.model = "tinylm";
-  req.params.prompt = "hello";
-  req.params.max_tokens = 64;
-  req.params.has_seed = true;
-  req.params.seed = 7;
-  req.sink = s;
-  caf::scoped_actor self{sys};
-  generate_reply reply;
-  self->request(worker, 20s, generate_atom::value, req)
-      .receive(
-          [&](generate_reply& r) { reply = std::move(r); },
-          [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
-  CAF_CHECK_EQUAL(reply.tokens, 64);
-  CAF_CHECK_EQUAL(reply.finish_reason, "length");
-  CAF_CHECK_EQUAL(reply.worker, "w1");
-  // Chunks and the reply travel apart; all chunks arrive soon after.
-  CAF_CHECK(eventually([&] { return *got == reply.text; }, 5s));
-  CAF_CHECK_GREATER(chunks->load(), 1);
-  caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+  auto out = generate_streamed();
+  CAF_CHECK_EQUAL(out.reply.tokens, 64);
+  CAF_CHECK_EQUAL(out.reply.finish_reason, "length");
+  CAF_CHECK_EQUAL(out.reply.worker, "w1");
+  CAF_CHECK_EQUAL(*out.got, out.reply.text);
+  CAF_CHECK_GREATER(out.chunks->load(), 1);
 }
 
 CAF_TEST(the stream interval decides how many pieces a generation sends) {
@@ -286,29 +299,13 @@ CAF_TEST(the stream interval decides how many pieces a generation sends) {
   // token leaves at once and the rest at the end.
   for (int32_t interval_ms : {0, 1000}) {
     start(0, interval_ms);
-    auto got = std::make_shared<std::string>();
-    auto chunks = std::make_shared<std::atomic<int>>(0);
-    auto s = sys.spawn(sink, got, chunks);
-    generate_request req;
-    req.model = "tinylm";
-    req.params.prompt = "hello";
-    req.params.max_tokens = 64;
-    req.params.has_seed = true;
-    req.params.seed = 7;
-    req.sink = s;
-    caf::scoped_actor self{sys};
-    generate_reply reply;
-    self->request(worker, 20s, generate_atom::value, req)
-        .receive(
-            [&](generate_reply& r) { reply = std::move(r); },
-            [&](caf::error& err) { CAF_FAIL("generate failed: " << message_of(err)); });
-    CAF_REQUIRE(eventually([&] { return *got == reply.text; }, 5s));
-    CAF_MESSAGE("interval " << interval_ms << " ms: " << chunks->load() << " pieces");
+    auto out = generate_streamed();
+    CAF_REQUIRE_EQUAL(*out.got, out.reply.text);
+    CAF_MESSAGE("interval " << interval_ms << " ms: " << out.chunks->load() << " pieces");
     if (interval_ms == 0)
-      CAF_CHECK_GREATER_OR_EQUAL(chunks->load(), 32);
+      CAF_CHECK_GREATER_OR_EQUAL(out.chunks->load(), 32);
     else
-      CAF_CHECK_LESS_OR_EQUAL(chunks->load(), 2);
-    caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+      CAF_CHECK_LESS_OR_EQUAL(out.chunks->load(), 2);
     caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
     // The next worker registers anew under the same id.
     std::lock_guard<std::mutex> guard{h->mtx};
