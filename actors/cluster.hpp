@@ -12,6 +12,12 @@
 
 namespace infergrid {
 
+/// The version of what travels between nodes, sent in CAF's handshake
+/// (middleman.app-identifiers): nodes of different versions refuse each
+/// other at once instead of misreading messages. Bump it whenever a message
+/// type registered below changes shape (2: worker_registration::runner).
+inline constexpr const char* wire_version = "infergrid-wire-2";
+
 /// Registers every type that travels between nodes inside messages (CAF
 /// 0.17 needs them by name on both sides). Call on the config of every
 /// process that loads the middleman, before the actor system starts.

@@ -120,6 +120,7 @@ bool tls_enabled(const cluster_settings& c) {
 std::string configure_cluster(caf::actor_system_config& cfg, const cluster_settings& c) {
   cfg.load<caf::io::middleman>();
   add_cluster_message_types(cfg);
+  cfg.set("middleman.app-identifiers", std::vector<std::string>{wire_version});
   // A frozen peer keeps its TCP connection open; only missing heartbeats
   // tell (CAF 0.17 sends none by default).
   cfg.set("middleman.heartbeat-interval",

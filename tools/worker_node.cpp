@@ -19,6 +19,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/cluster.hpp"
 #include "actors/worker.hpp"
 #include "inference/model_repository.hpp"
 #include "messages/errors.hpp"
@@ -112,9 +113,13 @@ int run_worker(const settings& s, const worker_options& opts) {
       auto door = tls ? caf::openssl::remote_actor<door_actor>(sys, host, port)
                       : sys.middleman().remote_actor<door_actor>(host, port);
       if (!door) {
+        std::string why = sys.render(door.error());
+        if (door.error() == caf::sec::incompatible_application_ids)
+          why = std::string{"it runs another infergrid version (this one speaks "}
+                + wire_version + ")";
         spdlog::warn(
             "worker {}: cannot reach the control node at {}: {}; retrying in {} ms", id,
-            opts.join, sys.render(door.error()), backoff.count());
+            opts.join, why, backoff.count());
         if (stop_requested(stop, backoff))
           return 0;
         backoff = std::min(backoff * 2, max_backoff);
