@@ -5,6 +5,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -32,7 +33,10 @@ struct worker_entry {
   /// Where its tensor batches go: its executor when it named one.
   batch_runner_actor runner;
   std::set<std::string> models;
+  /// Running a generation, a synthesis or durable work: nothing else.
   bool busy = false;
+  /// Tensor batches given and not answered yet (queue.batches_in_flight).
+  int32_t batches_out = 0;
   /// The state last written to the workers table, and when.
   std::string recorded_state;
   int64_t recorded_at_ms = 0;
@@ -180,6 +184,11 @@ bool serves(const queue_state& st, const std::string& model) {
 }
 
 // The worker's status as the queue shows it (phase from its own view).
+/// Busy with anything: no durable work, no generation or synthesis.
+bool working(const worker_entry& w) {
+  return w.busy || w.batches_out > 0;
+}
+
 worker_status status_of(const worker_entry& w) {
   auto ws = w.status;
   ws.worker_id = w.id;
@@ -187,7 +196,7 @@ worker_status status_of(const worker_entry& w) {
     ws.phase = "DRAINING";
   else if (ws.phase.empty() || ws.phase == "IDLE" || ws.phase == "BUSY"
            || ws.phase == "DRAINING")
-    ws.phase = w.busy ? "BUSY" : "IDLE";
+    ws.phase = working(w) ? "BUSY" : "IDLE";
   ws.host = w.host;
   ws.claim_path = w.claim_path;
   ws.last_seen_ms = w.last_seen_ms;
@@ -237,11 +246,15 @@ std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
 
 void dispatch(queue_pointer self);
 
-// Worker `id` answered interactive work: it is idle again (workers send no
-// idle message after interactive work; the answer says it).
-void answered(queue_pointer self, const std::string& id) {
+// Worker `id` answered interactive work (a tensor batch when `batch`): it
+// is free again (workers send no idle message after interactive work; the
+// answer says it).
+void answered(queue_pointer self, const std::string& id, bool batch) {
   if (auto w = find_worker(self->state, id)) {
-    w->busy = false;
+    if (batch)
+      w->batches_out = std::max(w->batches_out - 1, 0);
+    else
+      w->busy = false;
     w->last_seen_ms = now_ms();
   }
   dispatch(self);
@@ -274,9 +287,10 @@ auto latency_probe(queue_pointer self, const worker_entry& w, const std::string&
   };
 }
 
-// Hands a batch of tensor requests of one model to `w` (busy in this step).
+// Hands a batch of tensor requests of one model to `w` (counted out in
+// this step).
 void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_work> ps) {
-  w.busy = true;
+  ++w.batches_out;
   auto deadline = ps.front().deadline;
   infer_batch batch;
   batch.model = ps.front().model;
@@ -305,13 +319,13 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
                   rps[i].deliver(make_error(errc::internal, "batch result too short"));
               }
             }
-            answered(self, wid);
+            answered(self, wid, true);
           },
           [self, wid = w.id, rps, mine](caf::error& err) mutable {
             if (mine())
               for (auto& rp : rps)
                 rp.deliver(err);
-            answered(self, wid);
+            answered(self, wid, true);
           });
 }
 
@@ -332,12 +346,12 @@ void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
               probe();
               rp.deliver(std::move(out));
             }
-            answered(self, wid);
+            answered(self, wid, false);
           },
           [self, wid = w.id, rp, mine](caf::error& err) mutable {
             if (mine())
               rp.deliver(std::move(err));
-            answered(self, wid);
+            answered(self, wid, false);
           });
 }
 
@@ -377,14 +391,26 @@ bool holds_ready(const worker_entry& w, const std::string& model) {
   return false;
 }
 
-/// Picks the worker for interactive work of `model` among the idle ones
-/// that serve it: those holding the model resident first, then by the
-/// configured strategy. nullptr when none is idle.
-worker_entry* choose_worker(queue_state& st, const std::string& model) {
+/// Picks the worker for interactive work of `model` among the free ones
+/// that serve it (a tensor batch: fewer than queue.batches_in_flight out;
+/// anything else: idle): the least loaded first, then those holding the
+/// model resident, then by the configured strategy. nullptr when none is
+/// free.
+worker_entry* choose_worker(queue_state& st, const std::string& model, bool batch) {
   std::vector<worker_entry*> idle;
-  for (auto& w : st.workers)
-    if (!w.busy && !w.draining && w.models.count(model) > 0)
-      idle.push_back(&w);
+  int32_t least = std::numeric_limits<int32_t>::max();
+  for (auto& w : st.workers) {
+    bool free = batch ? !w.busy && w.batches_out < st.cfg.settings.batches_in_flight
+                      : !working(w);
+    if (free && !w.draining && w.models.count(model) > 0) {
+      if (w.batches_out < least) {
+        least = w.batches_out;
+        idle.clear();
+      }
+      if (w.batches_out == least)
+        idle.push_back(&w);
+    }
+  }
   if (idle.empty())
     return nullptr;
   std::vector<worker_entry*> resident;
@@ -450,7 +476,7 @@ bool dispatch_interactive(queue_pointer self) {
   for (auto it = st.interactive.begin(); it != st.interactive.end(); ++it) {
     if (skip.count(it->model) > 0)
       continue;
-    auto w = choose_worker(st, it->model);
+    auto w = choose_worker(st, it->model, it->kind == pending_work::infer);
     if (w == nullptr) {
       skip.insert(it->model);
       continue;
@@ -474,6 +500,13 @@ bool dispatch_interactive(queue_pointer self) {
     if (!d.ready) {
       skip.insert(it->model);
       arm_batch_timer(self, now + std::chrono::microseconds(d.wait_us));
+      continue;
+    }
+    if (w->batches_out > 0 && d.take < policy.max_batch_size) {
+      // Every free worker runs a batch already: only a full batch goes out
+      // now. A smaller one keeps growing until a worker answers, so
+      // batching does not shrink to feed the pipeline.
+      skip.insert(it->model);
       continue;
     }
     auto model = it->model;
@@ -514,7 +547,7 @@ void dispatch(queue_pointer self) {
   auto n = st.workers.size();
   for (std::size_t k = 0; k < n; ++k) {
     auto& w = st.workers[(st.next_worker + k) % n];
-    if (w.busy || w.draining)
+    if (working(w) || w.draining)
       continue;
     bool has_hint = std::any_of(w.models.begin(), w.models.end(),
                                 [&](auto& m) { return st.maybe_ready.count(m) > 0; });
@@ -938,7 +971,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
             ready.insert(w.models.begin(), w.models.end());
             ++out.workers_ready;
           }
-          if (w.busy)
+          if (working(w))
             ++out.workers_busy;
           out.workers.push_back(status_of(w));
         }

@@ -33,6 +33,11 @@ struct queue_settings {
   int32_t max_attempts = 3;
   /// Period of the queue actor's tick (rescue, wake-ups for other writers).
   int64_t tick_ms = 500;
+  /// Tensor batches out on one worker at a time: with 2 the next batch waits
+  /// in the worker's mailbox while one runs, so the way to a worker process
+  /// and back is not idle time for its executor; 1: a worker gets a batch
+  /// only when it is idle.
+  int32_t batches_in_flight = 2;
 };
 
 struct workers_settings {

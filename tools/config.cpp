@@ -123,6 +123,11 @@ const std::vector<key_def>& keys() {
                                         })},
       {"queue.tick_ms",
        int_setter(10, 60000, [](settings& s, int64_t v) { s.queue.tick_ms = v; })},
+      {"queue.batches_in_flight", int_setter(1, 64,
+                                             [](settings& s, int64_t v) {
+                                               s.queue.batches_in_flight
+                                                   = static_cast<int32_t>(v);
+                                             })},
       {"workers.count", int_setter(0, 64,
                                    [](settings& s, int64_t v) {
                                      s.workers.count = static_cast<int32_t>(v);

@@ -24,6 +24,11 @@ struct fixture : test_coordinator_fixture<> {
   queue_actor queue;
 
   fixture() {
+    spawn(queue_settings{}.batches_in_flight);
+  }
+
+  // A queue with `batches_in_flight` (the default: 2).
+  void spawn(int32_t batches_in_flight) {
     persistence::store_options opts;
     opts.path = dir.str("infergrid.db");
     opts.checkpointer = true;
@@ -31,6 +36,7 @@ struct fixture : test_coordinator_fixture<> {
     CAF_REQUIRE(store);
     queue_config cfg;
     cfg.settings.max_interactive = 64;
+    cfg.settings.batches_in_flight = batches_in_flight;
     cfg.tick = false;
     model_info classifier;
     classifier.name = "classifier";
@@ -157,6 +163,10 @@ CAF_TEST(batches go to the runner a worker names and skip the worker actor) {
 }
 
 CAF_TEST(requests gather while the worker is busy and leave in batches) {
+  // One batch in flight per worker: a worker gets a batch only when idle.
+  anon_send_exit(queue, caf::exit_reason::user_shutdown);
+  sched.run();
+  spawn(1);
   auto w = add_worker("w1");
   infer(4); // fills a batch: the worker is busy from now on
   infer(6); // wait: the worker has not answered
@@ -171,6 +181,27 @@ CAF_TEST(requests gather while the worker is busy and leave in batches) {
   finish(w);
   auto got = answers();
   CAF_CHECK_EQUAL(got.size(), 10u);
+}
+
+CAF_TEST(a worker running a batch gets a second one only when it is full) {
+  // The default: two batches in flight, so the next one waits in the
+  // worker's mailbox instead of on the way there.
+  auto w = add_worker("w1");
+  infer(4); // a full batch leaves at once
+  infer(2); // not full, and the worker runs one already: they keep gathering,
+  advance_us(delay_us); // even past their delay, instead of shrinking batches
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4}));
+  infer(2); // now four: a full batch joins the first on the worker
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4}));
+  infer(3); // two out: these wait for an answer
+  finish(w);
+  // Free again, but the three have not waited max_queue_delay_us yet.
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4}));
+  advance_us(delay_us);
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4, 3}));
+  finish(w);
+  CAF_CHECK_EQUAL(answers(), (std::vector<float>{4.f, 4.f, 4.f, 4.f, 4.f, 4.f, 4.f, 4.f,
+                                                  3.f, 3.f, 3.f}));
 }
 
 CAF_TEST(a request of another model does not wait behind a forming batch) {

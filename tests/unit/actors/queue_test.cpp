@@ -36,6 +36,9 @@ struct fixture : test_coordinator_fixture<> {
     queue_config cfg;
     cfg.settings.max_queued = 3;
     cfg.settings.max_interactive = 1;
+    // One request at a time on a worker, so that one busy worker and the
+    // FIFO's bound decide (batching_test covers a second batch in flight).
+    cfg.settings.batches_in_flight = 1;
     cfg.tick = false;
     queue = spawn_queue(sys, cfg,
                         std::shared_ptr<persistence::job_store>(std::move(*store)));

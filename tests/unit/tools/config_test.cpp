@@ -63,6 +63,7 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
   CAF_CHECK_EQUAL(from_file.queue.lease_ms, defaults.queue.lease_ms);
   CAF_CHECK_EQUAL(from_file.queue.max_attempts, defaults.queue.max_attempts);
   CAF_CHECK_EQUAL(from_file.queue.tick_ms, defaults.queue.tick_ms);
+  CAF_CHECK_EQUAL(from_file.queue.batches_in_flight, defaults.queue.batches_in_flight);
   CAF_CHECK_EQUAL(from_file.workers.count, defaults.workers.count);
   CAF_CHECK_EQUAL(from_file.workers.intra_op_threads, defaults.workers.intra_op_threads);
   CAF_CHECK_EQUAL(from_file.workers.stream_interval_ms,
