@@ -246,15 +246,21 @@ std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
 
 void dispatch(queue_pointer self);
 
-// Worker `id` answered interactive work (a tensor batch when `batch`): it
-// is free again (workers send no idle message after interactive work; the
-// answer says it).
-void answered(queue_pointer self, const std::string& id, bool batch) {
-  if (auto w = find_worker(self->state, id)) {
-    if (batch)
-      w->batches_out = std::max(w->batches_out - 1, 0);
-    else
+// Worker `id` in its registration `order` answered interactive work (a
+// tensor batch when `batch`): it is free again (workers send no idle
+// message after interactive work; the answer says it). An answer from an
+// earlier registration under the same id (the worker rejoined) counts
+// nothing against the new one.
+void answered(queue_pointer self, const std::string& id, uint64_t order, bool batch) {
+  if (auto w = find_worker(self->state, id); w != nullptr && w->order == order) {
+    if (batch) {
+      if (w->batches_out > 0)
+        --w->batches_out;
+      else
+        spdlog::error("queue: worker {} answered a batch it did not hold", id);
+    } else {
       w->busy = false;
+    }
     w->last_seen_ms = now_ms();
   }
   dispatch(self);
@@ -290,6 +296,9 @@ auto latency_probe(queue_pointer self, const worker_entry& w, const std::string&
 // Hands a batch of tensor requests of one model to `w` (counted out in
 // this step).
 void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_work> ps) {
+  // A batch that waits behind another on the worker would time both: only
+  // one sent to an idle worker tells its latency.
+  bool timed = w.batches_out == 0;
   ++w.batches_out;
   auto deadline = ps.front().deadline;
   infer_batch batch;
@@ -309,9 +318,11 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
   // deadline is kept with the inflight entry and checked by the tick.
   self->request(w.runner, caf::infinite, infer_atom::value, std::move(batch))
       .then(
-          [self, wid = w.id, rps, probe, mine](infer_batch_result& out) mutable {
+          [self, wid = w.id, order = w.order, rps, probe, timed,
+           mine](infer_batch_result& out) mutable {
             if (mine()) {
-              probe();
+              if (timed)
+                probe();
               for (std::size_t i = 0; i < rps.size(); ++i) {
                 if (i < out.outputs.size())
                   rps[i].deliver(std::move(out.outputs[i]));
@@ -319,13 +330,13 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
                   rps[i].deliver(make_error(errc::internal, "batch result too short"));
               }
             }
-            answered(self, wid, true);
+            answered(self, wid, order, true);
           },
-          [self, wid = w.id, rps, mine](caf::error& err) mutable {
+          [self, wid = w.id, order = w.order, rps, mine](caf::error& err) mutable {
             if (mine())
               for (auto& rp : rps)
                 rp.deliver(err);
-            answered(self, wid, true);
+            answered(self, wid, order, true);
           });
 }
 
@@ -341,17 +352,17 @@ void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
                              [rp](const caf::error& err) mutable { rp.deliver(err); });
   self->request(w.handle, caf::infinite, atom, std::move(req))
       .then(
-          [self, wid = w.id, rp, probe, mine](Reply& out) mutable {
+          [self, wid = w.id, order = w.order, rp, probe, mine](Reply& out) mutable {
             if (mine()) {
               probe();
               rp.deliver(std::move(out));
             }
-            answered(self, wid, false);
+            answered(self, wid, order, false);
           },
-          [self, wid = w.id, rp, mine](caf::error& err) mutable {
+          [self, wid = w.id, order = w.order, rp, mine](caf::error& err) mutable {
             if (mine())
               rp.deliver(std::move(err));
-            answered(self, wid, false);
+            answered(self, wid, order, false);
           });
 }
 
@@ -392,15 +403,17 @@ bool holds_ready(const worker_entry& w, const std::string& model) {
 }
 
 /// Picks the worker for interactive work of `model` among the free ones
-/// that serve it (a tensor batch: fewer than queue.batches_in_flight out;
-/// anything else: idle): the least loaded first, then those holding the
-/// model resident, then by the configured strategy. nullptr when none is
-/// free.
-worker_entry* choose_worker(queue_state& st, const std::string& model, bool batch) {
+/// that serve it (a tensor batch: fewer than queue.batches_in_flight out and
+/// not in `reserved`; anything else: idle): the least loaded first, then
+/// those holding the model resident, then by the configured strategy.
+/// nullptr when none is free.
+worker_entry* choose_worker(queue_state& st, const std::string& model, bool batch,
+                            const std::set<std::string>& reserved) {
   std::vector<worker_entry*> idle;
   int32_t least = std::numeric_limits<int32_t>::max();
   for (auto& w : st.workers) {
     bool free = batch ? !w.busy && w.batches_out < st.cfg.settings.batches_in_flight
+                            && reserved.count(w.id) == 0
                       : !working(w);
     if (free && !w.draining && w.models.count(model) > 0) {
       if (w.batches_out < least) {
@@ -428,8 +441,7 @@ worker_entry* choose_worker(queue_state& st, const std::string& model, bool batc
           break;
         }
       }
-      st.last_chosen = next->order;
-      return next;
+      return next; // last_chosen moves when work is sent
     }
     case routing_strategy::latency: {
       // Lowest recent latency for this model; a worker never measured goes
@@ -473,18 +485,29 @@ bool dispatch_interactive(queue_pointer self) {
   auto& st = self->state;
   auto now = self->clock().now();
   std::set<std::string> skip; // models whose batch is not ready or with no idle worker
+  // Workers an older generation or synthesis waits for: they get no more
+  // batches, so they run empty and it gets one (batches in flight would
+  // otherwise keep them from ever being idle).
+  std::set<std::string> reserved;
   for (auto it = st.interactive.begin(); it != st.interactive.end(); ++it) {
+    bool is_batch = it->kind == pending_work::infer;
     if (skip.count(it->model) > 0)
       continue;
-    auto w = choose_worker(st, it->model, it->kind == pending_work::infer);
+    auto w = choose_worker(st, it->model, is_batch, reserved);
     if (w == nullptr) {
       skip.insert(it->model);
+      if (!is_batch)
+        for (auto& x : st.workers)
+          if (!x.busy && !x.draining && x.batches_out > 0
+              && x.models.count(it->model) > 0)
+            reserved.insert(x.id);
       continue;
     }
-    if (it->kind != pending_work::infer) {
+    if (!is_batch) {
       auto p = std::move(*it);
       st.interactive.erase(it);
       ++w->dispatched;
+      st.last_chosen = w->order;
       send_streaming(self, *w, std::move(p));
       return true;
     }
@@ -521,6 +544,7 @@ bool dispatch_interactive(queue_pointer self) {
       }
     }
     ++w->dispatched;
+    st.last_chosen = w->order;
     send_infer_batch(self, *w, std::move(batch));
     return true;
   }

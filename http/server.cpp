@@ -1436,6 +1436,9 @@ void session::complete_result() {
   // request, and on_write waits for the read to come back.
   stop_watch();
   on_write(keep, {}, 0);
+  // The connection may stay open for long: it keeps nothing of the stream
+  // (every later post or timer finds no current stream and drops out).
+  result_.reset();
 }
 
 void session::result_cleanup() {

@@ -87,6 +87,8 @@ supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
             + std::to_string(s.workers.memory_budget_mb),
         "INFERGRID_WORKERS__GENERATE_TIMEOUT_MS="
             + std::to_string(s.workers.generate_timeout_ms),
+        "INFERGRID_WORKERS__STREAM_INTERVAL_MS="
+            + std::to_string(s.workers.stream_interval_ms),
         "INFERGRID_HTTP__REQUEST_TIMEOUT_MS=" + std::to_string(s.http.request_timeout_ms),
         "INFERGRID_ACTORS__SCHEDULER=" + s.actors.scheduler,
         "INFERGRID_ACTORS__THREADS=" + std::to_string(s.actors.threads),

@@ -33,7 +33,7 @@ def wait_for(predicate, deadline_s, what):
 
 
 class Server:
-    def __init__(self, binary, root, workers, log_name, env_extra=None):
+    def __init__(self, binary, root, workers, log_name, env_extra=None, args_extra=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -46,7 +46,7 @@ class Server:
         self.proc = subprocess.Popen(
             [binary, "serve", "--port", str(self.port), "--workers", str(workers),
              "--data-dir", os.path.join(root, "data"),
-             "--models-dir", os.path.join(root, "models")],
+             "--models-dir", os.path.join(root, "models")] + list(args_extra or []),
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def get(self, path, **kw):

@@ -6,12 +6,15 @@ metrics, durability across a restart with --workers 0, and SIGTERM/SIGINT
 shutdown. Polls with deadlines; never sleeps blindly.
 """
 import argparse
+import json
 import os
 import signal
 import sys
 import tempfile
 import time
 import traceback
+
+import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from harness import (MAX_BODY, Server, _assert, check_error, classifier_input,  # noqa: E402
@@ -195,13 +198,37 @@ def main():
         rc = s0.stop(signal.SIGINT)
         results.append(run_case("SIGINT exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s0.tail()}")))
 
-        s2 = Server(args.binary, root, 1, "serve2.log")
+        # 3. A restart, with a setting of the workers in a --config file.
+        config = os.path.join(root, "serve2.yaml")
+        with open(config, "w") as f:
+            f.write("workers:\n  stream_interval_ms: 0\n")
+        s2 = Server(args.binary, root, 1, "serve2.log", args_extra=["--config", config])
         def survives_restart():
             s2.wait_healthy()
             _assert(queued_id is not None, "no job was queued")
             job = wait_job(s2, queued_id)
             _assert(job["output"]["outputs"][0]["shape"] == [2, 4], job)
         results.append(run_case("queued job survives a restart", survives_restart))
+        def config_reaches_worker_processes():
+            # stream_interval_ms 0: every token leaves the worker alone, not
+            # gathered for 5 ms (4 events for 256 tokens when the setting did
+            # not reach the worker process; the session still sends together
+            # what arrives while it writes, so fewer events than tokens).
+            s2.wait_ready()
+            body = {"model": "tinylm", "prompt": "Once upon a time", "max_tokens": 256,
+                    "temperature": 0, "stream": True}
+            pieces = 0
+            with requests.post(s2.url + "/v1/completions", json=body, stream=True,
+                               timeout=60) as r:
+                _assert(r.status_code == 200, r.text)
+                for line in r.iter_lines():
+                    if line.startswith(b"data: {"):
+                        chunk = json.loads(line[len(b"data: "):])
+                        if chunk["choices"] and chunk["choices"][0]["text"]:
+                            pieces += 1
+            _assert(pieces >= 48, f"{pieces} pieces for 256 tokens")
+        results.append(run_case("a --config setting reaches the worker processes",
+                                config_reaches_worker_processes))
         rc = s2.stop(signal.SIGTERM)
         results.append(run_case("restart exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s2.tail()}")))
 

@@ -187,8 +187,8 @@ CAF_TEST(a worker running a batch gets a second one only when it is full) {
   // The default: two batches in flight, so the next one waits in the
   // worker's mailbox instead of on the way there.
   auto w = add_worker("w1");
-  infer(4); // a full batch leaves at once
-  infer(2); // not full, and the worker runs one already: they keep gathering,
+  infer(4);             // a full batch leaves at once
+  infer(2);             // not full, and the worker runs one already: they keep gathering,
   advance_us(delay_us); // even past their delay, instead of shrinking batches
   CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4}));
   infer(2); // now four: a full batch joins the first on the worker
@@ -201,7 +201,7 @@ CAF_TEST(a worker running a batch gets a second one only when it is full) {
   CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4, 3}));
   finish(w);
   CAF_CHECK_EQUAL(answers(), (std::vector<float>{4.f, 4.f, 4.f, 4.f, 4.f, 4.f, 4.f, 4.f,
-                                                  3.f, 3.f, 3.f}));
+                                                 3.f, 3.f, 3.f}));
 }
 
 CAF_TEST(a request of another model does not wait behind a forming batch) {
@@ -222,6 +222,27 @@ CAF_TEST(a request of another model does not wait behind a forming batch) {
   CAF_CHECK_EQUAL(batches(w), std::vector<std::size_t>{1});
   finish(w);
   CAF_CHECK_EQUAL(answers(), std::vector<float>{1.f});
+}
+
+CAF_TEST(batches in flight do not keep an older generation from its worker) {
+  auto w = add_worker("w1");
+  infer(4); // one batch out; the worker could take a second, full one
+  generate_request g;
+  g.model = "tinylm";
+  g.params.prompt = "abc";
+  self->send(queue, generate_atom::value, g);
+  sched.run();
+  infer(4); // full, but the older generation waits for this worker
+  CAF_CHECK_EQUAL(batches(w), std::vector<std::size_t>{4});
+  auto& st = deref<worker_actor::stateful_base<fake_worker_state>>(w).state;
+  CAF_CHECK(st.generate_prompts.empty());
+  // The batch is answered: the generation runs, then the second batch.
+  finish(w);
+  CAF_CHECK_EQUAL(st.generate_prompts, std::vector<std::string>{"abc"});
+  CAF_CHECK_EQUAL(batches(w), (std::vector<std::size_t>{4, 4}));
+  finish(w);
+  CAF_CHECK_EQUAL(answers(),
+                  (std::vector<float>{4.f, 4.f, 4.f, 4.f, -3.f, 4.f, 4.f, 4.f, 4.f}));
 }
 
 CAF_TEST(requests past their deadline are refused not run) {
