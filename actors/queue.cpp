@@ -183,12 +183,12 @@ bool serves(const queue_state& st, const std::string& model) {
   return false;
 }
 
-// The worker's status as the queue shows it (phase from its own view).
 /// Busy with anything: no durable work, no generation or synthesis.
 bool working(const worker_entry& w) {
   return w.busy || w.batches_out > 0;
 }
 
+// The worker's status as the queue shows it (phase from its own view).
 worker_status status_of(const worker_entry& w) {
   auto ws = w.status;
   ws.worker_id = w.id;
@@ -409,7 +409,7 @@ bool holds_ready(const worker_entry& w, const std::string& model) {
 /// nullptr when none is free.
 worker_entry* choose_worker(queue_state& st, const std::string& model, bool batch,
                             const std::set<std::string>& reserved) {
-  std::vector<worker_entry*> idle;
+  std::vector<worker_entry*> candidates;
   int32_t least = std::numeric_limits<int32_t>::max();
   for (auto& w : st.workers) {
     bool free = batch ? !w.busy && w.batches_out < st.cfg.settings.batches_in_flight
@@ -418,19 +418,19 @@ worker_entry* choose_worker(queue_state& st, const std::string& model, bool batc
     if (free && !w.draining && w.models.count(model) > 0) {
       if (w.batches_out < least) {
         least = w.batches_out;
-        idle.clear();
+        candidates.clear();
       }
       if (w.batches_out == least)
-        idle.push_back(&w);
+        candidates.push_back(&w);
     }
   }
-  if (idle.empty())
+  if (candidates.empty())
     return nullptr;
   std::vector<worker_entry*> resident;
-  for (auto* w : idle)
+  for (auto* w : candidates)
     if (holds_ready(*w, model))
       resident.push_back(w);
-  auto& pool = resident.empty() ? idle : resident;
+  auto& pool = resident.empty() ? candidates : resident;
   switch (st.cfg.routing) {
     case routing_strategy::round_robin: {
       // The first candidate after the one chosen last, in registration order.

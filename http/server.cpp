@@ -671,6 +671,8 @@ private:
   void write_result();
   void arm_result_keepalive();
   void release_sink();
+  /// The log line of a result that ends (streamed or not yet).
+  void log_result_end(const char* why) const;
   void end_result(const char* why);
   /// The body is complete: the next request, or the end of the connection.
   void complete_result();
@@ -1405,18 +1407,21 @@ void session::release_sink() {
   }
 }
 
+void session::log_result_end(const char* why) const {
+  auto& st = *result_;
+  auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
+  if (st.streaming)
+    spdlog::info("{} {} stream ended after {:.2f}ms: {} ({} bytes)", request_id_, st.what,
+                 seconds * 1000.0, why,
+                 st.text ? st.text->text_bytes() : st.audio->pcm_bytes());
+  else
+    spdlog::info("{} {} {} -> no answer after {:.2f}ms: {}", request_id_, method_,
+                 clip(target_), seconds * 1000.0, why);
+}
+
 void session::end_result(const char* why) {
-  if (result_ && !result_->ended) {
-    auto& st = *result_;
-    auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
-    if (st.streaming)
-      spdlog::info("{} {} stream ended after {:.2f}ms: {} ({} bytes)", request_id_,
-                   st.what, seconds * 1000.0, why,
-                   st.text ? st.text->text_bytes() : st.audio->pcm_bytes());
-    else
-      spdlog::info("{} {} {} -> no answer after {:.2f}ms: {}", request_id_, method_,
-                   clip(target_), seconds * 1000.0, why);
-  }
+  if (result_ && !result_->ended)
+    log_result_end(why);
   result_cleanup();
   if (busy_) {
     busy_ = false;
@@ -1426,11 +1431,8 @@ void session::end_result(const char* why) {
 }
 
 void session::complete_result() {
-  auto& st = *result_;
-  auto seconds = std::chrono::duration<double>(clock_type::now() - started_).count();
-  spdlog::info("{} {} stream ended after {:.2f}ms: done ({} bytes)", request_id_, st.what,
-               seconds * 1000.0, st.text ? st.text->text_bytes() : st.audio->pcm_bytes());
-  bool keep = st.chunked && keep_alive_ && state_->accepting.load();
+  log_result_end("done");
+  bool keep = result_->chunked && keep_alive_ && state_->accepting.load();
   result_cleanup();
   // Cancels the watch's read; what it read stays in buffer_ for the next
   // request, and on_write waits for the read to come back.
