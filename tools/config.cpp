@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 #include <yaml-cpp/yaml.h>
 
@@ -23,10 +24,13 @@ namespace fs = std::filesystem;
 
 // Sets one key from its text; returns an error message (without the key).
 using setter = std::function<std::string(settings&, const std::string&)>;
+// A key's value as text that its setter accepts.
+using getter = std::function<std::string(const settings&)>;
 
 struct key_def {
   const char* name;
   setter set;
+  getter get;
 };
 
 std::string trim(const std::string& x) {
@@ -48,32 +52,73 @@ bool parse_int(const std::string& text, int64_t& out) {
   return pos == t.size();
 }
 
-setter int_setter(int64_t lo, int64_t hi,
-                  std::function<void(settings&, int64_t)> assign) {
-  return [lo, hi, assign](settings& s, const std::string& text) -> std::string {
+// A field of the settings, e.g. `at(&settings::http, &http_settings::port)`:
+// the one accessor that a key's setter and getter share.
+template <class Section, class T>
+struct field_ref {
+  Section settings::*section;
+  T Section::*member;
+
+  T& operator()(settings& s) const {
+    return s.*section.*member;
+  }
+  const T& operator()(const settings& s) const {
+    return s.*section.*member;
+  }
+};
+
+template <class Section, class T>
+field_ref<Section, T> at(Section settings::*section, T Section::*member) {
+  return {section, member};
+}
+
+template <class Section, class T>
+key_def int_key(const char* name, int64_t lo, int64_t hi, field_ref<Section, T> field) {
+  auto set = [lo, hi, field](settings& s, const std::string& text) -> std::string {
     int64_t v = 0;
     if (!parse_int(text, v))
       return "'" + text + "' is not an integer";
     if (v < lo || v > hi)
       return text + " is out of range " + std::to_string(lo) + ".." + std::to_string(hi);
-    assign(s, v);
+    field(s) = static_cast<T>(v);
     return {};
   };
+  auto get = [field](const settings& s) { return std::to_string(field(s)); };
+  return {name, set, get};
 }
 
-setter string_setter(std::function<void(settings&, std::string)> assign) {
-  return [assign](settings& s, const std::string& text) -> std::string {
+// A string that must not be empty (surrounding blanks are trimmed).
+template <class Section>
+key_def string_key(const char* name, field_ref<Section, std::string> field) {
+  auto set = [field](settings& s, const std::string& text) -> std::string {
     auto t = trim(text);
     if (t.empty())
       return "must not be empty";
-    assign(s, t);
+    field(s) = t;
     return {};
   };
+  auto get = [field](const settings& s) { return field(s); };
+  return {name, set, get};
 }
 
-setter choice_setter(std::vector<std::string> allowed, bool upper,
-                     std::function<void(settings&, std::string)> assign) {
-  return [allowed, upper, assign](settings& s, const std::string& text) -> std::string {
+// A string taken as it is, empty meaning "not set" (paths, the secret).
+template <class Section>
+key_def text_key(const char* name, field_ref<Section, std::string> field) {
+  auto set = [field](settings& s, const std::string& text) -> std::string {
+    field(s) = text;
+    return {};
+  };
+  auto get = [field](const settings& s) { return field(s); };
+  return {name, set, get};
+}
+
+// One of `allowed`, matched without regard to case and stored in upper or
+// lower case.
+template <class Section>
+key_def choice_key(const char* name, std::vector<std::string> allowed, bool upper,
+                   field_ref<Section, std::string> field) {
+  auto set
+      = [allowed, upper, field](settings& s, const std::string& text) -> std::string {
     auto t = trim(text);
     std::transform(t.begin(), t.end(), t.begin(), [upper](unsigned char c) {
       return upper ? std::toupper(c) : std::tolower(c);
@@ -84,130 +129,90 @@ setter choice_setter(std::vector<std::string> allowed, bool upper,
         list += (list.empty() ? "" : "|") + a;
       return "'" + text + "' is not one of " + list;
     }
-    assign(s, t);
+    field(s) = t;
     return {};
   };
+  auto get = [field](const settings& s) { return field(s); };
+  return {name, set, get};
+}
+
+template <class Section>
+key_def bool_key(const char* name, field_ref<Section, bool> field) {
+  auto set = [field](settings& s, const std::string& text) -> std::string {
+    auto t = trim(text);
+    std::transform(t.begin(), t.end(), t.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    if (t != "true" && t != "false")
+      return "'" + text + "' is not one of true|false";
+    field(s) = t == "true";
+    return {};
+  };
+  auto get
+      = [field](const settings& s) -> std::string { return field(s) ? "true" : "false"; };
+  return {name, set, get};
 }
 
 constexpr int64_t int64_max = std::numeric_limits<int64_t>::max();
 
 const std::vector<key_def>& keys() {
   static const std::vector<key_def> table{
-      {"http.host", string_setter([](settings& s, std::string v) { s.http.host = v; })},
-      {"http.port", int_setter(1, 65535,
-                               [](settings& s, int64_t v) {
-                                 s.http.port = static_cast<uint16_t>(v);
-                               })},
-      {"http.max_body_bytes", int_setter(1, int64_t{1} << 30,
-                                         [](settings& s, int64_t v) {
-                                           s.http.max_body_bytes
-                                               = static_cast<uint64_t>(v);
-                                         })},
-      {"http.threads", int_setter(1, 64,
-                                  [](settings& s, int64_t v) {
-                                    s.http.threads = static_cast<int32_t>(v);
-                                  })},
-      {"http.request_timeout_ms",
-       int_setter(1, 3600000,
-                  [](settings& s, int64_t v) { s.http.request_timeout_ms = v; })},
-      {"queue.max_queued",
-       int_setter(1, int64_max, [](settings& s, int64_t v) { s.queue.max_queued = v; })},
-      {"queue.max_interactive",
-       int_setter(1, 1000000,
-                  [](settings& s, int64_t v) { s.queue.max_interactive = v; })},
-      {"queue.lease_ms",
-       int_setter(100, 86400000, [](settings& s, int64_t v) { s.queue.lease_ms = v; })},
-      {"queue.max_attempts", int_setter(1, 100,
-                                        [](settings& s, int64_t v) {
-                                          s.queue.max_attempts = static_cast<int32_t>(v);
-                                        })},
-      {"queue.tick_ms",
-       int_setter(10, 60000, [](settings& s, int64_t v) { s.queue.tick_ms = v; })},
-      {"queue.batches_in_flight", int_setter(1, 64,
-                                             [](settings& s, int64_t v) {
-                                               s.queue.batches_in_flight
-                                                   = static_cast<int32_t>(v);
-                                             })},
-      {"workers.count", int_setter(0, 64,
-                                   [](settings& s, int64_t v) {
-                                     s.workers.count = static_cast<int32_t>(v);
-                                   })},
-      {"workers.intra_op_threads", int_setter(1, 256,
-                                              [](settings& s, int64_t v) {
-                                                s.workers.intra_op_threads
-                                                    = static_cast<int32_t>(v);
-                                              })},
-      {"workers.memory_budget_mb",
-       int_setter(0, 16 * 1024 * 1024,
-                  [](settings& s, int64_t v) { s.workers.memory_budget_mb = v; })},
-      {"workers.generate_timeout_ms",
-       int_setter(1000, 24LL * 3600 * 1000,
-                  [](settings& s, int64_t v) { s.workers.generate_timeout_ms = v; })},
-      {"workers.stream_interval_ms", int_setter(0, 1000,
-                                                [](settings& s, int64_t v) {
-                                                  s.workers.stream_interval_ms
-                                                      = static_cast<int32_t>(v);
-                                                })},
-      {"workers.in_process", choice_setter({"true", "false"}, false,
-                                           [](settings& s, std::string v) {
-                                             s.workers.in_process = v == "true";
-                                           })},
-      {"cluster.host",
-       string_setter([](settings& s, std::string v) { s.cluster.host = v; })},
-      {"cluster.port", int_setter(0, 65535,
-                                  [](settings& s, int64_t v) {
-                                    s.cluster.port = static_cast<uint16_t>(v);
-                                  })},
-      {"cluster.routing",
-       choice_setter({"queue_depth", "round_robin", "latency"}, false,
-                     [](settings& s, std::string v) { s.cluster.routing = v; })},
-      {"cluster.heartbeat_ms",
-       int_setter(0, 60000, [](settings& s, int64_t v) { s.cluster.heartbeat_ms = v; })},
-      {"cluster.peer_timeout_ms",
-       int_setter(0, 3600 * 1000,
-                  [](settings& s, int64_t v) { s.cluster.peer_timeout_ms = v; })},
-      {"cluster.tls_certificate",
-       [](settings& s, const std::string& text) -> std::string {
-         s.cluster.tls_certificate = text;
-         return {};
-       }},
-      {"cluster.tls_key",
-       [](settings& s, const std::string& text) -> std::string {
-         s.cluster.tls_key = text;
-         return {};
-       }},
-      {"cluster.tls_cafile",
-       [](settings& s, const std::string& text) -> std::string {
-         s.cluster.tls_cafile = text;
-         return {};
-       }},
-      {"cluster.secret",
-       [](settings& s, const std::string& text) -> std::string {
-         s.cluster.secret = text;
-         return {};
-       }},
-      {"actors.scheduler",
-       choice_setter({"sharing", "stealing"}, false,
-                     [](settings& s, std::string v) { s.actors.scheduler = v; })},
-      {"actors.threads", int_setter(0, 256,
-                                    [](settings& s, int64_t v) {
-                                      s.actors.threads = static_cast<int32_t>(v);
-                                    })},
-      {"storage.data_dir",
-       string_setter([](settings& s, std::string v) { s.storage.data_dir = v; })},
-      {"storage.models_dir",
-       string_setter([](settings& s, std::string v) { s.storage.models_dir = v; })},
-      {"storage.synchronous",
-       choice_setter({"NORMAL", "FULL"}, true,
-                     [](settings& s, std::string v) { s.storage.synchronous = v; })},
-      {"log.level",
-       choice_setter({"trace", "debug", "info", "warn", "error", "off"}, false,
-                     [](settings& s, std::string v) { s.log.level = v; })},
-      {"log.format", choice_setter({"text", "json"}, false,
-                                   [](settings& s, std::string v) { s.log.format = v; })},
-      {"shutdown.drain_timeout_ms",
-       int_setter(0, 3600000,
-                  [](settings& s, int64_t v) { s.shutdown.drain_timeout_ms = v; })},
+      string_key("http.host", at(&settings::http, &http_settings::host)),
+      int_key("http.port", 1, 65535, at(&settings::http, &http_settings::port)),
+      int_key("http.max_body_bytes", 1, int64_t{1} << 30,
+              at(&settings::http, &http_settings::max_body_bytes)),
+      int_key("http.threads", 1, 64, at(&settings::http, &http_settings::threads)),
+      int_key("http.request_timeout_ms", 1, 3600000,
+              at(&settings::http, &http_settings::request_timeout_ms)),
+      int_key("queue.max_queued", 1, int64_max,
+              at(&settings::queue, &queue_settings::max_queued)),
+      int_key("queue.max_interactive", 1, 1000000,
+              at(&settings::queue, &queue_settings::max_interactive)),
+      int_key("queue.lease_ms", 100, 86400000,
+              at(&settings::queue, &queue_settings::lease_ms)),
+      int_key("queue.max_attempts", 1, 100,
+              at(&settings::queue, &queue_settings::max_attempts)),
+      int_key("queue.tick_ms", 10, 60000, at(&settings::queue, &queue_settings::tick_ms)),
+      int_key("queue.batches_in_flight", 1, 64,
+              at(&settings::queue, &queue_settings::batches_in_flight)),
+      int_key("workers.count", 0, 64, at(&settings::workers, &workers_settings::count)),
+      int_key("workers.intra_op_threads", 1, 256,
+              at(&settings::workers, &workers_settings::intra_op_threads)),
+      int_key("workers.memory_budget_mb", 0, 16 * 1024 * 1024,
+              at(&settings::workers, &workers_settings::memory_budget_mb)),
+      int_key("workers.generate_timeout_ms", 1000, 24LL * 3600 * 1000,
+              at(&settings::workers, &workers_settings::generate_timeout_ms)),
+      int_key("workers.stream_interval_ms", 0, 1000,
+              at(&settings::workers, &workers_settings::stream_interval_ms)),
+      bool_key("workers.in_process",
+               at(&settings::workers, &workers_settings::in_process)),
+      string_key("cluster.host", at(&settings::cluster, &cluster_settings::host)),
+      int_key("cluster.port", 0, 65535, at(&settings::cluster, &cluster_settings::port)),
+      choice_key("cluster.routing", {"queue_depth", "round_robin", "latency"}, false,
+                 at(&settings::cluster, &cluster_settings::routing)),
+      int_key("cluster.heartbeat_ms", 0, 60000,
+              at(&settings::cluster, &cluster_settings::heartbeat_ms)),
+      int_key("cluster.peer_timeout_ms", 0, 3600 * 1000,
+              at(&settings::cluster, &cluster_settings::peer_timeout_ms)),
+      text_key("cluster.tls_certificate",
+               at(&settings::cluster, &cluster_settings::tls_certificate)),
+      text_key("cluster.tls_key", at(&settings::cluster, &cluster_settings::tls_key)),
+      text_key("cluster.tls_cafile",
+               at(&settings::cluster, &cluster_settings::tls_cafile)),
+      text_key("cluster.secret", at(&settings::cluster, &cluster_settings::secret)),
+      choice_key("actors.scheduler", {"sharing", "stealing"}, false,
+                 at(&settings::actors, &actors_settings::scheduler)),
+      int_key("actors.threads", 0, 256, at(&settings::actors, &actors_settings::threads)),
+      string_key("storage.data_dir", at(&settings::storage, &storage_settings::data_dir)),
+      string_key("storage.models_dir",
+                 at(&settings::storage, &storage_settings::models_dir)),
+      choice_key("storage.synchronous", {"NORMAL", "FULL"}, true,
+                 at(&settings::storage, &storage_settings::synchronous)),
+      choice_key("log.level", {"trace", "debug", "info", "warn", "error", "off"}, false,
+                 at(&settings::log, &log_settings::level)),
+      choice_key("log.format", {"text", "json"}, false,
+                 at(&settings::log, &log_settings::format)),
+      int_key("shutdown.drain_timeout_ms", 0, 3600000,
+              at(&settings::shutdown, &shutdown_settings::drain_timeout_ms)),
   };
   return table;
 }
@@ -260,6 +265,21 @@ std::vector<std::string> config_keys() {
   std::vector<std::string> out;
   for (auto& k : keys())
     out.emplace_back(k.name);
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> setting_values(const settings& s) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& k : keys())
+    out.emplace_back(k.name, k.get(s));
+  return out;
+}
+
+std::string env_name(const std::string& key) {
+  auto dot = key.find('.');
+  std::string out = "INFERGRID_" + key.substr(0, dot) + "__" + key.substr(dot + 1);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return std::toupper(c); });
   return out;
 }
 

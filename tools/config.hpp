@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/expected.hpp>
@@ -36,6 +37,15 @@ caf::expected<void> apply_yaml(settings& s, const std::string& yaml_text,
 
 /// Every configuration key, "section.key", in file order.
 std::vector<std::string> config_keys();
+
+/// Every key's value in `s`, in file order, as text that load_settings reads
+/// back to the same value: how serve hands its effective settings (file,
+/// environment and flags together) to the worker processes it starts.
+std::vector<std::pair<std::string, std::string>> setting_values(const settings& s);
+
+/// The environment variable of a key: "workers.stream_interval_ms" ->
+/// "INFERGRID_WORKERS__STREAM_INTERVAL_MS".
+std::string env_name(const std::string& key);
 
 /// The process environment as a map.
 std::map<std::string, std::string> process_environment();

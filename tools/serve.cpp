@@ -32,6 +32,7 @@
 #include "inference/demo_models.hpp"
 #include "inference/model_repository.hpp"
 #include "messages/errors.hpp"
+#include "tools/config.hpp"
 #include "tools/tls_guard.hpp"
 
 namespace infergrid {
@@ -65,40 +66,27 @@ std::string self_exe() {
 }
 
 // The worker processes serve starts: the same binary as `infergrid worker`,
-// with the effective settings they need in their environment.
+// with serve's effective settings (its file, environment and flags together)
+// in their environment, so every setting a worker reads reaches it, and the
+// secret serve generated when none was configured.
 supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
                                    const std::string& secret,
                                    const std::string& db_path) {
   supervisor_config sup;
   auto exe = self_exe();
+  std::vector<std::string> env;
+  for (auto& [key, value] : setting_values(s))
+    env.push_back(env_name(key) + "=" + value);
+  env.push_back(env_name("cluster.secret") + "=" + secret);
+  // The short form would lose to the variable above anyway; set it alike so
+  // that nothing in the worker reads a stale one.
+  env.push_back("LOG_LEVEL=" + s.log.level);
   for (int i = 0; i < s.workers.count; ++i) {
     child_spec c;
     c.name = "w" + std::to_string(i + 1);
     c.argv = {exe,    "worker", "--join", "127.0.0.1:" + std::to_string(cluster_port),
               "--id", c.name,   "--db",   db_path};
-    c.env = {
-        "INFERGRID_CLUSTER__SECRET=" + secret,
-        "INFERGRID_STORAGE__MODELS_DIR=" + s.storage.models_dir,
-        "INFERGRID_STORAGE__DATA_DIR=" + s.storage.data_dir,
-        "INFERGRID_STORAGE__SYNCHRONOUS=" + s.storage.synchronous,
-        "INFERGRID_WORKERS__INTRA_OP_THREADS="
-            + std::to_string(s.workers.intra_op_threads),
-        "INFERGRID_WORKERS__MEMORY_BUDGET_MB="
-            + std::to_string(s.workers.memory_budget_mb),
-        "INFERGRID_WORKERS__GENERATE_TIMEOUT_MS="
-            + std::to_string(s.workers.generate_timeout_ms),
-        "INFERGRID_WORKERS__STREAM_INTERVAL_MS="
-            + std::to_string(s.workers.stream_interval_ms),
-        "INFERGRID_HTTP__REQUEST_TIMEOUT_MS=" + std::to_string(s.http.request_timeout_ms),
-        "INFERGRID_ACTORS__SCHEDULER=" + s.actors.scheduler,
-        "INFERGRID_ACTORS__THREADS=" + std::to_string(s.actors.threads),
-        "INFERGRID_LOG__LEVEL=" + s.log.level,
-        "INFERGRID_LOG__FORMAT=" + s.log.format,
-        "LOG_LEVEL=" + s.log.level,
-        "INFERGRID_CLUSTER__TLS_CERTIFICATE=" + s.cluster.tls_certificate,
-        "INFERGRID_CLUSTER__TLS_KEY=" + s.cluster.tls_key,
-        "INFERGRID_CLUSTER__TLS_CAFILE=" + s.cluster.tls_cafile,
-    };
+    c.env = env;
     sup.children.push_back(std::move(c));
   }
   return sup;

@@ -201,7 +201,7 @@ def main():
         # 3. A restart, with a setting of the workers in a --config file.
         config = os.path.join(root, "serve2.yaml")
         with open(config, "w") as f:
-            f.write("workers:\n  stream_interval_ms: 0\n")
+            f.write("workers:\n  stream_interval_ms: 1000\n")
         s2 = Server(args.binary, root, 1, "serve2.log", args_extra=["--config", config])
         def survives_restart():
             s2.wait_healthy()
@@ -210,14 +210,18 @@ def main():
             _assert(job["output"]["outputs"][0]["shape"] == [2, 4], job)
         results.append(run_case("queued job survives a restart", survives_restart))
         def config_reaches_worker_processes():
-            # stream_interval_ms 0: every token leaves the worker alone, not
-            # gathered for 5 ms (4 events for 256 tokens when the setting did
-            # not reach the worker process; the session still sends together
-            # what arrives while it writes, so fewer events than tokens).
+            # stream_interval_ms 1000: the worker sends the first text at once
+            # and the rest when the generation ends, so at most 2 events. With
+            # the default (5 ms) that reaches a worker process which did not
+            # get the setting, 1024 tokens take several intervals even on a
+            # fast machine (about 70 ms here, so some 14 events). The bound
+            # holds however slowly the machine runs, unlike a lower bound on
+            # events, which the gateway's coalescing of writes makes timing
+            # dependent.
             s2.wait_ready()
-            body = {"model": "tinylm", "prompt": "Once upon a time", "max_tokens": 256,
+            body = {"model": "tinylm", "prompt": "Once upon a time", "max_tokens": 1024,
                     "temperature": 0, "stream": True}
-            pieces = 0
+            pieces, text = 0, ""
             with requests.post(s2.url + "/v1/completions", json=body, stream=True,
                                timeout=60) as r:
                 _assert(r.status_code == 200, r.text)
@@ -226,7 +230,9 @@ def main():
                         chunk = json.loads(line[len(b"data: "):])
                         if chunk["choices"] and chunk["choices"][0]["text"]:
                             pieces += 1
-            _assert(pieces >= 48, f"{pieces} pieces for 256 tokens")
+                            text += chunk["choices"][0]["text"]
+            _assert(len(text) >= 512, f"only {len(text)} characters generated")
+            _assert(pieces <= 2, f"{pieces} pieces at stream_interval_ms 1000")
         results.append(run_case("a --config setting reaches the worker processes",
                                 config_reaches_worker_processes))
         rc = s2.stop(signal.SIGTERM)

@@ -162,4 +162,40 @@ CAF_TEST(directories are created below an existing parent only) {
   CAF_CHECK(error_of(src).find("is not a directory") != std::string::npos);
 }
 
+CAF_TEST(setting values read back through the environment to the same settings) {
+  // What serve does for its worker processes: every effective value, set
+  // from a file, the environment and flags, handed on as variables.
+  auto src = sources();
+  src.yaml_path = write("workers:\n  stream_interval_ms: 0\n  in_process: true\n"
+                        "cluster:\n  heartbeat_ms: 250\n  peer_timeout_ms: 900\n"
+                        "  routing: LATENCY\n  tls_cafile: /etc/ca.pem\n");
+  src.env["INFERGRID_STORAGE__SYNCHRONOUS"] = "full";
+  src.env["LOG_LEVEL"] = "warn";
+  src.flags["queue.batches_in_flight"] = "5";
+  src.flags["cluster.secret"] = "s3cret";
+  auto s = load_settings(src);
+  CAF_REQUIRE(s);
+  auto values = setting_values(*s);
+  CAF_CHECK_EQUAL(values.size(), config_keys().size());
+  config_sources env_only;
+  for (auto& [key, value] : values)
+    env_only.env[env_name(key)] = value;
+  auto back = load_settings(env_only);
+  CAF_REQUIRE(back);
+  CAF_CHECK(setting_values(*back) == values);
+  CAF_CHECK_EQUAL(back->workers.stream_interval_ms, 0);
+  CAF_CHECK_EQUAL(back->workers.in_process, true);
+  CAF_CHECK_EQUAL(back->cluster.heartbeat_ms, 250);
+  CAF_CHECK_EQUAL(back->cluster.peer_timeout_ms, 900);
+  CAF_CHECK_EQUAL(back->cluster.routing, "latency");
+  CAF_CHECK_EQUAL(back->cluster.tls_cafile, "/etc/ca.pem");
+  CAF_CHECK_EQUAL(back->cluster.secret, "s3cret");
+  CAF_CHECK_EQUAL(back->storage.synchronous, "FULL");
+  CAF_CHECK_EQUAL(back->storage.data_dir, dir.str("data"));
+  CAF_CHECK_EQUAL(back->log.level, "warn");
+  CAF_CHECK_EQUAL(back->queue.batches_in_flight, 5);
+  CAF_CHECK_EQUAL(env_name("workers.stream_interval_ms"),
+                  "INFERGRID_WORKERS__STREAM_INTERVAL_MS");
+}
+
 CAF_TEST_FIXTURE_SCOPE_END()
