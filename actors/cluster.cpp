@@ -50,7 +50,8 @@ door_actor::behavior_type door_behavior(door_actor::pointer self, door_config cf
         self->request(cfg.queue, std::chrono::seconds(10), join_atom::value,
                       req.worker_id)
             .then(
-                [cfg, rp, who, direct = !req.db_path.empty()](bool free) mutable {
+                [cfg, rp, who, worker_id = req.worker_id,
+                 direct = !req.db_path.empty()](bool free) mutable {
                   if (!free) {
                     spdlog::warn("cluster: refused worker {}: a live worker already has "
                                  "this id",
@@ -63,7 +64,12 @@ door_actor::behavior_type door_behavior(door_actor::pointer self, door_config cf
                   spdlog::info("cluster: worker {} joined ({})", who,
                                direct ? "opens the database"
                                       : "claims through the queue");
-                  rp.deliver(join_reply{cfg.queue, cfg.broker, cfg.lease_ms});
+                  join_reply reply{cfg.queue, cfg.broker, cfg.lease_ms, {}, {}};
+                  if (cfg.links) {
+                    reply.link_address = cfg.links->address();
+                    reply.link_token = cfg.links->issue(worker_id);
+                  }
+                  rp.deliver(std::move(reply));
                 },
                 [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
         return rp;

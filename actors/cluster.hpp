@@ -4,19 +4,22 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include <caf/fwd.hpp>
 
 #include "actors/interfaces.hpp"
+#include "actors/local_link.hpp"
 
 namespace infergrid {
 
 /// The version of what travels between nodes, sent in CAF's handshake
 /// (middleman.app-identifiers): nodes of different versions refuse each
 /// other at once instead of misreading messages. Bump it whenever a message
-/// type registered below changes shape (2: worker_registration::runner).
-inline constexpr const char* wire_version = "infergrid-wire-2";
+/// type registered below changes shape (2: worker_registration::runner;
+/// 3: the local link's fields in join_reply and worker_registration).
+inline constexpr const char* wire_version = "infergrid-wire-3";
 
 /// Registers every type that travels between nodes inside messages (CAF
 /// 0.17 needs them by name on both sides). Call on the config of every
@@ -32,6 +35,8 @@ struct door_config {
   int64_t lease_ms = 30000;
   queue_actor queue;
   broker_actor broker;
+  /// The local link hub (cluster.local_link); null: none is offered.
+  std::shared_ptr<link_hub> links;
 };
 
 /// Spawns the door (see door_actor in interfaces.hpp).

@@ -203,18 +203,22 @@ struct worker_registration {
   /// Runs the worker's tensor batches (its executor); null: the worker
   /// actor itself takes them.
   batch_runner_actor runner;
+  /// The token of the worker's local link (join_reply::link_token), when it
+  /// connected one: the queue then sends its batches over the link and over
+  /// `runner` once the link is gone. Empty: over `runner`.
+  std::string link_token;
 };
 
 inline bool operator==(const worker_registration& x, const worker_registration& y) {
   return x.worker_id == y.worker_id && x.models == y.models && x.failed == y.failed
          && x.device == y.device && x.host == y.host && x.claim_path == y.claim_path
-         && x.runner == y.runner;
+         && x.runner == y.runner && x.link_token == y.link_token;
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_registration& x) {
   return f(caf::meta::type_name("worker_registration"), x.worker_id, x.models, x.failed,
-           x.device, x.host, x.claim_path, x.runner);
+           x.device, x.host, x.claim_path, x.runner, x.link_token);
 }
 
 /// A snapshot of the queue for /readyz, /metrics and the admin API.
@@ -403,11 +407,17 @@ struct join_reply {
   broker_actor broker;
   /// The control node's lease length (queue.lease_ms).
   int64_t lease_ms = 30000;
+  /// The control node's local link (actors/local_link.hpp): an abstract Unix
+  /// socket name and a one-time token for it. Empty when it offers none
+  /// (cluster.local_link: false).
+  std::string link_address;
+  std::string link_token;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, join_reply& x) {
-  return f(caf::meta::type_name("join_reply"), x.queue, x.broker, x.lease_ms);
+  return f(caf::meta::type_name("join_reply"), x.queue, x.broker, x.lease_ms,
+           x.link_address, x.link_token);
 }
 
 /// The one actor a control node publishes on cluster.port. Everything else

@@ -757,6 +757,12 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         w.id = reg.worker_id;
         w.handle = handle;
         w.runner = reg.runner ? reg.runner : batch_runner_actor{handle};
+        bool linked = false;
+        if (st.cfg.links && !reg.link_token.empty()) {
+          auto runner = st.cfg.links->runner_for(reg.link_token, w.runner);
+          linked = runner != w.runner;
+          w.runner = runner;
+        }
         w.host = reg.host;
         w.claim_path = reg.claim_path;
         w.order = ++st.registrations;
@@ -764,7 +770,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         w.models.insert(reg.models.begin(), reg.models.end());
         st.maybe_ready.insert(reg.models.begin(), reg.models.end());
         self->monitor(handle);
-        spdlog::info("queue: worker {} ready with {} model(s)", w.id, w.models.size());
+        spdlog::info("queue: worker {} ready with {} model(s){}", w.id, w.models.size(),
+                     linked ? "; its batches take the local link" : "");
         record_worker(st, w, "IDLE", true);
         st.workers.push_back(std::move(w));
         dispatch(self);

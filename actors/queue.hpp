@@ -11,6 +11,7 @@
 #include <caf/fwd.hpp>
 
 #include "actors/interfaces.hpp"
+#include "actors/local_link.hpp"
 #include "messages/settings.hpp"
 #include "persistence/job_store.hpp"
 
@@ -41,6 +42,9 @@ struct queue_config {
   /// data_dir/artifacts: where durable jobs' files are found.
   std::string artifacts_dir;
   routing_strategy routing = routing_strategy::queue_depth;
+  /// The local link hub: a registration that names a link token gets its
+  /// batches sent over that link. Null: every batch takes CAF's BASP.
+  std::shared_ptr<link_hub> links;
   /// Arm the periodic tick (rescue of lapsed leases, wake-ups). Tests that
   /// drive the queue by hand turn it off.
   bool tick = true;

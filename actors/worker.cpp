@@ -543,6 +543,10 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
             reg.host = st.cfg.host;
             reg.claim_path = st.cfg.claim_path;
             reg.runner = st.exec;
+            if (st.cfg.link) {
+              st.cfg.link->serve(caf::actor_cast<caf::strong_actor_ptr>(st.exec));
+              reg.link_token = st.cfg.link->token();
+            }
             if (st.phase != worker_phase::error)
               transition(self, worker_phase::idle);
             spdlog::info("worker {}: {} on {} with {} model(s) ready", st.cfg.id,

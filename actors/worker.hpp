@@ -5,12 +5,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <caf/fwd.hpp>
 
 #include "actors/interfaces.hpp"
+#include "actors/local_link.hpp"
 #include "inference/model_repository.hpp"
 #include "persistence/job_store.hpp"
 
@@ -51,6 +53,9 @@ struct worker_config {
   /// Most durable jobs of one tensor model claimed and run as one batch
   /// (also bounded by the model's max_batch_size).
   int32_t max_job_batch = 32;
+  /// A local link to the control node (a worker process on its host): the
+  /// executor serves the batches that come over it.
+  std::shared_ptr<link_client> link;
 };
 
 /// Spawns a worker. It loads its models in the background and registers with

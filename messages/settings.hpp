@@ -75,6 +75,10 @@ struct cluster_settings {
   /// A peer silent this long (a frozen or partitioned process) is dropped:
   /// its actors go down, as if it had died. 0: never (needs heartbeats).
   int64_t peer_timeout_ms = 5000;
+  /// Tensor batches to worker processes on this host go over a Unix socket
+  /// that the sending actor writes itself (actors/local_link.hpp) instead of
+  /// CAF's middleman threads; BASP stays the control path and the fallback.
+  bool local_link = true;
   /// TLS between nodes (libcaf_openssl): this node's certificate and key
   /// (PEM) and the CA file that peers' certificates must chain to. All
   /// empty: plain TCP (keep the cluster port on a private network).

@@ -189,6 +189,8 @@ const std::vector<key_def>& keys() {
       int_key("cluster.port", 0, 65535, at(&settings::cluster, &cluster_settings::port)),
       choice_key("cluster.routing", {"queue_depth", "round_robin", "latency"}, false,
                  at(&settings::cluster, &cluster_settings::routing)),
+      bool_key("cluster.local_link",
+               at(&settings::cluster, &cluster_settings::local_link)),
       int_key("cluster.heartbeat_ms", 0, 60000,
               at(&settings::cluster, &cluster_settings::heartbeat_ms)),
       int_key("cluster.peer_timeout_ms", 0, 3600 * 1000,

@@ -25,6 +25,7 @@
 #include "actors/broker.hpp"
 #include "actors/cluster.hpp"
 #include "actors/gateway.hpp"
+#include "actors/local_link.hpp"
 #include "actors/queue.hpp"
 #include "actors/supervisor.hpp"
 #include "actors/worker.hpp"
@@ -234,6 +235,15 @@ int run_control_node(const settings& s, control_role role) {
     }
   }
   caf::actor_system sys{cfg};
+  // The local link for worker processes on this host (cluster.local_link).
+  std::shared_ptr<link_hub> links;
+  if (publish && s.cluster.local_link) {
+    if (auto hub = link_hub::open(sys))
+      links = *hub;
+    else
+      spdlog::warn("{}: no local link, batches take the cluster connection: {}", name,
+                   message_of(hub.error()));
+  }
   auto broker = spawn_broker(sys, broker_config{});
   queue_config qcfg;
   qcfg.settings = s.queue;
@@ -242,6 +252,7 @@ int run_control_node(const settings& s, control_role role) {
   routing_from_string(s.cluster.routing, qcfg.routing);
   auto artifacts_dir = (fs::path{s.storage.data_dir} / "artifacts").string();
   qcfg.artifacts_dir = artifacts_dir;
+  qcfg.links = links;
   auto queue = spawn_queue(
       sys, qcfg, std::shared_ptr<persistence::job_store>(std::move(*queue_store)),
       broker);
@@ -288,6 +299,9 @@ int run_control_node(const settings& s, control_role role) {
     caf::anon_send_exit(gateway, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(queue, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(broker, caf::exit_reason::user_shutdown);
+    // Its reader threads deliver to actors: closed before the system goes.
+    if (links)
+      links->close();
   };
 
   if (publish) {
@@ -297,6 +311,7 @@ int run_control_node(const settings& s, control_role role) {
     dcfg.lease_ms = s.queue.lease_ms;
     dcfg.queue = queue;
     dcfg.broker = broker;
+    dcfg.links = links;
     door = spawn_door(sys, dcfg);
     auto cluster_port
         = tls_enabled(s.cluster)

@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/cluster.hpp"
+#include "actors/local_link.hpp"
 #include "actors/worker.hpp"
 #include "inference/model_repository.hpp"
 #include "messages/errors.hpp"
@@ -32,6 +33,16 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+
+// Closes a join's local link when the join ends, however it ends: its reader
+// thread hands requests to the executor and must stop before the system.
+struct link_holder {
+  std::shared_ptr<link_client> client;
+  ~link_holder() {
+    if (client)
+      client->close();
+  }
+};
 
 std::string host_name() {
   char buf[256] = {0};
@@ -169,13 +180,26 @@ int run_worker(const settings& s, const worker_options& opts) {
             = (fs::path{opts.db_path}.parent_path() / "artifacts").string();
         wcfg.claim_path = "direct";
       }
+      // A control node on this host offers its local link; one elsewhere
+      // (or in another network namespace) cannot be reached this way.
+      link_holder link;
+      if (s.cluster.local_link && !joined->link_address.empty()) {
+        if (auto c = link_client::connect(sys, joined->link_address, joined->link_token))
+          link.client = *c;
+        else
+          spdlog::info("worker {}: no local link ({}); batches take the cluster "
+                       "connection",
+                       id, message_of(c.error()));
+      }
+      wcfg.link = link.client;
       auto queue = caf::actor_cast<queue_feedback_actor>(joined->queue);
       auto worker = spawn_worker(sys, queue, joined->broker, wcfg);
       self->monitor(joined->queue);
       self->monitor(worker);
-      spdlog::info("worker {}: joined {} ({})", id, opts.join,
+      spdlog::info("worker {}: joined {} ({}{})", id, opts.join,
                    opts.db_path.empty() ? "claims through the queue"
-                                        : "opens " + opts.db_path);
+                                        : "opens " + opts.db_path,
+                   link.client ? ", batches over the local link" : "");
       bool lost = false;
       bool refused = false;
       while (!lost) {

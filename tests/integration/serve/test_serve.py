@@ -72,6 +72,21 @@ def test_kserve_matches_job(s):
         assert abs(sum(out["data"][row * 4:(row + 1) * 4]) - 1.0) < 1e-4
 
 
+def log_text(s):
+    with open(s.log_path) as f:
+        return f.read()
+
+
+def test_local_link(s):
+    # The worker process took the local link, and tensor requests (the
+    # kserve cases above went over it) are answered through it.
+    text = log_text(s)
+    _assert("worker w1 ready with" in text and "its batches take the local link" in text,
+            f"no local link in the log:\n{s.tail()}")
+    r = s.post("/v2/models/classifier/infer", json=classifier_input(2))
+    _assert(r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 4], r.text)
+
+
 def test_kserve_metadata(s):
     r = s.get("/v2/models/classifier")
     assert r.status_code == 200, r.text
@@ -163,6 +178,7 @@ def main():
             for name, fn in [("health and readiness", test_health_and_readiness),
                              ("job round trip", test_job_round_trip),
                              ("kserve matches job", test_kserve_matches_job),
+                             ("tensor batches take the local link", test_local_link),
                              ("kserve metadata", test_kserve_metadata),
                              ("generate job", test_generate_job),
                              ("errors", test_errors),
@@ -201,7 +217,7 @@ def main():
         # 3. A restart, with a setting of the workers in a --config file.
         config = os.path.join(root, "serve2.yaml")
         with open(config, "w") as f:
-            f.write("workers:\n  stream_interval_ms: 1000\n")
+            f.write("workers:\n  stream_interval_ms: 1000\ncluster:\n  local_link: false\n")
         s2 = Server(args.binary, root, 1, "serve2.log", args_extra=["--config", config])
         def survives_restart():
             s2.wait_healthy()
@@ -235,6 +251,14 @@ def main():
             _assert(pieces <= 2, f"{pieces} pieces at stream_interval_ms 1000")
         results.append(run_case("a --config setting reaches the worker processes",
                                 config_reaches_worker_processes))
+        def without_local_link():
+            # cluster.local_link: false: the same answers over the cluster
+            # connection, and no link in the log.
+            r = s2.post("/v2/models/classifier/infer", json=classifier_input(3))
+            _assert(r.status_code == 200 and r.json()["outputs"][0]["shape"] == [3, 4], r.text)
+            _assert("local link" not in log_text(s2), f"a local link:\n{s2.tail()}")
+        results.append(run_case("cluster.local_link false keeps batches on BASP",
+                                without_local_link))
         rc = s2.stop(signal.SIGTERM)
         results.append(run_case("restart exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s2.tail()}")))
 

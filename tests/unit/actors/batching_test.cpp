@@ -62,7 +62,7 @@ struct fixture : test_coordinator_fixture<> {
     // Busy while a batch runs: its answer comes when the test says so.
     deref<worker_actor::stateful_base<fake_worker_state>>(w).state.hold = true;
     worker_registration reg{
-        id, {"classifier", "tinylm"}, {}, "cpu", "localhost", "in-process", {}};
+        id, {"classifier", "tinylm"}, {}, "cpu", "localhost", "in-process", {}, {}};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     expect((work_atom), from(queue).to(w));
@@ -143,8 +143,8 @@ CAF_TEST(batches go to the runner a worker names and skip the worker actor) {
   // worker actor's thread on its way in and out.
   auto w = sys.spawn(fake_worker);
   auto runner = sys.spawn(fake_worker);
-  worker_registration reg{"w1",        {"classifier"}, {},    "cpu",
-                          "localhost", "in-process",   runner};
+  worker_registration reg{"w1",        {"classifier"}, {},     "cpu",
+                          "localhost", "in-process",   runner, {}};
   inject((register_atom, worker_actor, worker_registration),
          from(self).to(queue).with(register_atom::value, w, reg));
   expect((work_atom), from(queue).to(w));
@@ -289,7 +289,8 @@ CAF_TEST(a worker that never answers fails its requests at their deadline) {
   // The queue sets no CAF timeout per request (each would wake the clock
   // thread); its tick fails what is overdue.
   auto w = sys.spawn(silent_worker);
-  worker_registration reg{"w1", {"classifier"}, {}, "cpu", "localhost", "in-process", {}};
+  worker_registration reg{"w1",        {"classifier"}, {}, "cpu",
+                          "localhost", "in-process",   {}, {}};
   inject((register_atom, worker_actor, worker_registration),
          from(self).to(queue).with(register_atom::value, w, reg));
   sched.run();

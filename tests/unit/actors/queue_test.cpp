@@ -60,7 +60,7 @@ struct fixture : test_coordinator_fixture<> {
   worker_actor register_worker(const std::string& id, std::vector<std::string> models) {
     auto w = sys.spawn(fake_worker);
     worker_registration reg{id,          std::move(models), {}, "cpu",
-                            "localhost", "in-process",      {}};
+                            "localhost", "in-process",      {}, {}};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     return w;
@@ -317,7 +317,8 @@ CAF_TEST(a second live worker with the same id is stopped and the first keeps go
   // with a conflict, the first stays registered.
   auto second = sys.spawn(fake_worker);
   self->monitor(second);
-  worker_registration reg{"w1", {"classifier"}, {}, "cpu", "localhost", "in-process", {}};
+  worker_registration reg{"w1",        {"classifier"}, {}, "cpu",
+                          "localhost", "in-process",   {}, {}};
   self->send(queue, register_atom::value, second, reg);
   sched.run();
   bool stopped = false;

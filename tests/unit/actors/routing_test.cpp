@@ -74,7 +74,8 @@ struct fixture : test_coordinator_fixture<> {
   // Registers an idle worker; `state` is the classifier's state on it.
   worker_actor add_worker(const std::string& id, const std::string& state = "READY") {
     auto w = sys.spawn(fake_worker);
-    worker_registration reg{id, {"classifier"}, {}, "cpu", "localhost", "in-process", {}};
+    worker_registration reg{id,          {"classifier"}, {}, "cpu",
+                            "localhost", "in-process",   {}, {}};
     inject((register_atom, worker_actor, worker_registration),
            from(self).to(queue).with(register_atom::value, w, reg));
     expect((work_atom), from(queue).to(w));
@@ -213,7 +214,8 @@ CAF_TEST(latency prefers the worker that answered faster) {
 CAF_TEST(work out on a worker that goes down fails at once and may be retried) {
   start(routing_strategy::queue_depth);
   auto w = sys.spawn(silent_worker);
-  worker_registration reg{"w1", {"classifier"}, {}, "cpu", "localhost", "in-process", {}};
+  worker_registration reg{"w1",        {"classifier"}, {}, "cpu",
+                          "localhost", "in-process",   {}, {}};
   inject((register_atom, worker_actor, worker_registration),
          from(self).to(queue).with(register_atom::value, w, reg));
   expect((work_atom), from(queue).to(w));

@@ -77,6 +77,7 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
                   defaults.shutdown.drain_timeout_ms);
   CAF_CHECK_EQUAL(from_file.cluster.heartbeat_ms, defaults.cluster.heartbeat_ms);
   CAF_CHECK_EQUAL(from_file.cluster.peer_timeout_ms, defaults.cluster.peer_timeout_ms);
+  CAF_CHECK_EQUAL(from_file.cluster.local_link, defaults.cluster.local_link);
   // Every key of the table appears in the file.
   for (auto& key : config_keys()) {
     auto dot = key.find('.');

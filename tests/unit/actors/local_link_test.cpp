@@ -1,0 +1,194 @@
+// Local link tests: a real hub and client (an abstract Unix socket) in one
+// actor system, with runners that say which way a batch came.
+#define CAF_SUITE local_link
+#include "tests/unit/test_support.hpp"
+
+#include "actors/local_link.hpp"
+
+#include <caf/test/unit_test.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/cluster.hpp"
+#include "messages/errors.hpp"
+
+using namespace infergrid;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Answers each batch with one tensor per request, named `who` and holding
+// the request's id, so a test sees which runner ran it.
+batch_runner_actor::behavior_type named_runner(batch_runner_actor::pointer,
+                                               std::string who) {
+  return {
+      [who](infer_atom, infer_batch& batch) {
+        infer_batch_result out;
+        for (auto& r : batch.requests) {
+          tensor_data t;
+          t.name = who;
+          t.type = dtype::int64;
+          t.bytes.assign(r.request_id.begin(), r.request_id.end());
+          out.outputs.push_back({t});
+        }
+        return out;
+      },
+  };
+}
+
+// Never answers: its requests stay in flight. Raises `got` on the first.
+batch_runner_actor::behavior_type silent_runner(batch_runner_actor::pointer self,
+                                                std::shared_ptr<std::atomic<bool>> got) {
+  return {
+      [self, got](infer_atom, infer_batch&) -> caf::result<infer_batch_result> {
+        got->store(true);
+        return self->make_response_promise<infer_batch_result>();
+      },
+  };
+}
+
+bool wait_until(const std::function<bool()>& done) {
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!done() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  return done();
+}
+
+struct config : caf::actor_system_config {
+  config() {
+    add_cluster_message_types(*this);
+  }
+};
+
+infer_batch batch_of(std::initializer_list<std::string> ids) {
+  infer_batch b;
+  b.model = "m";
+  for (auto& id : ids) {
+    infer_request r;
+    r.model = "m";
+    r.request_id = id;
+    b.requests.push_back(r);
+  }
+  return b;
+}
+
+struct fixture {
+  config cfg;
+  caf::actor_system sys{cfg};
+  std::shared_ptr<link_hub> hub;
+  batch_runner_actor fallback = sys.spawn(named_runner, std::string{"fallback"});
+
+  fixture() {
+    auto opened = link_hub::open(sys);
+    CAF_REQUIRE(opened);
+    hub = *opened;
+  }
+
+  ~fixture() {
+    hub->close();
+  }
+
+  // "runner:id" for each answer, or "error:<code>: <message>".
+  std::string ask(const batch_runner_actor& runner, infer_batch batch) {
+    caf::scoped_actor self{sys};
+    std::string out;
+    self->request(runner, 10s, infer_atom::value, std::move(batch))
+        .receive(
+            [&](infer_batch_result& r) {
+              for (auto& ts : r.outputs)
+                out += (out.empty() ? "" : " ") + ts.at(0).name + ":"
+                       + std::string{ts.at(0).bytes.begin(), ts.at(0).bytes.end()};
+            },
+            [&](caf::error& err) {
+              out = "error:" + to_string(code_of(err)) + ": " + message_of(err);
+            });
+    return out;
+  }
+
+  std::shared_ptr<link_client> connect(const std::string& token) {
+    auto c = link_client::connect(sys, hub->address(), token);
+    CAF_REQUIRE(c);
+    return *c;
+  }
+};
+
+} // namespace
+
+CAF_TEST_FIXTURE_SCOPE(local_link_tests, fixture)
+
+CAF_TEST(batches go over the link to the target of the client and answers come back) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  client->serve(caf::actor_cast<caf::strong_actor_ptr>(
+      sys.spawn(named_runner, std::string{"linked"})));
+  auto runner = hub->runner_for(token, fallback);
+  CAF_CHECK(runner != fallback);
+  CAF_CHECK_EQUAL(hub->connected(), 1);
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"a", "b"})), "linked:a linked:b");
+  // Many in a row, each matched to its own request.
+  for (int i = 0; i < 50; ++i) {
+    auto id = std::to_string(i);
+    CAF_CHECK_EQUAL(ask(runner, batch_of({id})), "linked:" + id);
+  }
+  client->close();
+}
+
+CAF_TEST(an unknown or used token is refused and its registration keeps BASP) {
+  auto bad = link_client::connect(sys, hub->address(), "not-a-token");
+  CAF_REQUIRE(!bad);
+  CAF_CHECK(code_of(bad.error()) == errc::unauthorized);
+  auto token = hub->issue("w1");
+  auto first = connect(token);
+  auto again = link_client::connect(sys, hub->address(), token);
+  CAF_REQUIRE(!again);
+  CAF_CHECK(code_of(again.error()) == errc::unauthorized);
+  CAF_CHECK(hub->runner_for("not-a-token", fallback) == fallback);
+  CAF_CHECK_EQUAL(ask(hub->runner_for("not-a-token", fallback), batch_of({"x"})),
+                  "fallback:x");
+  first->close();
+}
+
+CAF_TEST(a closed link fails what is in flight and sends later batches over BASP) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  auto got = std::make_shared<std::atomic<bool>>(false);
+  client->serve(caf::actor_cast<caf::strong_actor_ptr>(sys.spawn(silent_runner, got)));
+  auto runner = hub->runner_for(token, fallback);
+  std::string in_flight;
+  std::thread asker{[&] { in_flight = ask(runner, batch_of({"lost"})); }};
+  CAF_CHECK(wait_until([&] { return got->load(); }));
+  client->close();
+  asker.join();
+  CAF_CHECK_EQUAL(in_flight.substr(0, 18), "error:unavailable:");
+  CAF_CHECK(in_flight.find("local link to worker w1") != std::string::npos);
+  // The hub has seen the end of the stream: batches take BASP now.
+  CAF_CHECK(wait_until([&] { return hub->connected() == 0; }));
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"y"})), "fallback:y");
+}
+
+CAF_TEST(closing the hub fails what is in flight) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  auto got = std::make_shared<std::atomic<bool>>(false);
+  client->serve(caf::actor_cast<caf::strong_actor_ptr>(sys.spawn(silent_runner, got)));
+  auto runner = hub->runner_for(token, fallback);
+  std::string in_flight;
+  std::thread asker{[&] { in_flight = ask(runner, batch_of({"lost"})); }};
+  CAF_CHECK(wait_until([&] { return got->load(); }));
+  hub->close();
+  asker.join();
+  CAF_CHECK_EQUAL(in_flight.substr(0, 18), "error:unavailable:");
+  client->close();
+}
+
+CAF_TEST_FIXTURE_SCOPE_END()
