@@ -7,6 +7,7 @@
 // its request's number.
 #include "actors/local_link.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -37,6 +38,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/cluster.hpp"
 #include "messages/errors.hpp"
 
 namespace infergrid {
@@ -195,12 +197,15 @@ bool decode(caf::actor_system& sys, const std::vector<char>& in, caf::message& m
 }
 
 // Each sending thread keeps its encoding buffer, so a batch costs no
-// allocation; one that grew past 1 MiB (a large tensor) is given back.
+// allocation; release_if_large() gives back one that a large tensor grew.
 std::vector<char>& send_buffer() {
   thread_local std::vector<char> buf;
+  return buf;
+}
+
+void release_if_large(std::vector<char>& buf) {
   if (buf.capacity() > (std::size_t{1} << 20))
     std::vector<char>{}.swap(buf);
-  return buf;
 }
 
 caf::message link_error(const std::string& what) {
@@ -210,7 +215,7 @@ caf::message link_error(const std::string& what) {
 // -- the hub's side ----------------------------------------------------------
 
 /// One worker's connection on the hub: sends requests, matches answers.
-class hub_link {
+class hub_link : public std::enable_shared_from_this<hub_link> {
 public:
   hub_link(caf::actor_system& sys, int fd) : sys_(sys), sock_(fd) {}
 
@@ -236,7 +241,9 @@ public:
   }
 
   void start() {
-    reader_ = std::thread{[this] { read_loop(); }};
+    // The reader owns a reference: the link cannot go while it reads, and
+    // when the reader drops the last one, close() detaches it.
+    reader_ = std::thread{[self = shared_from_this()] { self->read_loop(); }};
   }
 
   void set_proxy(caf::actor_addr proxy) {
@@ -258,19 +265,24 @@ public:
       // Before the write: the answer may arrive before it returns.
       pending_.emplace(seq, pending_request{sender, mid});
     }
-    if (sock_.write(seq, buf.data(), buf.size()))
-      return true;
-    if (wants_answer) {
-      std::lock_guard<std::mutex> guard{mtx_};
-      pending_.erase(seq);
-    }
-    return false;
+    bool sent = sock_.write(seq, buf.data(), buf.size());
+    release_if_large(buf);
+    if (sent || !wants_answer)
+      return sent;
+    // The failed write broke the link, and the reader may already have
+    // answered this request with the others in flight: then it is done.
+    std::lock_guard<std::mutex> guard{mtx_};
+    return pending_.erase(seq) == 0;
   }
 
   /// Breaks the link and waits for its reader, which fails what is pending.
   void close() {
     sock_.break_link();
-    if (reader_.joinable() && reader_.get_id() != std::this_thread::get_id())
+    if (!reader_.joinable())
+      return;
+    if (reader_.get_id() == std::this_thread::get_id())
+      reader_.detach(); // the reader's last reference: it is returning
+    else
       reader_.join();
   }
 
@@ -394,9 +406,17 @@ public:
     auto seq = what->mid.integer_value() & caf::message_id::request_id_mask;
     auto msg = what->move_content_to_message();
     auto& buf = send_buffer();
-    if (!encode(sys_, msg, buf) || !sock_->write(seq, buf.data(), buf.size()))
+    if (!encode(sys_, msg, buf) || buf.size() > max_payload) {
+      // The request must still be answered: with an error of the same seq.
+      auto err = caf::make_message(make_error(
+          errc::internal, "the answer cannot go over the local link (it does not "
+                          "serialise or exceeds 1 GiB)"));
+      encode(sys_, err, buf);
+    }
+    if (!sock_->write(seq, buf.data(), buf.size()))
       spdlog::warn("local link: an answer could not be sent back (the link is "
-                   "closed); the control node fails that request");
+                   "closed); the control node has failed that request");
+    release_if_large(buf);
   }
 
   const char* name() const override {
@@ -459,22 +479,20 @@ public:
   }
 
   // Reads the client's token; a known one gets its link, anything else is
-  // told why and closed. Bounded by handshake_timeout.
+  // told why and closed. The token frame is small and must arrive within
+  // handshake_timeout as a whole, so no client holds this thread longer.
   void handshake(int fd) {
-    set_timeout(fd, SO_RCVTIMEO, handshake_timeout);
     auto link = std::make_shared<hub_link>(sys, fd);
-    uint64_t seq = 0;
-    std::vector<char> buf;
-    if (!link->socket().read(seq, buf)) {
-      spdlog::warn("local link: a connection closed before presenting a token");
+    std::string token;
+    if (!read_token(fd, token)) {
+      spdlog::warn("local link: refused a connection that sent no valid token in time");
       return;
     }
-    std::string token{buf.begin(), buf.end()};
     std::string worker_id;
     {
       std::lock_guard<std::mutex> guard{mtx};
       for (auto i = issued.begin(); i != issued.end(); ++i) {
-        if (i->first == token) {
+        if (constant_time_equal(i->first, token)) {
           worker_id = i->second;
           issued.erase(i);
           break;
@@ -487,7 +505,6 @@ public:
       return;
     }
     link->set_worker_id(worker_id);
-    set_timeout(fd, SO_RCVTIMEO, 0us);
     {
       std::lock_guard<std::mutex> guard{mtx};
       // Links of workers that are gone. Only this thread and close() drop
@@ -500,6 +517,36 @@ public:
     if (!link->socket().write(0, std::string{"ok"}))
       return;
     spdlog::info("local link: worker {} connected", worker_id);
+  }
+
+  // The handshake frame: a header and at most max_token bytes, all within
+  // handshake_timeout (one deadline for the whole frame, not per recv).
+  static bool read_token(int fd, std::string& token) {
+    constexpr std::size_t max_token = 128;
+    char frame[header_size + max_token];
+    std::size_t want = header_size;
+    std::size_t got = 0;
+    auto deadline = std::chrono::steady_clock::now() + handshake_timeout;
+    while (got < want) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd p{fd, POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        return false;
+      auto n = ::recv(fd, frame + got, want - got, 0);
+      if (n <= 0)
+        return false;
+      got += static_cast<std::size_t>(n);
+      if (got == header_size && want == header_size) {
+        uint32_t size = 0;
+        std::memcpy(&size, frame, sizeof(size));
+        if (size == 0 || size > max_token)
+          return false;
+        want = header_size + size;
+      }
+    }
+    token.assign(frame + header_size, want - header_size);
+    return true;
   }
 
   caf::actor_system& sys;
@@ -617,8 +664,18 @@ public:
         std::lock_guard<std::mutex> guard{mtx};
         to = target;
       }
-      if (!to)
+      if (!to) {
+        // Not yet serving (the hub sends only after the registration that
+        // follows serve(), so this is a bug elsewhere): answer, never drop.
+        if (seq != 0) {
+          auto err = caf::make_message(
+              make_error(errc::unavailable, "the worker's local link has no target yet"));
+          std::vector<char> out;
+          if (encode(sys, err, out))
+            sock->write(seq, out.data(), out.size());
+        }
         continue;
+      }
       auto mid = seq == 0 ? caf::make_message_id() : caf::make_message_id(seq);
       to->enqueue(caf::make_mailbox_element(replier, mid, {}, std::move(msg)), nullptr);
     }

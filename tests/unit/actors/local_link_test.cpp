@@ -8,11 +8,18 @@
 #include <caf/test/unit_test.hpp>
 
 #include <atomic>
+#include <cstddef>
+#include <cstring>
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -156,6 +163,34 @@ CAF_TEST(an unknown or used token is refused and its registration keeps BASP) {
   CAF_CHECK_EQUAL(ask(hub->runner_for("not-a-token", fallback), batch_of({"x"})),
                   "fallback:x");
   first->close();
+}
+
+CAF_TEST(a handshake frame too large for a token is refused before it is read) {
+  // A raw client announces a 1 GiB token: the hub closes the connection
+  // without allocating or waiting for it, and serves the next client.
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  CAF_REQUIRE(fd >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  auto& name = hub->address();
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());
+  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  CAF_REQUIRE_EQUAL(::connect(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  char header[12] = {};
+  uint32_t size = 1u << 30;
+  std::memcpy(header, &size, sizeof(size));
+  CAF_REQUIRE_EQUAL(::send(fd, header, sizeof(header), MSG_NOSIGNAL), 12);
+  // Closed by the hub well before its 5 s handshake deadline (the old hub
+  // waited that long for the gigabyte).
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char byte = 0;
+  CAF_CHECK_EQUAL(::recv(fd, &byte, 1, 0), 0);
+  ::close(fd);
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  CAF_CHECK_EQUAL(hub->connected(), 1);
+  client->close();
 }
 
 CAF_TEST(a closed link fails what is in flight and sends later batches over BASP) {
