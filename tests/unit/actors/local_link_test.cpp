@@ -122,6 +122,21 @@ struct fixture {
     return out;
   }
 
+  // Asks `runner` for a batch that the client's silent target takes and
+  // never answers, runs `then` once it is in flight, and returns the answer.
+  std::string ask_while(const std::shared_ptr<link_client>& client,
+                        const batch_runner_actor& runner,
+                        const std::function<void()>& then) {
+    auto got = std::make_shared<std::atomic<bool>>(false);
+    client->serve(caf::actor_cast<caf::strong_actor_ptr>(sys.spawn(silent_runner, got)));
+    std::string answer;
+    std::thread asker{[&] { answer = ask(runner, batch_of({"lost"})); }};
+    CAF_CHECK(wait_until([&] { return got->load(); }));
+    then();
+    asker.join();
+    return answer;
+  }
+
   std::shared_ptr<link_client> connect(const std::string& token) {
     auto c = link_client::connect(sys, hub->address(), token);
     CAF_REQUIRE(c);
@@ -196,14 +211,8 @@ CAF_TEST(a handshake frame too large for a token is refused before it is read) {
 CAF_TEST(a closed link fails what is in flight and sends later batches over BASP) {
   auto token = hub->issue("w1");
   auto client = connect(token);
-  auto got = std::make_shared<std::atomic<bool>>(false);
-  client->serve(caf::actor_cast<caf::strong_actor_ptr>(sys.spawn(silent_runner, got)));
   auto runner = hub->runner_for(token, fallback);
-  std::string in_flight;
-  std::thread asker{[&] { in_flight = ask(runner, batch_of({"lost"})); }};
-  CAF_CHECK(wait_until([&] { return got->load(); }));
-  client->close();
-  asker.join();
+  auto in_flight = ask_while(client, runner, [&] { client->close(); });
   CAF_CHECK_EQUAL(in_flight.substr(0, 18), "error:unavailable:");
   CAF_CHECK(in_flight.find("local link to worker w1") != std::string::npos);
   // The hub has seen the end of the stream: batches take BASP now.
@@ -214,14 +223,8 @@ CAF_TEST(a closed link fails what is in flight and sends later batches over BASP
 CAF_TEST(closing the hub fails what is in flight) {
   auto token = hub->issue("w1");
   auto client = connect(token);
-  auto got = std::make_shared<std::atomic<bool>>(false);
-  client->serve(caf::actor_cast<caf::strong_actor_ptr>(sys.spawn(silent_runner, got)));
   auto runner = hub->runner_for(token, fallback);
-  std::string in_flight;
-  std::thread asker{[&] { in_flight = ask(runner, batch_of({"lost"})); }};
-  CAF_CHECK(wait_until([&] { return got->load(); }));
-  hub->close();
-  asker.join();
+  auto in_flight = ask_while(client, runner, [&] { hub->close(); });
   CAF_CHECK_EQUAL(in_flight.substr(0, 18), "error:unavailable:");
   client->close();
 }
