@@ -8,6 +8,7 @@
 #include "actors/local_link.hpp"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -70,6 +71,12 @@ sockaddr_un abstract_address(const std::string& name, socklen_t& len) {
   std::memcpy(addr.sun_path + 1, name.data(), n);
   len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
   return addr;
+}
+
+// Names the calling thread for top -H and tools/bench/thread_cpu.py (a
+// std::thread otherwise keeps the name of the thread that made it).
+void name_thread(const char* name) {
+  ::pthread_setname_np(::pthread_self(), name);
 }
 
 std::string random_hex(int chars) {
@@ -298,6 +305,7 @@ private:
   }
 
   void read_loop() {
+    name_thread("ig.link.hub");
     uint64_t seq = 0;
     std::vector<char> buf;
     std::string why = "closed";
@@ -465,6 +473,7 @@ public:
   }
 
   void accept_loop() {
+    name_thread("ig.link.accept");
     for (;;) {
       int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd < 0) {
@@ -651,6 +660,7 @@ public:
   }
 
   void read_loop() {
+    name_thread("ig.link.worker");
     uint64_t seq = 0;
     std::vector<char> buf;
     while (sock->read(seq, buf)) {

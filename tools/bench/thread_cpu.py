@@ -11,7 +11,8 @@ REQUESTS over one keep-alive connection; per-request CPU and switches.
 
 Thread names: CAF 0.17 names its scheduler threads "caf.multiplexer", like
 the middleman's thread (the scheduler's start first: lower tids); the
-executor is "caf.actor"; Beast's HTTP thread keeps the binary's name.
+executor is "caf.actor"; Beast's HTTP thread keeps the binary's name; the
+local link's readers are "ig.link.hub" (serve) and "ig.link.worker".
 
 For each mode (worker process, then workers.in_process) it builds the demo
 models, starts `serve --workers 1` on a free port, streams two completions
