@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <random>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -89,6 +90,15 @@ bool constant_time_equal(const std::string& x, const std::string& y) {
     diff |= static_cast<unsigned char>(a ^ b);
   }
   return diff == 0;
+}
+
+std::string random_hex(int chars) {
+  std::random_device rd; // /dev/urandom on Linux
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < chars; ++i)
+    out.push_back(hex[rd() % 16]);
+  return out;
 }
 
 door_actor spawn_door(caf::actor_system& sys, door_config cfg) {

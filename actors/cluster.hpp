@@ -45,4 +45,7 @@ door_actor spawn_door(caf::actor_system& sys, door_config cfg);
 /// Compares two strings in time that depends only on their lengths.
 bool constant_time_equal(const std::string& x, const std::string& y);
 
+/// `chars` random hex characters from /dev/urandom: secrets and tokens.
+std::string random_hex(int chars);
+
 } // namespace infergrid

@@ -22,7 +22,6 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <random>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -79,15 +78,6 @@ void name_thread(const char* name) {
   ::pthread_setname_np(::pthread_self(), name);
 }
 
-std::string random_hex(int chars) {
-  std::random_device rd; // /dev/urandom on Linux
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < chars; ++i)
-    out.push_back(hex[rd() % 16]);
-  return out;
-}
-
 /// One connected stream socket: whole frames out (any thread, serialised)
 /// and in (the reader thread only).
 class link_socket {
@@ -101,10 +91,6 @@ public:
 
   ~link_socket() {
     ::close(fd_);
-  }
-
-  int fd() const {
-    return fd_;
   }
 
   bool broken() const {
@@ -217,6 +203,14 @@ void release_if_large(std::vector<char>& buf) {
 
 caf::message link_error(const std::string& what) {
   return caf::make_message(make_error(errc::unavailable, what));
+}
+
+// Answers request `seq` with `err` over `sock`: a request is never dropped.
+bool answer_error(caf::actor_system& sys, link_socket& sock, uint64_t seq,
+                  caf::error err) {
+  auto msg = caf::make_message(std::move(err));
+  std::vector<char> out;
+  return encode(sys, msg, out) && sock.write(seq, out.data(), out.size());
 }
 
 // -- the hub's side ----------------------------------------------------------
@@ -414,17 +408,19 @@ public:
     auto seq = what->mid.integer_value() & caf::message_id::request_id_mask;
     auto msg = what->move_content_to_message();
     auto& buf = send_buffer();
-    if (!encode(sys_, msg, buf) || buf.size() > max_payload) {
-      // The request must still be answered: with an error of the same seq.
-      auto err = caf::make_message(make_error(
-          errc::internal, "the answer cannot go over the local link (it does not "
-                          "serialise or exceeds 1 GiB)"));
-      encode(sys_, err, buf);
-    }
-    if (!sock_->write(seq, buf.data(), buf.size()))
+    bool sent = false;
+    if (encode(sys_, msg, buf) && buf.size() <= max_payload)
+      sent = sock_->write(seq, buf.data(), buf.size());
+    else
+      sent
+          = answer_error(sys_, *sock_, seq,
+                         make_error(errc::internal, "the answer cannot go over the local "
+                                                    "link (it does not serialise or "
+                                                    "exceeds 1 GiB)"));
+    release_if_large(buf);
+    if (!sent)
       spdlog::warn("local link: an answer could not be sent back (the link is "
                    "closed); the control node has failed that request");
-    release_if_large(buf);
   }
 
   const char* name() const override {
@@ -677,13 +673,10 @@ public:
       if (!to) {
         // Not yet serving (the hub sends only after the registration that
         // follows serve(), so this is a bug elsewhere): answer, never drop.
-        if (seq != 0) {
-          auto err = caf::make_message(
+        if (seq != 0)
+          answer_error(
+              sys, *sock, seq,
               make_error(errc::unavailable, "the worker's local link has no target yet"));
-          std::vector<char> out;
-          if (encode(sys, err, out))
-            sock->write(seq, out.data(), out.size());
-        }
         continue;
       }
       auto mid = seq == 0 ? caf::make_message_id() : caf::make_message_id(seq);

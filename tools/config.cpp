@@ -112,6 +112,22 @@ key_def text_key(const char* name, field_ref<Section, std::string> field) {
   return {name, set, get};
 }
 
+// Matches `text` against `allowed` without regard to case; `out` gets the
+// match in upper or lower case. Returns the error message, empty on a match.
+std::string match_choice(const std::string& text, const std::vector<std::string>& allowed,
+                         bool upper, std::string& out) {
+  out = trim(text);
+  std::transform(out.begin(), out.end(), out.begin(), [upper](unsigned char c) {
+    return upper ? std::toupper(c) : std::tolower(c);
+  });
+  if (std::find(allowed.begin(), allowed.end(), out) != allowed.end())
+    return {};
+  std::string list;
+  for (auto& a : allowed)
+    list += (list.empty() ? "" : "|") + a;
+  return "'" + text + "' is not one of " + list;
+}
+
 // One of `allowed`, matched without regard to case and stored in upper or
 // lower case.
 template <class Section>
@@ -119,18 +135,11 @@ key_def choice_key(const char* name, std::vector<std::string> allowed, bool uppe
                    field_ref<Section, std::string> field) {
   auto set
       = [allowed, upper, field](settings& s, const std::string& text) -> std::string {
-    auto t = trim(text);
-    std::transform(t.begin(), t.end(), t.begin(), [upper](unsigned char c) {
-      return upper ? std::toupper(c) : std::tolower(c);
-    });
-    if (std::find(allowed.begin(), allowed.end(), t) == allowed.end()) {
-      std::string list;
-      for (auto& a : allowed)
-        list += (list.empty() ? "" : "|") + a;
-      return "'" + text + "' is not one of " + list;
-    }
-    field(s) = t;
-    return {};
+    std::string t;
+    auto problem = match_choice(text, allowed, upper, t);
+    if (problem.empty())
+      field(s) = t;
+    return problem;
   };
   auto get = [field](const settings& s) { return field(s); };
   return {name, set, get};
@@ -139,13 +148,11 @@ key_def choice_key(const char* name, std::vector<std::string> allowed, bool uppe
 template <class Section>
 key_def bool_key(const char* name, field_ref<Section, bool> field) {
   auto set = [field](settings& s, const std::string& text) -> std::string {
-    auto t = trim(text);
-    std::transform(t.begin(), t.end(), t.begin(),
-                   [](unsigned char c) { return std::tolower(c); });
-    if (t != "true" && t != "false")
-      return "'" + text + "' is not one of true|false";
-    field(s) = t == "true";
-    return {};
+    std::string t;
+    auto problem = match_choice(text, {"true", "false"}, false, t);
+    if (problem.empty())
+      field(s) = t == "true";
+    return problem;
   };
   auto get
       = [field](const settings& s) -> std::string { return field(s) ? "true" : "false"; };

@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -79,9 +78,6 @@ supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
   for (auto& [key, value] : setting_values(s))
     env.push_back(env_name(key) + "=" + value);
   env.push_back(env_name("cluster.secret") + "=" + secret);
-  // The short form would lose to the variable above anyway; set it alike so
-  // that nothing in the worker reads a stale one.
-  env.push_back("LOG_LEVEL=" + s.log.level);
   for (int i = 0; i < s.workers.count; ++i) {
     child_spec c;
     c.name = "w" + std::to_string(i + 1);
@@ -96,12 +92,7 @@ supervisor_config worker_processes(const settings& s, uint16_t cluster_port,
 } // namespace
 
 std::string random_secret() {
-  std::random_device rd; // /dev/urandom on Linux
-  std::string out;
-  static const char* hex = "0123456789abcdef";
-  for (int i = 0; i < 32; ++i)
-    out.push_back(hex[rd() % 16]);
-  return out;
+  return random_hex(32);
 }
 
 bool tls_enabled(const cluster_settings& c) {
