@@ -19,7 +19,7 @@ namespace infergrid {
 /// other at once instead of misreading messages. Bump it whenever a message
 /// type registered below changes shape (2: worker_registration::runner;
 /// 3: the local link's fields in join_reply and worker_registration).
-inline constexpr const char* wire_version = "infergrid-wire-3";
+inline constexpr const char* wire_version = "infergrid-wire-4";
 
 /// Registers every type that travels between nodes inside messages (CAF
 /// 0.17 needs them by name on both sides). Call on the config of every

@@ -1,10 +1,13 @@
-// The local link (see local_link.hpp). Frames on a stream socket: a 12-byte
-// header (payload length, u32; sequence number, u64; host byte order, both
-// ends are one host) and the payload. The first frame each way is the
-// handshake: the client's token, then the hub's "ok" or the reason it
-// refuses. After it, the hub sends requests under a fresh sequence number
-// (0: a message that wants no answer) and the client sends each answer under
-// its request's number.
+// The local link (see local_link.hpp). Frames on a stream socket: a 24-byte
+// header (payload length, u32; kind, u32; sequence number, u64; reference,
+// u64; host byte order, both ends are one host) and the payload. The first
+// frame each way is the handshake: the client's token, then the hub's "ok"
+// or the reason it refuses. After it, the hub sends requests under a fresh
+// sequence number (0: a message that wants no answer) and the client sends
+// each answer under its request's number. A generation or synthesis names
+// its chunk sink by reference: the client sends the pieces as chunk frames
+// to that reference (raw bytes, no CAF serialisation), and the hub tells it
+// when the sink goes down (its HTTP client went away).
 #include "actors/local_link.hpp"
 
 #include <poll.h>
@@ -35,6 +38,8 @@
 #include <caf/mailbox_element.hpp>
 #include <caf/make_actor.hpp>
 #include <caf/monitorable_actor.hpp>
+#include <caf/proxy_registry.hpp>
+#include <caf/scoped_execution_unit.hpp>
 
 #include <spdlog/spdlog.h>
 
@@ -47,7 +52,20 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr std::size_t header_size = 12;
+constexpr std::size_t header_size = 24;
+
+enum class frame : uint32_t {
+  handshake = 0,   // either way, first: the token, then "ok" or the refusal
+  to_executor = 1, // hub -> client: a request for the worker's executor
+  to_worker = 2,   // hub -> client: a generation or synthesis for the worker
+                   // actor; ref: its sink (0: none)
+  answer = 3,      // client -> hub: the answer to request seq
+  chunk = 4,       // client -> hub: a piece for sink ref (raw bytes)
+  sink_down = 5,   // hub -> client: sink ref went down
+};
+
+/// Which actor of the worker process a request is for.
+enum class target : uint32_t { executor = 0, worker = 1 };
 // Larger than any request body (http.max_body_bytes is at most 1 GiB).
 constexpr uint32_t max_payload = (1u << 30) + (1u << 20);
 // A peer that stops reading for this long breaks the link, so a stopped
@@ -98,14 +116,17 @@ public:
   }
 
   /// Sends one frame; false when the link is (now) broken.
-  bool write(uint64_t seq, const char* data, std::size_t size) {
+  bool write(frame kind, uint64_t seq, uint64_t ref, const char* data, std::size_t size) {
     std::lock_guard<std::mutex> guard{write_mtx_};
     if (broken_.load() || size > max_payload)
       return false;
     char header[header_size];
     auto n = static_cast<uint32_t>(size);
-    std::memcpy(header, &n, sizeof(n));
-    std::memcpy(header + sizeof(n), &seq, sizeof(seq));
+    auto k = static_cast<uint32_t>(kind);
+    std::memcpy(header, &n, 4);
+    std::memcpy(header + 4, &k, 4);
+    std::memcpy(header + 8, &seq, 8);
+    std::memcpy(header + 16, &ref, 8);
     iovec iov[2] = {{header, header_size}, {const_cast<char*>(data), size}};
     int first = 0;
     while (first < 2) {
@@ -134,21 +155,25 @@ public:
     return true;
   }
 
-  bool write(uint64_t seq, const std::string& text) {
-    return write(seq, text.data(), text.size());
+  bool write(frame kind, uint64_t seq, uint64_t ref, const std::string& text) {
+    return write(kind, seq, ref, text.data(), text.size());
   }
 
   /// Reads one frame; false at the end of the stream, on an error or on a
   /// header that cannot be ours.
-  bool read(uint64_t& seq, std::vector<char>& payload) {
+  bool read(frame& kind, uint64_t& seq, uint64_t& ref, std::vector<char>& payload) {
     char header[header_size];
     if (!read_exact(header, header_size))
       return false;
     uint32_t n = 0;
-    std::memcpy(&n, header, sizeof(n));
-    std::memcpy(&seq, header + sizeof(n), sizeof(seq));
-    if (n > max_payload)
+    uint32_t k = 0;
+    std::memcpy(&n, header, 4);
+    std::memcpy(&k, header + 4, 4);
+    std::memcpy(&seq, header + 8, 8);
+    std::memcpy(&ref, header + 16, 8);
+    if (n > max_payload || k > static_cast<uint32_t>(frame::sink_down))
       return false;
+    kind = static_cast<frame>(k);
     payload.resize(n);
     return n == 0 || read_exact(payload.data(), n);
   }
@@ -184,10 +209,35 @@ bool encode(caf::actor_system& sys, caf::message& msg, std::vector<char>& out) {
   return !sink(msg);
 }
 
-bool decode(caf::actor_system& sys, const std::vector<char>& in, caf::message& msg) {
-  caf::binary_deserializer source{sys, in};
-  return !source(msg);
-}
+/// Decodes the frames of one reader thread. Its context knows this
+/// process's actors only and makes no proxies: a sink travels by reference,
+/// not as a handle. (The system's own context has no proxy registry once
+/// the middleman runs, and CAF 0.17 then decodes any message holding a
+/// handle, even a null one, as an empty message without an error.)
+class frame_decoder {
+public:
+  explicit frame_decoder(caf::actor_system& sys) : registry_(sys, backend_), ctx_(&sys) {
+    ctx_.proxy_registry_ptr(&registry_);
+  }
+
+  /// False when `in` is not a message; the link sends no empty ones.
+  bool operator()(const std::vector<char>& in, caf::message& msg) {
+    caf::binary_deserializer source{&ctx_, in};
+    return !source(msg) && !msg.empty();
+  }
+
+private:
+  struct no_proxies : caf::proxy_registry::backend {
+    caf::strong_actor_ptr make_proxy(caf::node_id, caf::actor_id) override {
+      return nullptr; // a handle of another node decodes as null
+    }
+    void set_last_hop(caf::node_id*) override {}
+  };
+
+  no_proxies backend_;
+  caf::proxy_registry registry_;
+  caf::scoped_execution_unit ctx_;
+};
 
 // Each sending thread keeps its encoding buffer, so a batch costs no
 // allocation; release_if_large() gives back one that a large tensor grew.
@@ -210,12 +260,46 @@ bool answer_error(caf::actor_system& sys, link_socket& sock, uint64_t seq,
                   caf::error err) {
   auto msg = caf::make_message(std::move(err));
   std::vector<char> out;
-  return encode(sys, msg, out) && sock.write(seq, out.data(), out.size());
+  return encode(sys, msg, out)
+         && sock.write(frame::answer, seq, 0, out.data(), out.size());
 }
 
 // -- the hub's side ----------------------------------------------------------
 
-/// One worker's connection on the hub: sends requests, matches answers.
+// A generation or synthesis carries its chunk sink: `take_sink` moves it out
+// of the message (the link names it by reference instead), `put_sink` puts
+// it (or the client's stand-in) back in. False: not such a message.
+template <class Atom, class Request>
+bool take_sink_of(caf::message& msg, caf::strong_actor_ptr& sink) {
+  if (!msg.match_elements<Atom, Request>())
+    return false;
+  auto& req = *static_cast<Request*>(msg.get_mutable(1));
+  sink = caf::actor_cast<caf::strong_actor_ptr>(std::move(req.sink));
+  req.sink = chunk_sink_actor{};
+  return true;
+}
+
+bool take_sink(caf::message& msg, caf::strong_actor_ptr& sink) {
+  return take_sink_of<generate_atom, generate_request>(msg, sink)
+         || take_sink_of<speech_atom, speech_request>(msg, sink);
+}
+
+template <class Atom, class Request>
+bool put_sink_of(caf::message& msg, const caf::strong_actor_ptr& sink) {
+  if (!msg.match_elements<Atom, Request>())
+    return false;
+  static_cast<Request*>(msg.get_mutable(1))->sink
+      = caf::actor_cast<chunk_sink_actor>(sink);
+  return true;
+}
+
+bool put_sink(caf::message& msg, const caf::strong_actor_ptr& sink) {
+  return put_sink_of<generate_atom, generate_request>(msg, sink)
+         || put_sink_of<speech_atom, speech_request>(msg, sink);
+}
+
+/// One worker's connection on the hub: sends requests, matches answers,
+/// hands chunks to their sinks.
 class hub_link : public std::enable_shared_from_this<hub_link> {
 public:
   hub_link(caf::actor_system& sys, int fd) : sys_(sys), sock_(fd) {}
@@ -247,33 +331,65 @@ public:
     reader_ = std::thread{[self = shared_from_this()] { self->read_loop(); }};
   }
 
-  void set_proxy(caf::actor_addr proxy) {
+  /// The proxy that answers come from, per target.
+  void set_proxy(target to, caf::actor_addr proxy) {
     std::lock_guard<std::mutex> guard{mtx_};
-    proxy_ = std::move(proxy);
+    proxies_[static_cast<std::size_t>(to)] = std::move(proxy);
   }
 
-  /// Sends `msg` from `sender`; false when it could not go (the caller
-  /// sends it another way).
-  bool send(const caf::strong_actor_ptr& sender, caf::message_id mid, caf::message& msg) {
-    auto& buf = send_buffer();
-    if (!up() || !encode(sys_, msg, buf))
+  /// Sends `msg` from `sender` to `to`; false when it could not go (the
+  /// caller sends it another way; `msg` is as it was).
+  bool send(target to, const caf::strong_actor_ptr& sender, caf::message_id mid,
+            caf::message& msg) {
+    if (!up())
       return false;
+    caf::strong_actor_ptr sink;
+    if (to == target::worker)
+      take_sink(msg, sink);
+    auto ref = sink ? static_cast<uint64_t>(sink->id()) : 0;
+    auto& buf = send_buffer();
+    if (!encode(sys_, msg, buf)) {
+      put_sink(msg, sink);
+      return false;
+    }
     uint64_t seq = 0;
     bool wants_answer = mid.is_request() && sender != nullptr;
-    if (wants_answer) {
+    {
+      // Before the write: the answer (or a chunk) may arrive before it returns.
       std::lock_guard<std::mutex> guard{mtx_};
-      seq = ++next_seq_;
-      // Before the write: the answer may arrive before it returns.
-      pending_.emplace(seq, pending_request{sender, mid});
+      if (wants_answer) {
+        seq = ++next_seq_;
+        pending_.emplace(seq, pending_request{sender, mid, to, ref});
+      }
+      if (sink)
+        sinks_[ref] = sink;
     }
-    bool sent = sock_.write(seq, buf.data(), buf.size());
+    auto kind = to == target::worker ? frame::to_worker : frame::to_executor;
+    bool sent = sock_.write(kind, seq, ref, buf.data(), buf.size());
     release_if_large(buf);
-    if (sent || !wants_answer)
-      return sent;
-    // The failed write broke the link, and the reader may already have
-    // answered this request with the others in flight: then it is done.
-    std::lock_guard<std::mutex> guard{mtx_};
-    return pending_.erase(seq) == 0;
+    if (sent) {
+      // After the write, so that a sink already down is reported after the
+      // request that names it (attach runs the functor at once then).
+      if (sink)
+        sink->get()->attach_functor([weak = weak_from_this(), ref] {
+          if (auto self = weak.lock())
+            self->sink_down(ref);
+        });
+      return true;
+    }
+    bool answered_already = false;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      if (sink)
+        sinks_.erase(ref);
+      // The failed write broke the link, and the reader may already have
+      // answered this request with the others in flight: then it is done.
+      answered_already = wants_answer && pending_.erase(seq) == 0;
+    }
+    if (answered_already)
+      return true;
+    put_sink(msg, sink);
+    return false;
   }
 
   /// Breaks the link and waits for its reader, which fails what is pending.
@@ -291,36 +407,81 @@ private:
   struct pending_request {
     caf::strong_actor_ptr sender;
     caf::message_id mid;
+    target to = target::executor;
+    uint64_t sink = 0;
   };
 
-  caf::strong_actor_ptr proxy() {
+  caf::strong_actor_ptr proxy(target to) {
     std::lock_guard<std::mutex> guard{mtx_};
-    return caf::actor_cast<caf::strong_actor_ptr>(proxy_);
+    return caf::actor_cast<caf::strong_actor_ptr>(proxies_[static_cast<std::size_t>(to)]);
+  }
+
+  // The sink of a request still running went down (its HTTP client went
+  // away): the client's stand-in goes down too, and the worker stops.
+  void sink_down(uint64_t ref) {
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      if (sinks_.erase(ref) == 0)
+        return; // answered already
+    }
+    sock_.write(frame::sink_down, 0, ref, nullptr, 0);
+  }
+
+  void on_chunk(uint64_t ref, const std::vector<char>& bytes) {
+    caf::strong_actor_ptr sink;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      auto i = sinks_.find(ref);
+      if (i == sinks_.end())
+        return; // its request was answered, or its sink went down
+      sink = i->second;
+    }
+    sink->enqueue(caf::make_mailbox_element(nullptr, caf::make_message_id(), {},
+                                            chunk_atom::value,
+                                            std::string{bytes.begin(), bytes.end()}),
+                  nullptr);
+  }
+
+  void on_answer(frame_decoder& decode, uint64_t seq, const std::vector<char>& buf) {
+    caf::message msg;
+    if (!decode(buf, msg)) {
+      // Answered all the same: the request must not wait for its deadline.
+      msg = link_error("the local link to worker " + worker_id_
+                       + " returned an answer that does not decode");
+    }
+    pending_request p;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      auto i = pending_.find(seq);
+      if (i == pending_.end())
+        return; // an answer to nothing we asked: ignored
+      p = std::move(i->second);
+      pending_.erase(i);
+      if (p.sink != 0)
+        sinks_.erase(p.sink);
+    }
+    p.sender->enqueue(
+        caf::make_mailbox_element(proxy(p.to), p.mid.response_id(), {}, std::move(msg)),
+        nullptr);
   }
 
   void read_loop() {
     name_thread("ig.link.hub");
+    frame_decoder decode{sys_};
+    frame kind = frame::handshake;
     uint64_t seq = 0;
+    uint64_t ref = 0;
     std::vector<char> buf;
     std::string why = "closed";
-    while (sock_.read(seq, buf)) {
-      caf::message msg;
-      if (!decode(sys_, buf, msg)) {
-        why = "sent a frame that does not decode";
+    while (sock_.read(kind, seq, ref, buf)) {
+      if (kind == frame::answer) {
+        on_answer(decode, seq, buf);
+      } else if (kind == frame::chunk) {
+        on_chunk(ref, buf);
+      } else {
+        why = "sent a frame of a kind only the control node sends";
         break;
       }
-      pending_request p;
-      {
-        std::lock_guard<std::mutex> guard{mtx_};
-        auto i = pending_.find(seq);
-        if (i == pending_.end())
-          continue; // an answer to nothing we asked: ignored
-        p = std::move(i->second);
-        pending_.erase(i);
-      }
-      p.sender->enqueue(
-          caf::make_mailbox_element(proxy(), p.mid.response_id(), {}, std::move(msg)),
-          nullptr);
     }
     ended_.store(true);
     sock_.break_link();
@@ -328,16 +489,16 @@ private:
     {
       std::lock_guard<std::mutex> guard{mtx_};
       left.swap(pending_);
+      sinks_.clear();
     }
     if (!left.empty() || why != "closed")
       spdlog::warn("local link: worker {}'s link {}; {} request(s) in flight fail",
                    worker_id_, why, left.size());
     else
       spdlog::info("local link: worker {}'s link closed", worker_id_);
-    auto me = proxy();
     for (auto& [_, p] : left)
       p.sender->enqueue(caf::make_mailbox_element(
-                            me, p.mid.response_id(), {},
+                            proxy(p.to), p.mid.response_id(), {},
                             link_error("the local link to worker " + worker_id_ + " "
                                        + why + " with the request in flight")),
                         nullptr);
@@ -347,26 +508,29 @@ private:
   link_socket sock_;
   std::string worker_id_;
   std::atomic<bool> ended_{false};
-  std::mutex mtx_; // guards pending_, next_seq_, proxy_
+  std::mutex mtx_; // guards pending_, next_seq_, sinks_, proxies_
   std::unordered_map<uint64_t, pending_request> pending_;
   uint64_t next_seq_ = 0;
-  caf::actor_addr proxy_;
+  /// The chunk sinks of requests in flight, by reference (their actor id).
+  std::unordered_map<uint64_t, caf::strong_actor_ptr> sinks_;
+  caf::actor_addr proxies_[2];
   std::thread reader_;
 };
 
-/// The queue's handle for a worker with a link: its enqueue runs in the
-/// sender's thread and writes the socket there.
+/// The queue's handle for a worker with a link (its executor or the worker
+/// actor): its enqueue runs in the sender's thread and writes the socket
+/// there.
 class link_proxy final : public caf::monitorable_actor {
 public:
-  link_proxy(caf::actor_config& cfg, std::shared_ptr<hub_link> link,
+  link_proxy(caf::actor_config& cfg, std::shared_ptr<hub_link> link, target to,
              caf::strong_actor_ptr fallback)
-      : caf::monitorable_actor(cfg), link_(std::move(link)),
+      : caf::monitorable_actor(cfg), link_(std::move(link)), to_(to),
         fallback_(std::move(fallback)) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* host) override {
     if (link_->up()) {
       auto msg = what->move_content_to_message();
-      if (link_->send(what->sender, what->mid, msg))
+      if (link_->send(to_, what->sender, what->mid, msg))
         return;
       what = caf::make_mailbox_element(std::move(what->sender), what->mid,
                                        std::move(what->stages), std::move(msg));
@@ -384,36 +548,109 @@ public:
   }
 
   const char* name() const override {
-    return "local_link";
+    return to_ == target::worker ? "local_link_worker" : "local_link";
   }
 
 private:
   std::shared_ptr<hub_link> link_;
+  target to_;
   caf::strong_actor_ptr fallback_;
 };
 
 // -- the client's side -------------------------------------------------------
 
+/// What a client's reader, its replier and its sink stand-ins share.
+struct client_state {
+  client_state(caf::actor_system& sys, int fd) : sys(sys), sock(fd) {}
+
+  caf::actor_system& sys;
+  link_socket sock;
+  std::mutex mtx; // guards sinks and sink_of
+  /// Stand-ins for the hub's chunk sinks of requests in flight, by reference.
+  std::unordered_map<uint64_t, caf::strong_actor_ptr> sinks;
+  /// The sink reference of each request in flight that has one, by sequence.
+  std::unordered_map<uint64_t, uint64_t> sink_of;
+
+  /// Request `seq` is answered: its sink's stand-in is no longer reachable
+  /// from the hub (the executor may still hold it; it simply goes unused).
+  void forget(uint64_t seq) {
+    std::lock_guard<std::mutex> guard{mtx};
+    auto i = sink_of.find(seq);
+    if (i == sink_of.end())
+      return;
+    sinks.erase(i->second);
+    sink_of.erase(i);
+  }
+
+  /// Takes the stand-in for `ref` out (null when there is none).
+  caf::strong_actor_ptr take_sink(uint64_t ref) {
+    std::lock_guard<std::mutex> guard{mtx};
+    auto i = sinks.find(ref);
+    if (i == sinks.end())
+      return nullptr;
+    auto sink = std::move(i->second);
+    sinks.erase(i);
+    return sink;
+  }
+};
+
+/// Ends a sink's stand-in: those who monitor it (the worker actor) see it
+/// go down, as they would see the real sink over BASP.
+void end_sink(const caf::strong_actor_ptr& sink, caf::error reason) {
+  if (sink)
+    static_cast<caf::monitorable_actor*>(sink->get())
+        ->cleanup(std::move(reason), nullptr);
+}
+
+/// A worker process's stand-in for a chunk sink of the control process: a
+/// piece sent to it goes over the link as a chunk frame, written in the
+/// sender's own thread (the executor's).
+class link_sink final : public caf::monitorable_actor {
+public:
+  link_sink(caf::actor_config& cfg, std::shared_ptr<client_state> state, uint64_t ref)
+      : caf::monitorable_actor(cfg), state_(std::move(state)), ref_(ref) {}
+
+  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit*) override {
+    auto& msg = what->content();
+    if (!msg.match_elements<chunk_atom, std::string>())
+      return; // a sink takes pieces only
+    auto& piece = msg.get_as<std::string>(1);
+    // A failed write broke the link: the reader then ends every stand-in,
+    // and the worker stops the run.
+    state_->sock.write(frame::chunk, 0, ref_, piece.data(), piece.size());
+  }
+
+  const char* name() const override {
+    return "local_link_sink";
+  }
+
+private:
+  std::shared_ptr<client_state> state_;
+  uint64_t ref_;
+};
+
 /// The sender of the requests the client hands on: the answers the target
 /// sends to it go back over the socket from the target's thread.
 class link_replier final : public caf::monitorable_actor {
 public:
-  link_replier(caf::actor_config& cfg, caf::actor_system& sys,
-               std::shared_ptr<link_socket> sock)
-      : caf::monitorable_actor(cfg), sys_(sys), sock_(std::move(sock)) {}
+  link_replier(caf::actor_config& cfg, std::shared_ptr<client_state> state)
+      : caf::monitorable_actor(cfg), state_(std::move(state)) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit*) override {
     if (!what->mid.is_response())
       return; // the link carries answers only
     auto seq = what->mid.integer_value() & caf::message_id::request_id_mask;
+    state_->forget(seq);
     auto msg = what->move_content_to_message();
+    auto& sys = state_->sys;
+    auto& sock = state_->sock;
     auto& buf = send_buffer();
     bool sent = false;
-    if (encode(sys_, msg, buf) && buf.size() <= max_payload)
-      sent = sock_->write(seq, buf.data(), buf.size());
+    if (encode(sys, msg, buf) && buf.size() <= max_payload)
+      sent = sock.write(frame::answer, seq, 0, buf.data(), buf.size());
     else
       sent
-          = answer_error(sys_, *sock_, seq,
+          = answer_error(sys, sock, seq,
                          make_error(errc::internal, "the answer cannot go over the local "
                                                     "link (it does not serialise or "
                                                     "exceeds 1 GiB)"));
@@ -428,9 +665,8 @@ public:
   }
 
 private:
-  caf::actor_system& sys_;
   // Shared with the client: an executor may answer after the client closed.
-  std::shared_ptr<link_socket> sock_;
+  std::shared_ptr<client_state> state_;
 };
 
 } // namespace
@@ -483,6 +719,11 @@ public:
     }
   }
 
+  /// A proxy over the link of `token` to its `to`, or `fallback` when no
+  /// link presented that token.
+  caf::strong_actor_ptr proxy_for(const std::string& token, target to,
+                                  caf::strong_actor_ptr fallback);
+
   // Reads the client's token; a known one gets its link, anything else is
   // told why and closed. The token frame is small and must arrive within
   // handshake_timeout as a whole, so no client holds this thread longer.
@@ -506,7 +747,8 @@ public:
     }
     if (worker_id.empty()) {
       spdlog::warn("local link: refused a connection with an unknown token");
-      link->socket().write(0, std::string{"refused: unknown or used token"});
+      link->socket().write(frame::handshake, 0, 0,
+                           std::string{"refused: unknown or used token"});
       return;
     }
     link->set_worker_id(worker_id);
@@ -519,7 +761,7 @@ public:
       links.emplace(token, link);
     }
     link->start();
-    if (!link->socket().write(0, std::string{"ok"}))
+    if (!link->socket().write(frame::handshake, 0, 0, std::string{"ok"}))
       return;
     spdlog::info("local link: worker {} connected", worker_id);
   }
@@ -600,24 +842,33 @@ std::string link_hub::issue(const std::string& worker_id) {
   return token;
 }
 
-batch_runner_actor link_hub::runner_for(const std::string& token,
-                                        batch_runner_actor fallback) {
+caf::strong_actor_ptr link_hub_impl::proxy_for(const std::string& token, target to,
+                                               caf::strong_actor_ptr fallback) {
   std::shared_ptr<hub_link> link;
   {
-    std::lock_guard<std::mutex> guard{impl_->mtx};
-    auto i = impl_->links.find(token);
-    if (i != impl_->links.end() && i->second->up())
+    std::lock_guard<std::mutex> guard{mtx};
+    auto i = links.find(token);
+    if (i != links.end() && i->second->up())
       link = i->second;
   }
   if (!link)
     return fallback;
   caf::actor_config cfg;
-  auto& sys = impl_->sys;
   auto proxy = caf::make_actor<link_proxy, caf::strong_actor_ptr>(
-      sys.next_actor_id(), sys.node(), &sys, cfg, link,
-      caf::actor_cast<caf::strong_actor_ptr>(fallback));
-  link->set_proxy(caf::actor_cast<caf::actor_addr>(proxy));
-  return caf::actor_cast<batch_runner_actor>(proxy);
+      sys.next_actor_id(), sys.node(), &sys, cfg, link, to, std::move(fallback));
+  link->set_proxy(to, caf::actor_cast<caf::actor_addr>(proxy));
+  return proxy;
+}
+
+batch_runner_actor link_hub::runner_for(const std::string& token,
+                                        batch_runner_actor fallback) {
+  return caf::actor_cast<batch_runner_actor>(impl_->proxy_for(
+      token, target::executor, caf::actor_cast<caf::strong_actor_ptr>(fallback)));
+}
+
+worker_actor link_hub::streams_for(const std::string& token, worker_actor fallback) {
+  return caf::actor_cast<worker_actor>(impl_->proxy_for(
+      token, target::worker, caf::actor_cast<caf::strong_actor_ptr>(fallback)));
 }
 
 int link_hub::connected() const {
@@ -637,60 +888,114 @@ void link_hub::close() {
 class link_client_impl {
 public:
   link_client_impl(caf::actor_system& sys, int fd, std::string token)
-      : sys(sys), sock(std::make_shared<link_socket>(fd)), token(std::move(token)) {
+      : sys(sys), state(std::make_shared<client_state>(sys, fd)),
+        token(std::move(token)) {
     caf::actor_config cfg;
     replier = caf::make_actor<link_replier, caf::strong_actor_ptr>(
-        sys.next_actor_id(), sys.node(), &sys, cfg, sys, sock);
+        sys.next_actor_id(), sys.node(), &sys, cfg, state);
   }
 
   ~link_client_impl() {
     close();
   }
 
+  link_socket& sock() {
+    return state->sock;
+  }
+
   void close() {
-    sock->break_link();
+    sock().break_link();
     if (reader.joinable())
       reader.join();
     std::lock_guard<std::mutex> guard{mtx};
-    target = nullptr;
+    executor = nullptr;
+    worker = caf::actor_addr{};
+  }
+
+  // Hands a request to its target; false when the link must close.
+  bool deliver(frame_decoder& decode, frame kind, uint64_t seq, uint64_t ref,
+               const std::vector<char>& buf) {
+    caf::message msg;
+    if (!decode(buf, msg)) {
+      spdlog::error("local link: a request does not decode; closing the link");
+      return false;
+    }
+    caf::strong_actor_ptr to;
+    {
+      std::lock_guard<std::mutex> guard{mtx};
+      to = kind == frame::to_worker ? caf::actor_cast<caf::strong_actor_ptr>(worker)
+                                    : executor;
+    }
+    if (!to) {
+      // Not serving yet (the hub sends only after the registration that
+      // follows serve()) or the worker is gone: answer, never drop.
+      if (seq != 0)
+        answer_error(sys, sock(), seq,
+                     make_error(errc::unavailable, "the worker's local link has no "
+                                                   "target for this request"));
+      return true;
+    }
+    if (kind == frame::to_worker && ref != 0) {
+      caf::actor_config cfg;
+      auto sink = caf::make_actor<link_sink, caf::strong_actor_ptr>(
+          sys.next_actor_id(), sys.node(), &sys, cfg, state, ref);
+      if (!put_sink(msg, sink)) {
+        if (seq != 0)
+          answer_error(sys, sock(), seq,
+                       make_error(errc::internal,
+                                  "a request with a sink that is "
+                                  "neither a generation nor a synthesis"));
+        return true;
+      }
+      std::lock_guard<std::mutex> guard{state->mtx};
+      state->sinks[ref] = sink;
+      if (seq != 0)
+        state->sink_of[seq] = ref;
+    }
+    auto mid = seq == 0 ? caf::make_message_id() : caf::make_message_id(seq);
+    to->enqueue(caf::make_mailbox_element(replier, mid, {}, std::move(msg)), nullptr);
+    return true;
   }
 
   void read_loop() {
     name_thread("ig.link.worker");
+    frame_decoder decode{sys};
+    frame kind = frame::handshake;
     uint64_t seq = 0;
+    uint64_t ref = 0;
     std::vector<char> buf;
-    while (sock->read(seq, buf)) {
-      caf::message msg;
-      if (!decode(sys, buf, msg)) {
-        spdlog::error("local link: a request does not decode; closing the link");
+    while (sock().read(kind, seq, ref, buf)) {
+      if (kind == frame::sink_down) {
+        end_sink(state->take_sink(ref), caf::exit_reason::normal);
+      } else if (kind == frame::to_executor || kind == frame::to_worker) {
+        if (!deliver(decode, kind, seq, ref, buf))
+          break;
+      } else {
+        spdlog::error(
+            "local link: a frame of a kind only workers send; closing the link");
         break;
       }
-      caf::strong_actor_ptr to;
-      {
-        std::lock_guard<std::mutex> guard{mtx};
-        to = target;
-      }
-      if (!to) {
-        // Not yet serving (the hub sends only after the registration that
-        // follows serve(), so this is a bug elsewhere): answer, never drop.
-        if (seq != 0)
-          answer_error(
-              sys, *sock, seq,
-              make_error(errc::unavailable, "the worker's local link has no target yet"));
-        continue;
-      }
-      auto mid = seq == 0 ? caf::make_message_id() : caf::make_message_id(seq);
-      to->enqueue(caf::make_mailbox_element(replier, mid, {}, std::move(msg)), nullptr);
     }
-    sock->break_link();
+    sock().break_link();
+    // The hub fails the requests in flight; their runs stop as if their
+    // clients went away.
+    std::unordered_map<uint64_t, caf::strong_actor_ptr> left;
+    {
+      std::lock_guard<std::mutex> guard{state->mtx};
+      left.swap(state->sinks);
+      state->sink_of.clear();
+    }
+    for (auto& [_, sink] : left)
+      end_sink(sink, make_error(errc::unavailable, "the local link closed"));
   }
 
   caf::actor_system& sys;
-  std::shared_ptr<link_socket> sock;
+  std::shared_ptr<client_state> state;
   std::string token;
   caf::strong_actor_ptr replier;
-  std::mutex mtx; // guards target
-  caf::strong_actor_ptr target;
+  std::mutex mtx; // guards executor and worker
+  caf::strong_actor_ptr executor;
+  caf::actor_addr worker;
   std::thread reader;
 };
 
@@ -714,9 +1019,13 @@ link_client::connect(caf::actor_system& sys, const std::string& address,
   }
   auto impl = std::make_unique<link_client_impl>(sys, fd, token);
   set_timeout(fd, SO_RCVTIMEO, handshake_timeout);
+  frame kind = frame::handshake;
   uint64_t seq = 0;
+  uint64_t ref = 0;
   std::vector<char> buf;
-  if (!impl->sock->write(0, token) || !impl->sock->read(seq, buf))
+  auto& sock = impl->sock();
+  if (!sock.write(frame::handshake, 0, 0, token) || !sock.read(kind, seq, ref, buf)
+      || kind != frame::handshake)
     return make_error(errc::unavailable, "the control node closed the link at once");
   std::string answer{buf.begin(), buf.end()};
   if (answer != "ok")
@@ -729,9 +1038,10 @@ const std::string& link_client::token() const {
   return impl_->token;
 }
 
-void link_client::serve(caf::strong_actor_ptr target) {
+void link_client::serve(caf::strong_actor_ptr executor, caf::actor_addr worker) {
   std::lock_guard<std::mutex> guard{impl_->mtx};
-  impl_->target = std::move(target);
+  impl_->executor = std::move(executor);
+  impl_->worker = std::move(worker);
   if (!impl_->reader.joinable())
     impl_->reader = std::thread{[impl = impl_.get()] { impl->read_loop(); }};
 }

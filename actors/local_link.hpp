@@ -1,5 +1,6 @@
-// The local link: tensor batches between the control process and a worker
-// process on the same host, over a Unix socket beside CAF's BASP connection.
+// The local link: tensor batches, generations and syntheses between the
+// control process and a worker process on the same host, over a Unix socket
+// beside CAF's BASP connection.
 //
 // Why: with BASP a batch crosses four threads besides the two actors (the
 // sender's middleman, then the receiver's, and the same back), each a wake-up
@@ -11,9 +12,17 @@
 // and gives each joining worker a one-time token (with the join, which
 // checked the cluster secret). The worker's link_client connects, presents
 // the token, and names it in its registration; the queue then sends batches
-// to the hub's proxy for that token instead of to the executor's BASP proxy.
-// Requests and answers are ordinary CAF messages (binary_serializer), so the
-// queue's request().then() and the executor's handler do not change.
+// to the hub's proxy for that token instead of to the executor's BASP proxy,
+// and generations and syntheses to a second proxy instead of to the worker
+// actor's. Requests and answers are ordinary CAF messages (binary_serializer),
+// so the queue's request().then() and the handlers do not change.
+//
+// A streamed result's chunk sink (an actor of the control process) does not
+// travel as an actor handle: the link names it, the worker process gets a
+// stand-in whose pieces go back over the link as raw bytes (written in the
+// executor's thread, read by the hub's reader and handed straight to the
+// sink), and when the sink goes down (the HTTP client went away) the hub says
+// so and the stand-in goes down too, which stops the run as over BASP.
 //
 // When a link breaks (its socket closes or a write times out) the requests in
 // flight on it fail with errc::unavailable and later batches go over BASP:
@@ -52,6 +61,11 @@ public:
   /// `fallback` when no link presented the token.
   batch_runner_actor runner_for(const std::string& token, batch_runner_actor fallback);
 
+  /// The same for generations and syntheses (the worker actor's): a proxy
+  /// for the worker of `token`'s link, or `fallback` without one. Only the
+  /// generate and speech requests go this way.
+  worker_actor streams_for(const std::string& token, worker_actor fallback);
+
   /// Links connected so far (for tests and the log).
   int connected() const;
 
@@ -76,9 +90,10 @@ public:
 
   const std::string& token() const;
 
-  /// Hands every request that arrives to `target` and sends its answers
-  /// back. The first call starts the reader; a later call changes the target.
-  void serve(caf::strong_actor_ptr target);
+  /// Hands every batch that arrives to `executor`, every generation and
+  /// synthesis to `worker` (while it lives), and sends their answers back.
+  /// The first call starts the reader; a later call changes the targets.
+  void serve(caf::strong_actor_ptr executor, caf::actor_addr worker = {});
 
   /// Closes the connection and joins the reader. Idempotent.
   void close();

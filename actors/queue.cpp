@@ -32,6 +32,9 @@ struct worker_entry {
   worker_actor handle;
   /// Where its tensor batches go: its executor when it named one.
   batch_runner_actor runner;
+  /// Where its generations and syntheses go: `handle`, or the local link's
+  /// proxy for it.
+  worker_actor streams;
   std::set<std::string> models;
   /// Running a generation, a synthesis or durable work: nothing else.
   bool busy = false;
@@ -350,7 +353,7 @@ void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
   // and by its connection (a node that goes silent is dropped, failing this).
   auto mine = track_inflight(self, w, caf::actor_clock::time_point::max(),
                              [rp](const caf::error& err) mutable { rp.deliver(err); });
-  self->request(w.handle, caf::infinite, atom, std::move(req))
+  self->request(w.streams, caf::infinite, atom, std::move(req))
       .then(
           [self, wid = w.id, order = w.order, rp, probe, mine](Reply& out) mutable {
             if (mine()) {
@@ -757,11 +760,13 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         w.id = reg.worker_id;
         w.handle = handle;
         w.runner = reg.runner ? reg.runner : batch_runner_actor{handle};
+        w.streams = handle;
         bool linked = false;
         if (st.cfg.links && !reg.link_token.empty()) {
           auto runner = st.cfg.links->runner_for(reg.link_token, w.runner);
           linked = runner != w.runner;
           w.runner = runner;
+          w.streams = st.cfg.links->streams_for(reg.link_token, handle);
         }
         w.host = reg.host;
         w.claim_path = reg.claim_path;
@@ -771,7 +776,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         st.maybe_ready.insert(reg.models.begin(), reg.models.end());
         self->monitor(handle);
         spdlog::info("queue: worker {} ready with {} model(s){}", w.id, w.models.size(),
-                     linked ? "; its batches take the local link" : "");
+                     linked ? "; its batches and streams take the local link" : "");
         record_worker(st, w, "IDLE", true);
         st.workers.push_back(std::move(w));
         dispatch(self);

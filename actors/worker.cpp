@@ -544,7 +544,8 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
             reg.claim_path = st.cfg.claim_path;
             reg.runner = st.exec;
             if (st.cfg.link) {
-              st.cfg.link->serve(caf::actor_cast<caf::strong_actor_ptr>(st.exec));
+              st.cfg.link->serve(caf::actor_cast<caf::strong_actor_ptr>(st.exec),
+                                 self->address());
               reg.link_token = st.cfg.link->token();
             }
             if (st.phase != worker_phase::error)

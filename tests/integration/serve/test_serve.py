@@ -81,7 +81,7 @@ def test_local_link(s):
     # The worker process took the local link, and tensor requests (the
     # kserve cases above went over it) are answered through it.
     text = log_text(s)
-    _assert("worker w1 ready with" in text and "its batches take the local link" in text,
+    _assert("worker w1 ready with" in text and "its batches and streams take the local link" in text,
             f"no local link in the log:\n{s.tail()}")
     r = s.post("/v2/models/classifier/infer", json=classifier_input(2))
     _assert(r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 4], r.text)

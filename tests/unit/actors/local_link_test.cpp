@@ -24,6 +24,8 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/io/middleman.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/cluster.hpp"
@@ -64,6 +66,63 @@ batch_runner_actor::behavior_type silent_runner(batch_runner_actor::pointer self
   };
 }
 
+// A worker actor's stand-in for generations: sends the prompt's characters
+// one by one to the request's sink, then answers with the whole text. With
+// `hold`, it sends the first piece and waits: a down message of its sink
+// (the client went away, or the link closed) ends the run as "cancelled".
+struct fake_flags {
+  std::atomic<bool> started{false};
+  std::atomic<int> downs{0};
+};
+
+caf::behavior fake_worker(caf::event_based_actor* self, bool hold,
+                          std::shared_ptr<fake_flags> flags) {
+  auto pending = std::make_shared<std::vector<caf::response_promise>>();
+  self->set_down_handler([pending, flags](caf::down_msg&) {
+    ++flags->downs;
+    for (auto& rp : *pending) {
+      generate_reply r;
+      r.finish_reason = "cancelled";
+      rp.deliver(r);
+    }
+    pending->clear();
+  });
+  return {
+      [=](generate_atom, generate_request& req) -> caf::result<generate_reply> {
+        if (!req.sink)
+          return make_error(errc::internal, "no sink arrived");
+        self->monitor(req.sink);
+        if (hold) {
+          self->send(req.sink, chunk_atom::value, req.params.prompt.substr(0, 1));
+          flags->started.store(true);
+          pending->push_back(self->make_response_promise());
+          return caf::delegated<generate_reply>{};
+        }
+        for (auto c : req.params.prompt)
+          self->send(req.sink, chunk_atom::value, std::string(1, c));
+        generate_reply r;
+        r.text = req.params.prompt;
+        r.finish_reason = "length";
+        r.worker = "linked";
+        return r;
+      },
+  };
+}
+
+// Collects the pieces it gets.
+struct sink_state {
+  std::shared_ptr<std::string> got;
+};
+
+chunk_sink_actor::behavior_type
+collecting_sink(chunk_sink_actor::stateful_pointer<sink_state> self,
+                std::shared_ptr<std::string> got) {
+  self->state.got = std::move(got);
+  return {
+      [self](chunk_atom, std::string& piece) { *self->state.got += piece; },
+  };
+}
+
 bool wait_until(const std::function<bool()>& done) {
   auto deadline = std::chrono::steady_clock::now() + 10s;
   while (!done() && std::chrono::steady_clock::now() < deadline)
@@ -71,9 +130,13 @@ bool wait_until(const std::function<bool()>& done) {
   return done();
 }
 
+// With the middleman, as in serve and its worker processes: it gives the
+// node an id, so that a handle in a message (a request's sink) can no longer
+// be read as a handle of this node without a context that knows proxies.
 struct config : caf::actor_system_config {
   config() {
     add_cluster_message_types(*this);
+    load<caf::io::middleman>();
   }
 };
 
@@ -137,6 +200,24 @@ struct fixture {
     return answer;
   }
 
+  // "reason:text" of a generation of `prompt` streamed to `sink`, or
+  // "error:<code>: <message>".
+  std::string generate(const worker_actor& worker, const std::string& prompt,
+                       chunk_sink_actor sink) {
+    generate_request req;
+    req.model = "m";
+    req.params.prompt = prompt;
+    req.sink = std::move(sink);
+    caf::scoped_actor self{sys};
+    std::string out;
+    self->request(worker, 10s, generate_atom::value, std::move(req))
+        .receive([&](generate_reply& r) { out = r.finish_reason + ":" + r.text; },
+                 [&](caf::error& err) {
+                   out = "error:" + to_string(code_of(err)) + ": " + message_of(err);
+                 });
+    return out;
+  }
+
   std::shared_ptr<link_client> connect(const std::string& token) {
     auto c = link_client::connect(sys, hub->address(), token);
     CAF_REQUIRE(c);
@@ -191,10 +272,10 @@ CAF_TEST(a handshake frame too large for a token is refused before it is read) {
   std::memcpy(addr.sun_path + 1, name.data(), name.size());
   auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
   CAF_REQUIRE_EQUAL(::connect(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
-  char header[12] = {};
+  char header[24] = {}; // length, kind 0 (handshake), sequence, reference
   uint32_t size = 1u << 30;
   std::memcpy(header, &size, sizeof(size));
-  CAF_REQUIRE_EQUAL(::send(fd, header, sizeof(header), MSG_NOSIGNAL), 12);
+  CAF_REQUIRE_EQUAL(::send(fd, header, sizeof(header), MSG_NOSIGNAL), 24);
   // Closed by the hub well before its 5 s handshake deadline (the old hub
   // waited that long for the gigabyte).
   timeval tv{2, 0};
@@ -227,6 +308,79 @@ CAF_TEST(closing the hub fails what is in flight) {
   auto in_flight = ask_while(client, runner, [&] { hub->close(); });
   CAF_CHECK_EQUAL(in_flight.substr(0, 18), "error:unavailable:");
   client->close();
+}
+
+CAF_TEST(a generation goes over the link and its pieces come back to its sink) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  auto flags = std::make_shared<fake_flags>();
+  auto worker = sys.spawn(fake_worker, false, flags);
+  client->serve(nullptr, worker.address());
+  auto fallback_worker
+      = caf::actor_cast<worker_actor>(sys.spawn(fake_worker, false, flags));
+  auto linked = hub->streams_for(token, fallback_worker);
+  CAF_CHECK(linked != fallback_worker);
+  CAF_CHECK(hub->streams_for("not-a-token", fallback_worker) == fallback_worker);
+  // Several in a row, each with its own sink; the pieces arrive in order
+  // and before the answer (the executor flushes before it replies).
+  for (int i = 0; i < 20; ++i) {
+    auto got = std::make_shared<std::string>();
+    auto sink = sys.spawn(collecting_sink, got);
+    auto prompt = "piece by piece " + std::to_string(i);
+    CAF_CHECK_EQUAL(generate(linked, prompt, sink), "length:" + prompt);
+    CAF_CHECK(wait_until([&] { return *got == prompt; }));
+    CAF_CHECK_EQUAL(*got, prompt);
+    caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
+  }
+  // Without a sink the request goes as it is.
+  CAF_CHECK_EQUAL(generate(linked, "x", chunk_sink_actor{}),
+                  "error:internal: no sink arrived");
+  client->close();
+  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(fallback_worker, caf::exit_reason::user_shutdown);
+}
+
+CAF_TEST(a sink that goes down stops the generation over the link) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  auto flags = std::make_shared<fake_flags>();
+  auto worker = sys.spawn(fake_worker, true, flags);
+  client->serve(nullptr, worker.address());
+  auto linked = hub->streams_for(token, worker_actor{});
+  auto got = std::make_shared<std::string>();
+  auto sink = sys.spawn(collecting_sink, got);
+  std::string answer;
+  std::thread asker{[&] { answer = generate(linked, "held", sink); }};
+  CAF_CHECK(wait_until([&] { return flags->started.load() && *got == "h"; }));
+  // The HTTP client went away: its sink ends, and the worker process's
+  // stand-in goes down with it.
+  caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
+  asker.join();
+  CAF_CHECK_EQUAL(answer, "cancelled:");
+  CAF_CHECK_EQUAL(flags->downs.load(), 1);
+  client->close();
+  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+}
+
+CAF_TEST(a link that closes during a generation fails it and stops the run) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  auto flags = std::make_shared<fake_flags>();
+  auto worker = sys.spawn(fake_worker, true, flags);
+  client->serve(nullptr, worker.address());
+  auto linked = hub->streams_for(token, worker_actor{});
+  auto got = std::make_shared<std::string>();
+  auto sink = sys.spawn(collecting_sink, got);
+  std::string answer;
+  std::thread asker{[&] { answer = generate(linked, "held", sink); }};
+  CAF_CHECK(wait_until([&] { return flags->started.load(); }));
+  client->close();
+  asker.join();
+  CAF_CHECK_EQUAL(answer.substr(0, 18), "error:unavailable:");
+  // The worker's side saw its stand-in of the sink go down: the run stops.
+  CAF_CHECK(wait_until([&] { return flags->downs.load() == 1; }));
+  caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()
