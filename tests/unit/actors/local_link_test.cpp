@@ -218,6 +218,36 @@ struct fixture {
     return out;
   }
 
+  struct held_run {
+    std::string answer;
+    std::shared_ptr<fake_flags> flags;
+  };
+
+  // A generation over the link that the worker holds after its first
+  // piece; runs `then` once that piece reached the sink, checks that the
+  // worker saw the sink's stand-in go down (the run stops), and returns
+  // the answer.
+  held_run
+  held_generation(const std::function<void(link_client&, const caf::actor&)>& then) {
+    auto token = hub->issue("w1");
+    auto client = connect(token);
+    held_run run{"", std::make_shared<fake_flags>()};
+    auto worker = sys.spawn(fake_worker, true, run.flags);
+    client->serve(nullptr, worker.address());
+    auto linked = hub->streams_for(token, worker_actor{});
+    auto got = std::make_shared<std::string>();
+    auto sink = sys.spawn(collecting_sink, got);
+    std::thread asker{[&] { run.answer = generate(linked, "held", sink); }};
+    CAF_CHECK(wait_until([&] { return run.flags->started.load() && *got == "h"; }));
+    then(*client, caf::actor_cast<caf::actor>(sink));
+    asker.join();
+    CAF_CHECK(wait_until([&] { return run.flags->downs.load() == 1; }));
+    client->close();
+    caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+    return run;
+  }
+
   std::shared_ptr<link_client> connect(const std::string& token) {
     auto c = link_client::connect(sys, hub->address(), token);
     CAF_REQUIRE(c);
@@ -341,46 +371,18 @@ CAF_TEST(a generation goes over the link and its pieces come back to its sink) {
 }
 
 CAF_TEST(a sink that goes down stops the generation over the link) {
-  auto token = hub->issue("w1");
-  auto client = connect(token);
-  auto flags = std::make_shared<fake_flags>();
-  auto worker = sys.spawn(fake_worker, true, flags);
-  client->serve(nullptr, worker.address());
-  auto linked = hub->streams_for(token, worker_actor{});
-  auto got = std::make_shared<std::string>();
-  auto sink = sys.spawn(collecting_sink, got);
-  std::string answer;
-  std::thread asker{[&] { answer = generate(linked, "held", sink); }};
-  CAF_CHECK(wait_until([&] { return flags->started.load() && *got == "h"; }));
-  // The HTTP client went away: its sink ends, and the worker process's
-  // stand-in goes down with it.
-  caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
-  asker.join();
-  CAF_CHECK_EQUAL(answer, "cancelled:");
-  CAF_CHECK_EQUAL(flags->downs.load(), 1);
-  client->close();
-  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+  auto run = held_generation([](link_client&, const caf::actor& sink) {
+    // The HTTP client went away: its sink ends, and the worker process's
+    // stand-in goes down with it.
+    caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
+  });
+  CAF_CHECK_EQUAL(run.answer, "cancelled:");
 }
 
 CAF_TEST(a link that closes during a generation fails it and stops the run) {
-  auto token = hub->issue("w1");
-  auto client = connect(token);
-  auto flags = std::make_shared<fake_flags>();
-  auto worker = sys.spawn(fake_worker, true, flags);
-  client->serve(nullptr, worker.address());
-  auto linked = hub->streams_for(token, worker_actor{});
-  auto got = std::make_shared<std::string>();
-  auto sink = sys.spawn(collecting_sink, got);
-  std::string answer;
-  std::thread asker{[&] { answer = generate(linked, "held", sink); }};
-  CAF_CHECK(wait_until([&] { return flags->started.load(); }));
-  client->close();
-  asker.join();
-  CAF_CHECK_EQUAL(answer.substr(0, 18), "error:unavailable:");
-  // The worker's side saw its stand-in of the sink go down: the run stops.
-  CAF_CHECK(wait_until([&] { return flags->downs.load() == 1; }));
-  caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
+  auto run
+      = held_generation([](link_client& client, const caf::actor&) { client.close(); });
+  CAF_CHECK_EQUAL(run.answer.substr(0, 18), "error:unavailable:");
 }
 
 CAF_TEST_FIXTURE_SCOPE_END()
