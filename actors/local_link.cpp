@@ -118,6 +118,16 @@ public:
   /// Sends one frame; false when the link is (now) broken.
   bool write(frame kind, uint64_t seq, uint64_t ref, const char* data, std::size_t size) {
     std::lock_guard<std::mutex> guard{write_mtx_};
+    return write_locked(kind, seq, ref, data, size);
+  }
+
+  /// Held while a frame goes out; with it, write_locked() sends one.
+  std::mutex& write_mutex() {
+    return write_mtx_;
+  }
+
+  bool write_locked(frame kind, uint64_t seq, uint64_t ref, const char* data,
+                    std::size_t size) {
     if (broken_.load() || size > max_payload)
       return false;
     char header[header_size];
@@ -346,6 +356,11 @@ public:
     caf::strong_actor_ptr sink;
     if (to == target::worker)
       take_sink(msg, sink);
+    if (sink && sink->node() != sys_.node()) {
+      // A sink of a third node: its id alone would not name it here.
+      put_sink(msg, sink);
+      return false;
+    }
     auto ref = sink ? static_cast<uint64_t>(sink->id()) : 0;
     auto& buf = send_buffer();
     if (!encode(sys_, msg, buf)) {
@@ -367,6 +382,7 @@ public:
     auto kind = to == target::worker ? frame::to_worker : frame::to_executor;
     bool sent = sock_.write(kind, seq, ref, buf.data(), buf.size());
     release_if_large(buf);
+    flush_downs(); // reported while this frame went out
     if (sent) {
       // After the write, so that a sink already down is reported after the
       // request that names it (attach runs the functor at once then).
@@ -378,10 +394,11 @@ public:
       return true;
     }
     bool answered_already = false;
+    caf::strong_actor_ptr dropped; // released after the lock (see drop_sink)
     {
       std::lock_guard<std::mutex> guard{mtx_};
       if (sink)
-        sinks_.erase(ref);
+        dropped = drop_sink(ref);
       // The failed write broke the link, and the reader may already have
       // answered this request with the others in flight: then it is done.
       answered_already = wants_answer && pending_.erase(seq) == 0;
@@ -418,13 +435,51 @@ private:
 
   // The sink of a request still running went down (its HTTP client went
   // away): the client's stand-in goes down too, and the worker stops.
+  // It runs in the thread that ends the sink (an HTTP thread, mostly), so
+  // it never waits for a frame another thread is writing: that thread sends
+  // the report after its frame (flush_downs).
   void sink_down(uint64_t ref) {
+    caf::strong_actor_ptr dropped;
     {
       std::lock_guard<std::mutex> guard{mtx_};
-      if (sinks_.erase(ref) == 0)
+      dropped = drop_sink(ref);
+      if (!dropped)
         return; // answered already
+      downs_.push_back(ref);
     }
-    sock_.write(frame::sink_down, 0, ref, nullptr, 0);
+    flush_downs();
+  }
+
+  // Sends the sink_down frames reported so far, unless another thread is
+  // writing: it calls this after its frame. Pushes happen before the
+  // try_lock, so no report is left behind.
+  void flush_downs() {
+    for (;;) {
+      std::unique_lock<std::mutex> writing{sock_.write_mutex(), std::try_to_lock};
+      if (!writing.owns_lock())
+        return;
+      std::vector<uint64_t> refs;
+      {
+        std::lock_guard<std::mutex> guard{mtx_};
+        refs.swap(downs_);
+      }
+      if (refs.empty())
+        return;
+      for (auto ref : refs)
+        sock_.write_locked(frame::sink_down, 0, ref, nullptr, 0);
+    }
+  }
+
+  // Takes the sink of `ref` out of the table (null: none). The caller
+  // releases it after unlocking mtx_: the last reference to an actor that
+  // never ended ends it, which runs our functor, which locks mtx_.
+  caf::strong_actor_ptr drop_sink(uint64_t ref) {
+    auto i = sinks_.find(ref);
+    if (i == sinks_.end())
+      return nullptr;
+    auto sink = std::move(i->second);
+    sinks_.erase(i);
+    return sink;
   }
 
   void on_chunk(uint64_t ref, const std::vector<char>& bytes) {
@@ -450,6 +505,7 @@ private:
                        + " returned an answer that does not decode");
     }
     pending_request p;
+    caf::strong_actor_ptr dropped;
     {
       std::lock_guard<std::mutex> guard{mtx_};
       auto i = pending_.find(seq);
@@ -458,7 +514,7 @@ private:
       p = std::move(i->second);
       pending_.erase(i);
       if (p.sink != 0)
-        sinks_.erase(p.sink);
+        dropped = drop_sink(p.sink);
     }
     p.sender->enqueue(
         caf::make_mailbox_element(proxy(p.to), p.mid.response_id(), {}, std::move(msg)),
@@ -486,10 +542,12 @@ private:
     ended_.store(true);
     sock_.break_link();
     std::unordered_map<uint64_t, pending_request> left;
+    std::unordered_map<uint64_t, caf::strong_actor_ptr> sinks; // released unlocked
     {
       std::lock_guard<std::mutex> guard{mtx_};
       left.swap(pending_);
-      sinks_.clear();
+      sinks.swap(sinks_);
+      downs_.clear();
     }
     if (!left.empty() || why != "closed")
       spdlog::warn("local link: worker {}'s link {}; {} request(s) in flight fail",
@@ -508,11 +566,13 @@ private:
   link_socket sock_;
   std::string worker_id_;
   std::atomic<bool> ended_{false};
-  std::mutex mtx_; // guards pending_, next_seq_, sinks_, proxies_
+  std::mutex mtx_; // guards pending_, next_seq_, sinks_, downs_, proxies_
   std::unordered_map<uint64_t, pending_request> pending_;
   uint64_t next_seq_ = 0;
   /// The chunk sinks of requests in flight, by reference (their actor id).
   std::unordered_map<uint64_t, caf::strong_actor_ptr> sinks_;
+  /// Sinks that went down, to be reported (flush_downs).
+  std::vector<uint64_t> downs_;
   caf::actor_addr proxies_[2];
   std::thread reader_;
 };
@@ -574,11 +634,15 @@ struct client_state {
   /// Request `seq` is answered: its sink's stand-in is no longer reachable
   /// from the hub (the executor may still hold it; it simply goes unused).
   void forget(uint64_t seq) {
+    caf::strong_actor_ptr dropped; // released after the lock
     std::lock_guard<std::mutex> guard{mtx};
     auto i = sink_of.find(seq);
     if (i == sink_of.end())
       return;
-    sinks.erase(i->second);
+    if (auto j = sinks.find(i->second); j != sinks.end()) {
+      dropped = std::move(j->second);
+      sinks.erase(j);
+    }
     sink_of.erase(i);
   }
 

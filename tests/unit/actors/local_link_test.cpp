@@ -75,14 +75,15 @@ struct fake_flags {
   std::atomic<int> downs{0};
 };
 
-caf::behavior fake_worker(caf::event_based_actor* self, bool hold,
+caf::behavior fake_worker(caf::event_based_actor* self, std::string name, bool hold,
                           std::shared_ptr<fake_flags> flags) {
   auto pending = std::make_shared<std::vector<caf::response_promise>>();
-  self->set_down_handler([pending, flags](caf::down_msg&) {
+  self->set_down_handler([pending, flags, name](caf::down_msg&) {
     ++flags->downs;
     for (auto& rp : *pending) {
       generate_reply r;
       r.finish_reason = "cancelled";
+      r.worker = name;
       rp.deliver(r);
     }
     pending->clear();
@@ -103,23 +104,34 @@ caf::behavior fake_worker(caf::event_based_actor* self, bool hold,
         generate_reply r;
         r.text = req.params.prompt;
         r.finish_reason = "length";
-        r.worker = "linked";
+        r.worker = name;
         return r;
       },
   };
 }
 
-// Collects the pieces it gets.
-struct sink_state {
-  std::shared_ptr<std::string> got;
+// The pieces a sink got (written by its actor, read by the test).
+class collected {
+public:
+  void add(const std::string& piece) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    text_ += piece;
+  }
+
+  std::string text() const {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return text_;
+  }
+
+private:
+  mutable std::mutex mtx_;
+  std::string text_;
 };
 
-chunk_sink_actor::behavior_type
-collecting_sink(chunk_sink_actor::stateful_pointer<sink_state> self,
-                std::shared_ptr<std::string> got) {
-  self->state.got = std::move(got);
+chunk_sink_actor::behavior_type collecting_sink(chunk_sink_actor::pointer,
+                                                std::shared_ptr<collected> got) {
   return {
-      [self](chunk_atom, std::string& piece) { *self->state.got += piece; },
+      [got](chunk_atom, std::string& piece) { got->add(piece); },
   };
 }
 
@@ -200,7 +212,7 @@ struct fixture {
     return answer;
   }
 
-  // "reason:text" of a generation of `prompt` streamed to `sink`, or
+  // "worker:reason:text" of a generation of `prompt` streamed to `sink`, or
   // "error:<code>: <message>".
   std::string generate(const worker_actor& worker, const std::string& prompt,
                        chunk_sink_actor sink) {
@@ -211,10 +223,13 @@ struct fixture {
     caf::scoped_actor self{sys};
     std::string out;
     self->request(worker, 10s, generate_atom::value, std::move(req))
-        .receive([&](generate_reply& r) { out = r.finish_reason + ":" + r.text; },
-                 [&](caf::error& err) {
-                   out = "error:" + to_string(code_of(err)) + ": " + message_of(err);
-                 });
+        .receive(
+            [&](generate_reply& r) {
+              out = r.worker + ":" + r.finish_reason + ":" + r.text;
+            },
+            [&](caf::error& err) {
+              out = "error:" + to_string(code_of(err)) + ": " + message_of(err);
+            });
     return out;
   }
 
@@ -232,13 +247,14 @@ struct fixture {
     auto token = hub->issue("w1");
     auto client = connect(token);
     held_run run{"", std::make_shared<fake_flags>()};
-    auto worker = sys.spawn(fake_worker, true, run.flags);
+    auto worker = sys.spawn(fake_worker, "linked", true, run.flags);
     client->serve(nullptr, worker.address());
     auto linked = hub->streams_for(token, worker_actor{});
-    auto got = std::make_shared<std::string>();
+    auto got = std::make_shared<collected>();
     auto sink = sys.spawn(collecting_sink, got);
     std::thread asker{[&] { run.answer = generate(linked, "held", sink); }};
-    CAF_CHECK(wait_until([&] { return run.flags->started.load() && *got == "h"; }));
+    CAF_CHECK(
+        wait_until([&] { return run.flags->started.load() && got->text() == "h"; }));
     then(*client, caf::actor_cast<caf::actor>(sink));
     asker.join();
     CAF_CHECK(wait_until([&] { return run.flags->downs.load() == 1; }));
@@ -344,28 +360,33 @@ CAF_TEST(a generation goes over the link and its pieces come back to its sink) {
   auto token = hub->issue("w1");
   auto client = connect(token);
   auto flags = std::make_shared<fake_flags>();
-  auto worker = sys.spawn(fake_worker, false, flags);
+  auto worker = sys.spawn(fake_worker, "linked", false, flags);
   client->serve(nullptr, worker.address());
   auto fallback_worker
-      = caf::actor_cast<worker_actor>(sys.spawn(fake_worker, false, flags));
+      = caf::actor_cast<worker_actor>(sys.spawn(fake_worker, "fallback", false, flags));
   auto linked = hub->streams_for(token, fallback_worker);
   CAF_CHECK(linked != fallback_worker);
   CAF_CHECK(hub->streams_for("not-a-token", fallback_worker) == fallback_worker);
-  // Several in a row, each with its own sink; the pieces arrive in order
-  // and before the answer (the executor flushes before it replies).
-  for (int i = 0; i < 20; ++i) {
-    auto got = std::make_shared<std::string>();
+  // Each with its own sink: the pieces arrive in order, and before the
+  // answer (as the executor flushes before it replies). `via` is the
+  // worker that ran it.
+  auto generate_to_sink = [&](const std::string& prompt, const std::string& via) {
+    auto got = std::make_shared<collected>();
     auto sink = sys.spawn(collecting_sink, got);
-    auto prompt = "piece by piece " + std::to_string(i);
-    CAF_CHECK_EQUAL(generate(linked, prompt, sink), "length:" + prompt);
-    CAF_CHECK(wait_until([&] { return *got == prompt; }));
-    CAF_CHECK_EQUAL(*got, prompt);
+    CAF_CHECK_EQUAL(generate(linked, prompt, sink), via + ":length:" + prompt);
+    CAF_CHECK(wait_until([&] { return got->text() == prompt; }));
+    CAF_CHECK_EQUAL(got->text(), prompt);
     caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
-  }
+  };
+  for (int i = 0; i < 20; ++i)
+    generate_to_sink("piece by piece " + std::to_string(i), "linked");
   // Without a sink the request goes as it is.
   CAF_CHECK_EQUAL(generate(linked, "x", chunk_sink_actor{}),
                   "error:internal: no sink arrived");
+  // Once the link is gone, over BASP with the sink put back.
   client->close();
+  CAF_CHECK(wait_until([&] { return hub->connected() == 0; }));
+  generate_to_sink("after the link", "fallback");
   caf::anon_send_exit(worker, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(fallback_worker, caf::exit_reason::user_shutdown);
 }
@@ -376,7 +397,7 @@ CAF_TEST(a sink that goes down stops the generation over the link) {
     // stand-in goes down with it.
     caf::anon_send_exit(sink, caf::exit_reason::user_shutdown);
   });
-  CAF_CHECK_EQUAL(run.answer, "cancelled:");
+  CAF_CHECK_EQUAL(run.answer, "linked:cancelled:");
 }
 
 CAF_TEST(a link that closes during a generation fails it and stops the run) {
