@@ -64,6 +64,14 @@ enum class frame : uint32_t {
   sink_down = 5,   // hub -> client: sink ref went down
 };
 
+/// A frame as read: its header's fields and its payload.
+struct frame_in {
+  frame kind = frame::handshake;
+  uint64_t seq = 0;
+  uint64_t ref = 0;
+  std::vector<char> payload;
+};
+
 /// Which actor of the worker process a request is for.
 enum class target : uint32_t { executor = 0, worker = 1 };
 // Larger than any request body (http.max_body_bytes is at most 1 GiB).
@@ -171,7 +179,7 @@ public:
 
   /// Reads one frame; false at the end of the stream, on an error or on a
   /// header that cannot be ours.
-  bool read(frame& kind, uint64_t& seq, uint64_t& ref, std::vector<char>& payload) {
+  bool read(frame_in& in) {
     char header[header_size];
     if (!read_exact(header, header_size))
       return false;
@@ -179,13 +187,13 @@ public:
     uint32_t k = 0;
     std::memcpy(&n, header, 4);
     std::memcpy(&k, header + 4, 4);
-    std::memcpy(&seq, header + 8, 8);
-    std::memcpy(&ref, header + 16, 8);
+    std::memcpy(&in.seq, header + 8, 8);
+    std::memcpy(&in.ref, header + 16, 8);
     if (n > max_payload || k > static_cast<uint32_t>(frame::sink_down))
       return false;
-    kind = static_cast<frame>(k);
-    payload.resize(n);
-    return n == 0 || read_exact(payload.data(), n);
+    in.kind = static_cast<frame>(k);
+    in.payload.resize(n);
+    return n == 0 || read_exact(in.payload.data(), n);
   }
 
   /// Ends the stream both ways: the reader sees its end, writers fail.
@@ -276,36 +284,47 @@ bool answer_error(caf::actor_system& sys, link_socket& sock, uint64_t seq,
 
 // -- the hub's side ----------------------------------------------------------
 
-// A generation or synthesis carries its chunk sink: `take_sink` moves it out
-// of the message (the link names it by reference instead), `put_sink` puts
-// it (or the client's stand-in) back in. False: not such a message.
-template <class Atom, class Request>
-bool take_sink_of(caf::message& msg, caf::strong_actor_ptr& sink) {
-  if (!msg.match_elements<Atom, Request>())
-    return false;
-  auto& req = *static_cast<Request*>(msg.get_mutable(1));
-  sink = caf::actor_cast<caf::strong_actor_ptr>(std::move(req.sink));
-  req.sink = chunk_sink_actor{};
-  return true;
+// A generation or synthesis carries its chunk sink: the link names it by
+// reference instead of sending the handle. The sink field of such a
+// message; null for any other message.
+chunk_sink_actor* sink_slot(caf::message& msg) {
+  if (msg.match_elements<generate_atom, generate_request>())
+    return &static_cast<generate_request*>(msg.get_mutable(1))->sink;
+  if (msg.match_elements<speech_atom, speech_request>())
+    return &static_cast<speech_request*>(msg.get_mutable(1))->sink;
+  return nullptr;
 }
 
-bool take_sink(caf::message& msg, caf::strong_actor_ptr& sink) {
-  return take_sink_of<generate_atom, generate_request>(msg, sink)
-         || take_sink_of<speech_atom, speech_request>(msg, sink);
+/// Moves the sink out of `msg` (null when it has none).
+caf::strong_actor_ptr take_sink(caf::message& msg) {
+  auto slot = sink_slot(msg);
+  if (slot == nullptr || !*slot)
+    return nullptr;
+  auto sink = caf::actor_cast<caf::strong_actor_ptr>(std::move(*slot));
+  *slot = chunk_sink_actor{};
+  return sink;
 }
 
-template <class Atom, class Request>
-bool put_sink_of(caf::message& msg, const caf::strong_actor_ptr& sink) {
-  if (!msg.match_elements<Atom, Request>())
-    return false;
-  static_cast<Request*>(msg.get_mutable(1))->sink
-      = caf::actor_cast<chunk_sink_actor>(sink);
-  return true;
-}
-
+/// Puts `sink` (or the client's stand-in) into `msg`; false when `msg` is
+/// neither a generation nor a synthesis.
 bool put_sink(caf::message& msg, const caf::strong_actor_ptr& sink) {
-  return put_sink_of<generate_atom, generate_request>(msg, sink)
-         || put_sink_of<speech_atom, speech_request>(msg, sink);
+  auto slot = sink_slot(msg);
+  if (slot != nullptr)
+    *slot = caf::actor_cast<chunk_sink_actor>(sink);
+  return slot != nullptr;
+}
+
+/// Takes the entry of `ref` out of `table` (null: none). Callers release it
+/// after unlocking the table's mutex: the last reference to an actor that
+/// never ended ends it, which may run a functor that takes that mutex.
+caf::strong_actor_ptr
+take_entry(std::unordered_map<uint64_t, caf::strong_actor_ptr>& table, uint64_t ref) {
+  auto i = table.find(ref);
+  if (i == table.end())
+    return nullptr;
+  auto entry = std::move(i->second);
+  table.erase(i);
+  return entry;
 }
 
 /// One worker's connection on the hub: sends requests, matches answers,
@@ -353,9 +372,7 @@ public:
             caf::message& msg) {
     if (!up())
       return false;
-    caf::strong_actor_ptr sink;
-    if (to == target::worker)
-      take_sink(msg, sink);
+    auto sink = to == target::worker ? take_sink(msg) : nullptr;
     if (sink && sink->node() != sys_.node()) {
       // A sink of a third node: its id alone would not name it here.
       put_sink(msg, sink);
@@ -394,11 +411,11 @@ public:
       return true;
     }
     bool answered_already = false;
-    caf::strong_actor_ptr dropped; // released after the lock (see drop_sink)
+    caf::strong_actor_ptr dropped; // released after the lock (see take_entry)
     {
       std::lock_guard<std::mutex> guard{mtx_};
       if (sink)
-        dropped = drop_sink(ref);
+        dropped = take_entry(sinks_, ref);
       // The failed write broke the link, and the reader may already have
       // answered this request with the others in flight: then it is done.
       answered_already = wants_answer && pending_.erase(seq) == 0;
@@ -442,7 +459,7 @@ private:
     caf::strong_actor_ptr dropped;
     {
       std::lock_guard<std::mutex> guard{mtx_};
-      dropped = drop_sink(ref);
+      dropped = take_entry(sinks_, ref);
       if (!dropped)
         return; // answered already
       downs_.push_back(ref);
@@ -468,18 +485,6 @@ private:
       for (auto ref : refs)
         sock_.write_locked(frame::sink_down, 0, ref, nullptr, 0);
     }
-  }
-
-  // Takes the sink of `ref` out of the table (null: none). The caller
-  // releases it after unlocking mtx_: the last reference to an actor that
-  // never ended ends it, which runs our functor, which locks mtx_.
-  caf::strong_actor_ptr drop_sink(uint64_t ref) {
-    auto i = sinks_.find(ref);
-    if (i == sinks_.end())
-      return nullptr;
-    auto sink = std::move(i->second);
-    sinks_.erase(i);
-    return sink;
   }
 
   void on_chunk(uint64_t ref, const std::vector<char>& bytes) {
@@ -514,7 +519,7 @@ private:
       p = std::move(i->second);
       pending_.erase(i);
       if (p.sink != 0)
-        dropped = drop_sink(p.sink);
+        dropped = take_entry(sinks_, p.sink);
     }
     p.sender->enqueue(
         caf::make_mailbox_element(proxy(p.to), p.mid.response_id(), {}, std::move(msg)),
@@ -524,16 +529,13 @@ private:
   void read_loop() {
     name_thread("ig.link.hub");
     frame_decoder decode{sys_};
-    frame kind = frame::handshake;
-    uint64_t seq = 0;
-    uint64_t ref = 0;
-    std::vector<char> buf;
+    frame_in in;
     std::string why = "closed";
-    while (sock_.read(kind, seq, ref, buf)) {
-      if (kind == frame::answer) {
-        on_answer(decode, seq, buf);
-      } else if (kind == frame::chunk) {
-        on_chunk(ref, buf);
+    while (sock_.read(in)) {
+      if (in.kind == frame::answer) {
+        on_answer(decode, in.seq, in.payload);
+      } else if (in.kind == frame::chunk) {
+        on_chunk(in.ref, in.payload);
       } else {
         why = "sent a frame of a kind only the control node sends";
         break;
@@ -639,22 +641,14 @@ struct client_state {
     auto i = sink_of.find(seq);
     if (i == sink_of.end())
       return;
-    if (auto j = sinks.find(i->second); j != sinks.end()) {
-      dropped = std::move(j->second);
-      sinks.erase(j);
-    }
+    dropped = take_entry(sinks, i->second);
     sink_of.erase(i);
   }
 
   /// Takes the stand-in for `ref` out (null when there is none).
   caf::strong_actor_ptr take_sink(uint64_t ref) {
     std::lock_guard<std::mutex> guard{mtx};
-    auto i = sinks.find(ref);
-    if (i == sinks.end())
-      return nullptr;
-    auto sink = std::move(i->second);
-    sinks.erase(i);
-    return sink;
+    return take_entry(sinks, ref);
   }
 };
 
@@ -977,18 +971,19 @@ public:
   }
 
   // Hands a request to its target; false when the link must close.
-  bool deliver(frame_decoder& decode, frame kind, uint64_t seq, uint64_t ref,
-               const std::vector<char>& buf) {
+  bool deliver(frame_decoder& decode, const frame_in& in) {
+    auto seq = in.seq;
+    auto ref = in.ref;
     caf::message msg;
-    if (!decode(buf, msg)) {
+    if (!decode(in.payload, msg)) {
       spdlog::error("local link: a request does not decode; closing the link");
       return false;
     }
     caf::strong_actor_ptr to;
     {
       std::lock_guard<std::mutex> guard{mtx};
-      to = kind == frame::to_worker ? caf::actor_cast<caf::strong_actor_ptr>(worker)
-                                    : executor;
+      to = in.kind == frame::to_worker ? caf::actor_cast<caf::strong_actor_ptr>(worker)
+                                       : executor;
     }
     if (!to) {
       // Not serving yet (the hub sends only after the registration that
@@ -999,7 +994,7 @@ public:
                                                    "target for this request"));
       return true;
     }
-    if (kind == frame::to_worker && ref != 0) {
+    if (in.kind == frame::to_worker && ref != 0) {
       caf::actor_config cfg;
       auto sink = caf::make_actor<link_sink, caf::strong_actor_ptr>(
           sys.next_actor_id(), sys.node(), &sys, cfg, state, ref);
@@ -1024,15 +1019,12 @@ public:
   void read_loop() {
     name_thread("ig.link.worker");
     frame_decoder decode{sys};
-    frame kind = frame::handshake;
-    uint64_t seq = 0;
-    uint64_t ref = 0;
-    std::vector<char> buf;
-    while (sock().read(kind, seq, ref, buf)) {
-      if (kind == frame::sink_down) {
-        end_sink(state->take_sink(ref), caf::exit_reason::normal);
-      } else if (kind == frame::to_executor || kind == frame::to_worker) {
-        if (!deliver(decode, kind, seq, ref, buf))
+    frame_in in;
+    while (sock().read(in)) {
+      if (in.kind == frame::sink_down) {
+        end_sink(state->take_sink(in.ref), caf::exit_reason::normal);
+      } else if (in.kind == frame::to_executor || in.kind == frame::to_worker) {
+        if (!deliver(decode, in))
           break;
       } else {
         spdlog::error(
@@ -1083,15 +1075,12 @@ link_client::connect(caf::actor_system& sys, const std::string& address,
   }
   auto impl = std::make_unique<link_client_impl>(sys, fd, token);
   set_timeout(fd, SO_RCVTIMEO, handshake_timeout);
-  frame kind = frame::handshake;
-  uint64_t seq = 0;
-  uint64_t ref = 0;
-  std::vector<char> buf;
+  frame_in in;
   auto& sock = impl->sock();
-  if (!sock.write(frame::handshake, 0, 0, token) || !sock.read(kind, seq, ref, buf)
-      || kind != frame::handshake)
+  if (!sock.write(frame::handshake, 0, 0, token) || !sock.read(in)
+      || in.kind != frame::handshake)
     return make_error(errc::unavailable, "the control node closed the link at once");
-  std::string answer{buf.begin(), buf.end()};
+  std::string answer{in.payload.begin(), in.payload.end()};
   if (answer != "ok")
     return make_error(errc::unauthorized, "the control node " + answer);
   set_timeout(fd, SO_RCVTIMEO, std::chrono::microseconds{0});
