@@ -52,6 +52,12 @@ struct executor_state {
   std::map<std::string, model_metrics> metrics;
   bool status_dirty = false;
   bool status_timer = false;
+
+  ~executor_state() {
+    // Waits for a batch the lane's thread is running on these models.
+    if (cfg.lane)
+      cfg.lane->bind({});
+  }
 };
 
 using executor_pointer = executor_actor::stateful_pointer<executor_state>;
@@ -159,13 +165,31 @@ void send_status(executor_pointer self) {
 }
 
 // Metrics changed: tell the worker soon, at most every status_interval.
-void status_changed(executor_pointer self) {
-  auto& st = self->state;
+// Callable from the lane's thread too (the timer goes through the clock,
+// to an executor that may be ending: `me` is a weak reference).
+void status_changed(executor_state& st, caf::actor_system& sys,
+                    const caf::actor_addr& me) {
   st.status_dirty = true;
-  if (!st.status_timer) {
+  if (st.status_timer)
+    return;
+  if (auto dest = caf::actor_cast<caf::strong_actor_ptr>(me)) {
     st.status_timer = true;
-    self->delayed_send(self, status_interval, status_atom::value);
+    auto& clock = sys.clock();
+    clock.schedule_message(clock.now() + status_interval, std::move(dest),
+                           caf::make_mailbox_element(nullptr, caf::make_message_id(), {},
+                                                     status_atom::value));
   }
+}
+
+void status_changed(executor_pointer self) {
+  status_changed(self->state, self->system(), self->address());
+}
+
+// The lane's lock for one message (none without a lane).
+std::unique_lock<std::mutex> hold_lane(executor_pointer self) {
+  auto& lane = self->state.cfg.lane;
+  return lane ? std::unique_lock<std::mutex>{lane->mutex()}
+              : std::unique_lock<std::mutex>{};
 }
 
 void evict(executor_pointer self, const std::string& name) {
@@ -418,6 +442,61 @@ caf::expected<std::string> run_speech_job(executor_pointer self, model_runner& m
                               audio_s > 0 ? result->seconds / audio_s : 0);
 }
 
+// Counts an interactive batch in: its requests and their time in the queue.
+model_metrics& count_batch(executor_state& st, const infer_batch& batch) {
+  auto& mm = metrics_of(st, batch.model);
+  for (auto& r : batch.requests)
+    observe_queue(mm, r.enqueued_ms);
+  mm.requests += static_cast<int64_t>(batch.requests.size());
+  return mm;
+}
+
+caf::error fail_batch(model_metrics& mm, const infer_batch& batch, caf::error err) {
+  mm.failures[to_string(code_of(err))] += static_cast<int64_t>(batch.requests.size());
+  return err;
+}
+
+// One forward call for every request of `batch` (validated by the queue).
+caf::expected<infer_batch_result> run_batch(model_metrics& mm, model_runner& m,
+                                            infer_batch& batch) {
+  std::vector<std::vector<tensor_data>> inputs;
+  inputs.reserve(batch.requests.size());
+  for (auto& r : batch.requests)
+    inputs.push_back(std::move(r.inputs));
+  auto joined = inference::concat_batch(inputs);
+  if (!joined)
+    return fail_batch(mm, batch, joined.error());
+  auto t0 = steady::now();
+  auto ys = m.forward(joined->inputs);
+  mm.compute_seconds.observe(seconds_since(t0));
+  mm.batch_size.observe(static_cast<double>(batch.requests.size()));
+  if (!ys)
+    return fail_batch(mm, batch, ys.error());
+  auto parts = inference::split_batch(*ys, joined->sizes);
+  if (!parts)
+    return fail_batch(mm, batch, parts.error());
+  return infer_batch_result{std::move(*parts)};
+}
+
+// The lane's way to run a batch on its own thread (under the lane's lock):
+// only on a resident model, as the executor would run it.
+void bind_lane(executor_pointer self) {
+  auto& st = self->state;
+  if (!st.cfg.lane)
+    return;
+  st.cfg.lane->bind([st = &st, sys = &self->system(),
+                     me = self->address()](infer_batch& batch) -> executor_lane::result {
+    auto i = st->runners.find(batch.model);
+    if (i == st->runners.end())
+      return std::nullopt;
+    st->budget.touch(batch.model, now_ms());
+    auto& mm = count_batch(*st, batch);
+    auto out = run_batch(mm, *i->second, batch);
+    status_changed(*st, *sys, me);
+    return out;
+  });
+}
+
 executor_actor::behavior_type executor_behavior(executor_pointer self,
                                                 executor_config cfg) {
   auto& st = self->state;
@@ -425,8 +504,10 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
   st.budget = inference::memory_budget{st.cfg.memory_budget_mb};
   for (auto& e : st.cfg.models)
     st.entries.emplace(e.info.name, e);
+  bind_lane(self);
   return {
       [self](load_atom) -> worker_registration {
+        auto held = hold_lane(self);
         auto& st = self->state;
         inference::configure_runtime(st.cfg.intra_op_threads);
         worker_registration reg;
@@ -463,6 +544,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
       },
       [self](load_atom,
              const std::string& name) -> caf::result<std::vector<model_status>> {
+        auto held = hold_lane(self);
         auto m = ensure_loaded(self, name);
         if (!m)
           return m.error();
@@ -470,6 +552,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
       },
       [self](unload_atom,
              const std::string& name) -> caf::result<std::vector<model_status>> {
+        auto held = hold_lane(self);
         auto& st = self->state;
         if (st.entries.count(name) == 0)
           return make_error(errc::not_found, "model '" + name
@@ -482,6 +565,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
       },
       [self](run_job_atom,
              const std::vector<job_record>& jobs) -> std::vector<job_outcome> {
+        auto held = hold_lane(self);
         auto& st = self->state;
         std::vector<job_outcome> out(jobs.size());
         if (jobs.empty())
@@ -532,41 +616,21 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         return out;
       },
       [self](infer_atom, infer_batch& batch) -> caf::result<infer_batch_result> {
+        auto held = hold_lane(self);
         auto& st = self->state;
-        auto& mm = metrics_of(st, batch.model);
-        for (auto& r : batch.requests)
-          observe_queue(mm, r.enqueued_ms);
-        mm.requests += static_cast<int64_t>(batch.requests.size());
+        auto& mm = count_batch(st, batch);
         status_changed(self);
-        auto fail = [&](caf::error err) -> caf::result<infer_batch_result> {
-          mm.failures[to_string(code_of(err))]
-              += static_cast<int64_t>(batch.requests.size());
-          return err;
-        };
         auto runner = ensure_loaded(self, batch.model);
         if (!runner)
-          return fail(runner.error());
-        auto& m = **runner;
-        std::vector<std::vector<tensor_data>> inputs;
-        inputs.reserve(batch.requests.size());
-        for (auto& r : batch.requests)
-          inputs.push_back(std::move(r.inputs));
-        auto joined = inference::concat_batch(inputs);
-        if (!joined)
-          return fail(joined.error());
-        auto t0 = steady::now();
-        auto ys = m.forward(joined->inputs);
-        mm.compute_seconds.observe(seconds_since(t0));
-        mm.batch_size.observe(static_cast<double>(batch.requests.size()));
-        if (!ys)
-          return fail(ys.error());
-        auto parts = inference::split_batch(*ys, joined->sizes);
-        if (!parts)
-          return fail(parts.error());
-        return infer_batch_result{std::move(*parts)};
+          return fail_batch(mm, batch, runner.error());
+        auto out = run_batch(mm, **runner, batch);
+        if (!out)
+          return std::move(out.error());
+        return std::move(*out);
       },
       [self](generate_atom, generate_request& req,
              int64_t key) -> caf::result<generate_reply> {
+        auto held = hold_lane(self);
         auto& st = self->state;
         auto& mm = metrics_of(st, req.model);
         observe_queue(mm, req.enqueued_ms);
@@ -617,6 +681,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         return reply;
       },
       [self](speech_atom, speech_request& req, int64_t key) -> caf::result<speech_reply> {
+        auto held = hold_lane(self);
         auto& st = self->state;
         auto& mm = metrics_of(st, req.model);
         observe_queue(mm, req.enqueued_ms);
@@ -662,6 +727,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         return reply;
       },
       [self](status_atom) {
+        auto held = hold_lane(self);
         auto& st = self->state;
         st.status_timer = false;
         if (st.status_dirty)

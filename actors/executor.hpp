@@ -4,10 +4,14 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/typed_actor.hpp>
 
@@ -69,6 +73,45 @@ using executor_actor = caf::typed_actor<
     // Self-timer: send the latest model states and metrics to the worker.
     caf::reacts_to<status_atom>>;
 
+/// A way into the executor's models for one thread outside CAF that reads
+/// tensor batches itself (a worker process's local link reader): it runs a
+/// batch on that thread when the executor is between messages and the model
+/// is resident, which saves waking the executor's thread for it. The
+/// executor holds the lane's lock while it handles any message, so the two
+/// never touch the models at once.
+class executor_lane {
+public:
+  using result = std::optional<caf::expected<infer_batch_result>>;
+  using run_fn = std::function<result(infer_batch&)>;
+
+  /// Runs `batch` on this thread now, or answers std::nullopt and leaves it
+  /// untouched: the executor is busy or gone, or the model is not resident
+  /// (loading it is the executor's work). Then send it to the executor.
+  result try_infer(infer_batch& batch) {
+    std::unique_lock<std::mutex> guard{mtx_, std::try_to_lock};
+    if (!guard.owns_lock() || !run_)
+      return std::nullopt;
+    return run_(batch);
+  }
+
+  // -- for the executor ------------------------------------------------------
+
+  /// Held while the executor handles a message.
+  std::mutex& mutex() {
+    return mtx_;
+  }
+
+  /// Sets how batches run; an empty function unbinds (the executor ends).
+  void bind(run_fn run) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    run_ = std::move(run);
+  }
+
+private:
+  std::mutex mtx_;
+  run_fn run_;
+};
+
 struct executor_config {
   std::string worker_id;
   std::vector<inference::model_entry> models;
@@ -85,6 +128,9 @@ struct executor_config {
   std::shared_ptr<cancel_flags> cancels;
   /// Receives data events of running jobs and model status/metrics.
   worker_actor worker;
+  /// When set, the executor binds it (and unbinds it when it ends) so that
+  /// one thread outside CAF may run tensor batches itself.
+  std::shared_ptr<executor_lane> lane;
 };
 
 /// Spawns an executor on its own thread (caf::detached). It loads nothing

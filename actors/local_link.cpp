@@ -24,7 +24,9 @@
 #include <cstddef>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -652,6 +654,24 @@ struct client_state {
   }
 };
 
+/// Sends `msg` back as the answer to request `seq` (an error answer when it
+/// cannot go over the link).
+void send_answer(client_state& state, uint64_t seq, caf::message& msg) {
+  auto& buf = send_buffer();
+  bool sent = false;
+  if (encode(state.sys, msg, buf) && buf.size() <= max_payload)
+    sent = state.sock.write(frame::answer, seq, 0, buf.data(), buf.size());
+  else
+    sent = answer_error(state.sys, state.sock, seq,
+                        make_error(errc::internal, "the answer cannot go over the local "
+                                                   "link (it does not serialise or "
+                                                   "exceeds 1 GiB)"));
+  release_if_large(buf);
+  if (!sent)
+    spdlog::warn("local link: an answer could not be sent back (the link is "
+                 "closed); the control node has failed that request");
+}
+
 /// Ends a sink's stand-in: those who monitor it (the worker actor) see it
 /// go down, as they would see the real sink over BASP.
 void end_sink(const caf::strong_actor_ptr& sink, caf::error reason) {
@@ -700,22 +720,7 @@ public:
     auto seq = what->mid.integer_value() & caf::message_id::request_id_mask;
     state_->forget(seq);
     auto msg = what->move_content_to_message();
-    auto& sys = state_->sys;
-    auto& sock = state_->sock;
-    auto& buf = send_buffer();
-    bool sent = false;
-    if (encode(sys, msg, buf) && buf.size() <= max_payload)
-      sent = sock.write(frame::answer, seq, 0, buf.data(), buf.size());
-    else
-      sent
-          = answer_error(sys, sock, seq,
-                         make_error(errc::internal, "the answer cannot go over the local "
-                                                    "link (it does not serialise or "
-                                                    "exceeds 1 GiB)"));
-    release_if_large(buf);
-    if (!sent)
-      spdlog::warn("local link: an answer could not be sent back (the link is "
-                   "closed); the control node has failed that request");
+    send_answer(*state_, seq, msg);
   }
 
   const char* name() const override {
@@ -968,6 +973,7 @@ public:
     std::lock_guard<std::mutex> guard{mtx};
     executor = nullptr;
     worker = caf::actor_addr{};
+    direct = nullptr;
   }
 
   // Hands a request to its target; false when the link must close.
@@ -980,10 +986,28 @@ public:
       return false;
     }
     caf::strong_actor_ptr to;
+    direct_batch_fn run_here;
     {
       std::lock_guard<std::mutex> guard{mtx};
       to = in.kind == frame::to_worker ? caf::actor_cast<caf::strong_actor_ptr>(worker)
                                        : executor;
+      if (in.kind == frame::to_executor && seq != 0)
+        run_here = direct;
+    }
+    if (run_here && msg.match_elements<infer_atom, infer_batch>()) {
+      // Run here, on the reader's thread: no wake-up of the executor's.
+      std::optional<caf::expected<infer_batch_result>> out;
+      try {
+        out = run_here(msg.get_mutable_as<infer_batch>(1));
+      } catch (const std::exception& e) {
+        out = make_error(errc::internal, std::string{"the batch failed: "} + e.what());
+      }
+      if (out) {
+        auto answer = *out ? caf::make_message(std::move(**out))
+                           : caf::make_message(std::move(out->error()));
+        send_answer(*state, seq, answer);
+        return true;
+      }
     }
     if (!to) {
       // Not serving yet (the hub sends only after the registration that
@@ -1049,9 +1073,10 @@ public:
   std::shared_ptr<client_state> state;
   std::string token;
   caf::strong_actor_ptr replier;
-  std::mutex mtx; // guards executor and worker
+  std::mutex mtx; // guards executor, worker and direct
   caf::strong_actor_ptr executor;
   caf::actor_addr worker;
+  direct_batch_fn direct;
   std::thread reader;
 };
 
@@ -1091,10 +1116,12 @@ const std::string& link_client::token() const {
   return impl_->token;
 }
 
-void link_client::serve(caf::strong_actor_ptr executor, caf::actor_addr worker) {
+void link_client::serve(caf::strong_actor_ptr executor, caf::actor_addr worker,
+                        direct_batch_fn direct) {
   std::lock_guard<std::mutex> guard{impl_->mtx};
   impl_->executor = std::move(executor);
   impl_->worker = std::move(worker);
+  impl_->direct = std::move(direct);
   if (!impl_->reader.joinable())
     impl_->reader = std::thread{[impl = impl_.get()] { impl->read_loop(); }};
 }

@@ -29,9 +29,12 @@
 // the link is a fast path, never the only one. CAF core and POSIX only.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 
 #include "actors/interfaces.hpp"
@@ -78,6 +81,12 @@ private:
   std::unique_ptr<link_hub_impl> impl_;
 };
 
+/// Runs a tensor batch on the calling thread when it can at once, or
+/// answers std::nullopt and leaves the batch untouched (it then goes to the
+/// executor actor). executor_lane::try_infer is one.
+using direct_batch_fn
+    = std::function<std::optional<caf::expected<infer_batch_result>>(infer_batch&)>;
+
 /// A worker process's side: one connection, serving one target actor.
 class link_client {
 public:
@@ -92,8 +101,11 @@ public:
 
   /// Hands every batch that arrives to `executor`, every generation and
   /// synthesis to `worker` (while it lives), and sends their answers back.
-  /// The first call starts the reader; a later call changes the targets.
-  void serve(caf::strong_actor_ptr executor, caf::actor_addr worker = {});
+  /// With `direct`, the reader first offers each batch to it and answers
+  /// what it runs itself: no wake-up of the executor's thread. The first
+  /// call starts the reader; a later call changes the targets.
+  void serve(caf::strong_actor_ptr executor, caf::actor_addr worker = {},
+             direct_batch_fn direct = {});
 
   /// Closes the connection and joins the reader. Idempotent.
   void close();

@@ -529,12 +529,16 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
   ecfg.stream_interval = std::chrono::milliseconds{st.cfg.stream_interval_ms};
   ecfg.cancels = st.cancels;
   ecfg.worker = caf::actor_cast<worker_actor>(self);
+  // A worker process's link reader runs batches itself when it can.
+  std::shared_ptr<executor_lane> lane;
+  if (st.cfg.link)
+    lane = ecfg.lane = std::make_shared<executor_lane>();
   st.exec = spawn_executor(self->system(), std::move(ecfg));
   self->link_to(st.exec);
   spdlog::info("worker {}: LOADING {} model(s)", st.cfg.id, st.cfg.models.size());
   self->request(st.exec, std::chrono::minutes(10), load_atom::value)
       .then(
-          [self](worker_registration& reg) {
+          [self, lane](worker_registration& reg) {
             auto& st = self->state;
             for (auto& failure : reg.failed)
               spdlog::error("worker {}: {}", st.cfg.id, failure);
@@ -544,8 +548,9 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
             reg.claim_path = st.cfg.claim_path;
             reg.runner = st.exec;
             if (st.cfg.link) {
-              st.cfg.link->serve(caf::actor_cast<caf::strong_actor_ptr>(st.exec),
-                                 self->address());
+              st.cfg.link->serve(
+                  caf::actor_cast<caf::strong_actor_ptr>(st.exec), self->address(),
+                  [lane](infer_batch& batch) { return lane->try_infer(batch); });
               reg.link_token = st.cfg.link->token();
             }
             if (st.phase != worker_phase::error)

@@ -13,6 +13,8 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -289,6 +291,46 @@ CAF_TEST(batches go over the link to the target of the client and answers come b
     auto id = std::to_string(i);
     CAF_CHECK_EQUAL(ask(runner, batch_of({id})), "linked:" + id);
   }
+  client->close();
+}
+
+CAF_TEST(a batch the client can run itself never reaches its executor) {
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  // The direct runner: "busy*" is left to the executor (nullopt, batch
+  // untouched), "bad" fails, "boom" throws, anything else runs here.
+  auto direct
+      = [](infer_batch& batch) -> std::optional<caf::expected<infer_batch_result>> {
+    auto& id = batch.requests.at(0).request_id;
+    if (id.rfind("busy", 0) == 0)
+      return std::nullopt;
+    if (id == "bad")
+      return caf::expected<infer_batch_result>{
+          make_error(errc::invalid_input, "bad row")};
+    if (id == "boom")
+      throw std::runtime_error("forward exploded");
+    infer_batch_result out;
+    for (auto& r : batch.requests) {
+      tensor_data t;
+      t.name = "direct";
+      t.type = dtype::int64;
+      t.bytes.assign(r.request_id.begin(), r.request_id.end());
+      out.outputs.push_back({t});
+    }
+    return caf::expected<infer_batch_result>{std::move(out)};
+  };
+  client->serve(caf::actor_cast<caf::strong_actor_ptr>(
+                    sys.spawn(named_runner, std::string{"executor"})),
+                caf::actor_addr{}, direct);
+  auto runner = hub->runner_for(token, fallback);
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"a", "b"})), "direct:a direct:b");
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"busy1", "x"})), "executor:busy1 executor:x");
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"bad"})), "error:invalid_input: bad row");
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"boom"})),
+                  "error:internal: the batch failed: forward exploded");
+  // The link is still up and still runs batches itself.
+  CAF_CHECK_EQUAL(ask(runner, batch_of({"c"})), "direct:c");
+  CAF_CHECK_EQUAL(hub->connected(), 1);
   client->close();
 }
 

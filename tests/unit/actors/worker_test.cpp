@@ -6,10 +6,13 @@
 
 #include "actors/worker.hpp"
 
+#include "actors/executor.hpp"
+
 #include <caf/test/unit_test.hpp>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -211,7 +214,101 @@ struct fixture {
 
 } // namespace
 
+/// The requests of the classifier in the latest status an executor sent.
+struct seen_status {
+  std::mutex mtx;
+  int64_t requests = 0;
+};
+
+caf::behavior status_probe(caf::event_based_actor* self,
+                           std::shared_ptr<seen_status> seen) {
+  self->set_default_handler(caf::drop);
+  return {
+      [seen](status_atom, const std::vector<model_status>&,
+             const std::vector<model_metrics>& ms) {
+        std::lock_guard<std::mutex> guard{seen->mtx};
+        for (auto& m : ms)
+          if (m.model == "classifier")
+            seen->requests = m.requests;
+      },
+  };
+}
+
 CAF_TEST_FIXTURE_SCOPE(worker_tests, fixture)
+
+CAF_TEST(an executor lane runs a batch on its caller only when the executor may) {
+  auto seen = std::make_shared<seen_status>();
+  auto probe = sys.spawn(status_probe, seen);
+  auto lane = std::make_shared<executor_lane>();
+  executor_config ecfg;
+  ecfg.worker_id = "w1";
+  ecfg.models = entries;
+  ecfg.worker = caf::actor_cast<worker_actor>(probe);
+  ecfg.lane = lane;
+  auto exec = spawn_executor(sys, ecfg);
+  caf::scoped_actor self{sys};
+  self->request(exec, 60s, load_atom::value)
+      .receive([](worker_registration&) {},
+               [](caf::error& err) { CAF_FAIL("load failed: " << message_of(err)); });
+  auto batch_of = [](std::initializer_list<float> bases) {
+    infer_batch b;
+    b.model = "classifier";
+    for (auto x : bases)
+      b.requests.push_back(infer_request{"classifier", {row(x)}, "r", now_ms()});
+    return b;
+  };
+  auto by_actor = [&](infer_batch b) {
+    infer_batch_result out;
+    self->request(exec, 20s, infer_atom::value, std::move(b))
+        .receive([&](infer_batch_result& r) { out = std::move(r); },
+                 [](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
+    return out;
+  };
+  // Idle and resident: it runs here, with the executor's result.
+  auto here_batch = batch_of({0.f, 1.f});
+  auto here = lane->try_infer(here_batch);
+  CAF_REQUIRE(here && *here);
+  auto there = by_actor(batch_of({0.f, 1.f}));
+  CAF_REQUIRE_EQUAL((*here)->outputs.size(), 2u);
+  CAF_REQUIRE_EQUAL(there.outputs.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    auto a = float_values((*here)->outputs[i].at(0));
+    auto b = float_values(there.outputs[i].at(0));
+    CAF_REQUIRE_EQUAL(a.size(), b.size());
+    for (std::size_t k = 0; k < a.size(); ++k)
+      CAF_CHECK_LESS(std::abs(a[k] - b[k]), 1e-6f);
+  }
+  // The executor handling a message (its lock held): not here, and the
+  // batch is left as it was for the executor.
+  {
+    std::lock_guard<std::mutex> busy{lane->mutex()};
+    auto b = batch_of({2.f});
+    CAF_CHECK(!lane->try_infer(b));
+    CAF_CHECK_EQUAL(b.requests.at(0).inputs.size(), 1u);
+  }
+  // Not resident: loading is the executor's work.
+  self->request(exec, 20s, unload_atom::value, std::string{"classifier"})
+      .receive([](std::vector<model_status>&) {},
+               [](caf::error& err) { CAF_FAIL("unload failed: " << message_of(err)); });
+  auto cold = batch_of({3.f});
+  CAF_CHECK(!lane->try_infer(cold));
+  CAF_CHECK_EQUAL(by_actor(std::move(cold)).outputs.size(), 1u); // loads it
+  auto warm = batch_of({4.f});
+  auto again = lane->try_infer(warm);
+  CAF_CHECK(again && *again);
+  // Batches run here count in the metrics the worker hears (2 + 2 + 1 + 1).
+  CAF_CHECK(eventually([&] {
+    std::lock_guard<std::mutex> guard{seen->mtx};
+    return seen->requests == 6;
+  }));
+  // Once the executor is gone, nothing runs here.
+  self->monitor(exec);
+  caf::anon_send_exit(exec, caf::exit_reason::user_shutdown);
+  self->receive([](caf::down_msg&) {});
+  auto late = batch_of({5.f});
+  CAF_CHECK(!lane->try_infer(late));
+  caf::anon_send_exit(probe, caf::exit_reason::user_shutdown);
+}
 
 CAF_TEST(a batched forward gives every request what it would get alone) {
   start();
