@@ -60,10 +60,6 @@ namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 
-/// How long a connection may take to send a request (and stay idle between
-/// keep-alive requests), and a client to take a response.
-constexpr auto io_deadline = std::chrono::seconds(60);
-
 /// How long a connection that is closed with an unread body is drained, so
 /// that the client reads the error instead of a reset.
 constexpr auto linger_deadline = std::chrono::seconds(2);
@@ -131,6 +127,10 @@ struct shared_state {
     auto ms = this->opts.request_timeout_ms > 0 ? this->opts.request_timeout_ms
                                                 : int64_t{30000};
     request_timeout = std::chrono::milliseconds(ms);
+    // How long a connection may take to send a request (and stay idle
+    // between keep-alive requests), and a client to take a response.
+    io_timeout = std::chrono::milliseconds(
+        this->opts.io_timeout_ms > 0 ? this->opts.io_timeout_ms : int64_t{60000});
     // A backstop: the gateway and queue enforce request_timeout_ms with a
     // message that says what was late; ours only covers lost answers.
     actor_timeout = request_timeout + timeout_grace;
@@ -163,6 +163,7 @@ struct shared_state {
   gateway_actor gateway;
   http_settings opts;
   std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds io_timeout{60000};
   std::chrono::milliseconds actor_timeout{30250};
   /// For requests that wait for a model to run: generate, speech, load.
   std::chrono::milliseconds run_timeout{630250};
@@ -391,7 +392,7 @@ private:
     }
     parser_.emplace();
     parser_->body_limit(state_->opts.max_body_bytes);
-    stream_.expires_after(io_deadline);
+    stream_.expires_after(state_->io_timeout);
     bhttp::async_read_header(
         stream_, buffer_, *parser_,
         beast::bind_front_handler(&session::on_header, shared_from_this()));
@@ -425,7 +426,7 @@ private:
   void read_body() {
     if (parser_->is_done())
       return on_read({}, 0);
-    stream_.expires_after(io_deadline);
+    stream_.expires_after(state_->io_timeout);
     bhttp::async_read(stream_, buffer_, *parser_,
                       beast::bind_front_handler(&session::on_read, shared_from_this()));
   }
@@ -893,7 +894,7 @@ void session::respond(reply r) {
   if (r.status != 204)
     res_.prepare_payload();
   note_answer(r.status, r.error_code, r.error_message);
-  stream_.expires_after(io_deadline);
+  stream_.expires_after(state_->io_timeout);
   bhttp::async_write(
       stream_, res_,
       beast::bind_front_handler(&session::on_write, shared_from_this(), keep));
@@ -922,7 +923,7 @@ void session::respond_file(const artifact_ref& ref) {
   res.keep_alive(keep);
   res.prepare_payload();
   note_answer(200, {}, {});
-  stream_.expires_after(io_deadline);
+  stream_.expires_after(state_->io_timeout);
   bhttp::async_write(
       stream_, res,
       [self = shared_from_this(), keep](beast::error_code wec, std::size_t n) {
@@ -1308,7 +1309,7 @@ void session::start_result() {
   // Without chunks the body ends when the connection does.
   h.keep_alive(st.chunked && keep_alive_ && state_->accepting.load());
   note_answer(200, {}, {});
-  stream_.expires_after(io_deadline);
+  stream_.expires_after(state_->io_timeout);
   st.serializer.emplace(h);
   bhttp::async_write_header(
       stream_, *st.serializer,
@@ -1354,7 +1355,7 @@ void session::pump_result() {
   if (st.chunked && !st.last_chunk) {
     st.last_chunk = true;
     st.writing = true;
-    stream_.expires_after(io_deadline);
+    stream_.expires_after(state_->io_timeout);
     asio::async_write(
         stream_, bhttp::make_chunk_last(st.trailer),
         beast::bind_front_handler(&session::on_result_write, shared_from_this()));
@@ -1366,7 +1367,7 @@ void session::pump_result() {
 void session::write_result() {
   auto& st = *result_;
   st.writing = true;
-  stream_.expires_after(io_deadline);
+  stream_.expires_after(state_->io_timeout);
   auto done = beast::bind_front_handler(&session::on_result_write, shared_from_this());
   if (st.chunked)
     asio::async_write(stream_, bhttp::make_chunk(asio::buffer(st.out)), std::move(done));
@@ -1509,6 +1510,8 @@ void session::on_watch_read(uint64_t wid, beast::error_code ec, std::size_t n) {
       return arm_watch(); // pipelined bytes: kept for the next request
     if (ec == asio::error::eof && buffer_.size() > 0)
       return; // half-closed after sending more requests: it still reads answers
+    if (ec == asio::error::operation_aborted && result_ && result_->writing)
+      return; // the write timed out and closed the socket: its handler says so
     if (result_ && !result_->ended) {
       // A result stream: releasing its sink stops the worker.
       watch_cleanup();
@@ -1690,7 +1693,7 @@ void session::start_stream() {
   spdlog::info("{} {} {} -> 200 {:.2f}ms event stream of {} after {}", request_id_,
                method_, clip(target_), seconds * 1000.0, job_id_string(st.job),
                st.last_seq);
-  stream_.expires_after(io_deadline);
+  stream_.expires_after(state_->io_timeout);
   st.serializer.emplace(h);
   bhttp::async_write_header(
       stream_, *st.serializer,
@@ -1736,6 +1739,8 @@ void session::watch_disconnect() {
       [self = shared_from_this()](beast::error_code ec, std::size_t) {
         if (self->closed_ || !self->sse_ || self->sse_->ended)
           return;
+        if (ec == asio::error::operation_aborted && self->sse_->writing)
+          return; // the write timed out and closed the socket: its handler says so
         if (ec)
           return self->end_stream("client closed");
         self->watch_disconnect();
@@ -1773,7 +1778,7 @@ void session::pump() {
     st.out.clear();
     st.out.swap(st.pending);
     st.writing = true;
-    stream_.expires_after(io_deadline);
+    stream_.expires_after(state_->io_timeout);
     asio::async_write(
         stream_, asio::buffer(st.out),
         beast::bind_front_handler(&session::on_stream_write, shared_from_this()));

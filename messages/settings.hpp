@@ -17,6 +17,9 @@ struct http_settings {
   int32_t threads = 1;
   /// Deadline for an interactive request from arrival to answer.
   int64_t request_timeout_ms = 30000;
+  /// How long a connection may stall: sending a request (or idling between
+  /// keep-alive requests), or taking a response's bytes. Then it is closed.
+  int64_t io_timeout_ms = 60000;
   /// How long a streamed generation or synthesis may run once it started
   /// (not a configuration key: `serve` copies workers.generate_timeout_ms).
   int64_t run_timeout_ms = 600000;

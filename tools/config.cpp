@@ -170,6 +170,8 @@ const std::vector<key_def>& keys() {
       int_key("http.threads", 1, 64, at(&settings::http, &http_settings::threads)),
       int_key("http.request_timeout_ms", 1, 3600000,
               at(&settings::http, &http_settings::request_timeout_ms)),
+      int_key("http.io_timeout_ms", 100, 3600000,
+              at(&settings::http, &http_settings::io_timeout_ms)),
       int_key("queue.max_queued", 1, int64_max,
               at(&settings::queue, &queue_settings::max_queued)),
       int_key("queue.max_interactive", 1, 1000000,

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Black-box test of interactive inference over real HTTP: dynamic batching of
 KServe requests, OpenAI completions and chat (streamed and not), a client that
-goes away mid-stream or while it waits for a non-streamed answer, pipelined
+goes away mid-stream or while it waits for a non-streamed answer, one that
+stops reading a stream (its own server, http.io_timeout_ms 1 s), pipelined
 requests behind a completion, speech (WAV, raw PCM, chunked streams), durable
 speech jobs and their artifacts, generate jobs' data events, model
 unload/load, the admin API (workers, queue, drain and resume), the per-model
@@ -386,6 +387,53 @@ def test_nonstream_disconnect_frees_worker(s):
         with open(s.log_path, errors="replace") as f:
             return "completion stopped" in f.read()
     wait_for(logged, 10, "the log line of the abandoned completion")
+
+
+def test_client_not_reading(binary):
+    """A client that stops reading a streamed synthesis: its write stalls for
+    http.io_timeout_ms (1 s here, its own server), the connection closes and
+    the log says why, not "client closed"; the server keeps serving."""
+    with tempfile.TemporaryDirectory(prefix="infergrid-io-timeout-") as root:
+        srv = Server(binary, root, 1, "io.log",
+                     env_extra={"INFERGRID_HTTP__IO_TIMEOUT_MS": "1000"})
+        try:
+            srv.wait_healthy()
+            srv.wait_ready()
+            # About 14,000 characters (the limit is 16,384), some 13 MB of PCM:
+            # far more than the socket buffers hold.
+            text = " ".join(f"This is sentence number {i}." for i in range(500))
+            payload = json.dumps({"model": "tinyspeech", "input": text, "stream": True,
+                                  "response_format": "pcm"}).encode()
+            head = (f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Content-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                sock.settimeout(60)
+                sock.connect(("127.0.0.1", srv.port))
+                sock.sendall(head.encode() + payload)
+                got = sock.recv(4096)
+                _assert(got.startswith(b"HTTP/1.1 200"), got[:200])
+                # Then nothing more is read while the server writes.
+
+                def logged():
+                    with open(srv.log_path, errors="replace") as f:
+                        for line in f:
+                            if "speech stream ended" in line:
+                                return line
+                    return None
+                line = wait_for(logged, 60, "the end of the unread stream in the log")
+                _assert("client not reading" in line, f"logged as: {line.strip()}")
+            finally:
+                sock.close()
+            # The server still answers.
+            r = requests.post(srv.url + "/v1/audio/speech", timeout=30,
+                              json={"model": "tinyspeech", "input": SPEECH_TEXT})
+            _assert(r.status_code == 200, r.text[:300])
+        finally:
+            rc = srv.stop()
+        _assert(rc == 0, f"rc={rc}\n{srv.tail()}")
 
 
 def read_responses(sock, count, deadline_s=60):
@@ -883,6 +931,8 @@ def main():
             results.append(False)
         rc = s.stop()
         results.append(run_case("exit 0", lambda: _assert(rc == 0, f"rc={rc}\n{s.tail()}")))
+    results.append(run_case("a client that stops reading", test_client_not_reading,
+                            args.binary))
     return report(results)
 
 

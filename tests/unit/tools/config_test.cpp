@@ -58,6 +58,7 @@ CAF_TEST(the shipped file holds exactly the built-in defaults) {
   CAF_CHECK_EQUAL(from_file.http.max_body_bytes, defaults.http.max_body_bytes);
   CAF_CHECK_EQUAL(from_file.http.threads, defaults.http.threads);
   CAF_CHECK_EQUAL(from_file.http.request_timeout_ms, defaults.http.request_timeout_ms);
+  CAF_CHECK_EQUAL(from_file.http.io_timeout_ms, defaults.http.io_timeout_ms);
   CAF_CHECK_EQUAL(from_file.queue.max_queued, defaults.queue.max_queued);
   CAF_CHECK_EQUAL(from_file.queue.max_interactive, defaults.queue.max_interactive);
   CAF_CHECK_EQUAL(from_file.queue.lease_ms, defaults.queue.lease_ms);
@@ -121,6 +122,11 @@ CAF_TEST(bad values name the key the source and the range) {
   CAF_CHECK_EQUAL(error_of(src), "workers.stream_interval_ms (from "
                                  "INFERGRID_WORKERS__STREAM_INTERVAL_MS): 1001 is out of "
                                  "range 0..1000");
+  src = sources();
+  src.env["INFERGRID_HTTP__IO_TIMEOUT_MS"] = "50";
+  CAF_CHECK_EQUAL(error_of(src),
+                  "http.io_timeout_ms (from INFERGRID_HTTP__IO_TIMEOUT_MS): "
+                  "50 is out of range 100..3600000");
   src = sources();
   src.env["INFERGRID_QUEUE__MAX_QEUED"] = "10";
   CAF_CHECK_EQUAL(error_of(src),
