@@ -117,6 +117,36 @@ private:
   std::string pending_;
 };
 
+/// The deadline of one interactive run (executor_config::run_timeout),
+/// read after every token or phrase: a clock read, no timer.
+class run_clock {
+public:
+  explicit run_clock(std::chrono::milliseconds limit)
+      : limit_(limit), deadline_(steady::now() + limit) {}
+
+  /// True once the deadline passed (and from then on: the run stops).
+  bool passed() {
+    if (!stopped_ && steady::now() >= deadline_)
+      stopped_ = true;
+    return stopped_;
+  }
+
+  bool stopped() const {
+    return stopped_;
+  }
+
+  caf::error error() const {
+    return make_error(errc::timeout,
+                      "the request ran past workers.generate_timeout_ms of "
+                          + std::to_string(limit_.count()) + " ms");
+  }
+
+private:
+  std::chrono::milliseconds limit_;
+  steady::time_point deadline_;
+  bool stopped_ = false;
+};
+
 model_metrics& metrics_of(executor_state& st, const std::string& model) {
   auto i = st.metrics.find(model);
   if (i == st.metrics.end()) {
@@ -643,6 +673,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         }
         auto cancels = st.cfg.cancels;
         auto sink = req.stream ? req.sink : chunk_sink_actor{};
+        run_clock clock{st.cfg.run_timeout};
         text_pieces pieces{st.cfg.stream_interval, true};
         auto flush = [&] {
           if (auto piece = pieces.take(); !piece.empty())
@@ -654,7 +685,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
             if (pieces.due())
               flush();
           }
-          return !(cancels && cancels->raised(key));
+          return !(cancels && cancels->raised(key)) && !clock.passed();
         };
         auto t0 = steady::now();
         auto out = (*runner)->generate(req.params, on_token);
@@ -665,6 +696,11 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         mm.batch_size.observe(1);
         if (cancels)
           cancels->clear(key);
+        if (out && clock.stopped()) {
+          auto err = clock.error();
+          count_failure(mm, err);
+          return err;
+        }
         if (!out) {
           count_failure(mm, out.error());
           return out.error();
@@ -695,11 +731,12 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         auto& m = **runner;
         auto cancels = st.cfg.cancels;
         auto sink = req.stream ? req.sink : chunk_sink_actor{};
+        run_clock clock{st.cfg.run_timeout};
         auto result
             = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
                 if (sink)
                   self->send(sink, chunk_atom::value, pcm);
-                return !(cancels && cancels->raised(key));
+                return !(cancels && cancels->raised(key)) && !clock.passed();
               });
         if (cancels)
           cancels->clear(key);
@@ -714,7 +751,10 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         mm.audio_seconds += audio_s;
         mm.synthesis_seconds += result->seconds;
         if (result->stopped) {
-          auto err = make_error(errc::timeout, "synthesis stopped: the client went away");
+          auto err = clock.stopped()
+                         ? clock.error()
+                         : make_error(errc::timeout,
+                                      "synthesis stopped: the client went away");
           count_failure(mm, err);
           return err;
         }

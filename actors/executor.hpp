@@ -123,6 +123,10 @@ struct executor_config {
   /// fast model would otherwise pay a message, wake-ups and a socket write
   /// per token. 0: every token alone.
   std::chrono::milliseconds stream_interval{5};
+  /// The longest an interactive generation or synthesis may run
+  /// (workers.generate_timeout_ms); checked after every token or phrase,
+  /// so it costs no timer. Past it the run stops with errc::timeout.
+  std::chrono::milliseconds run_timeout{600000};
   /// Raised by the worker for a job or request to stop (cancel, timeout,
   /// client gone); generation checks it after every token.
   std::shared_ptr<cancel_flags> cancels;

@@ -468,21 +468,17 @@ caf::result<Reply> run_streaming(worker_pointer self, Atom atom, Request req) {
     }
     end_interactive(self);
   };
-  self->request(st.exec, std::chrono::milliseconds(st.cfg.generate_timeout_ms), atom,
-                std::move(req), key)
+  // No CAF timeout: each would wake CAF's clock thread twice per request
+  // (to set it and to cancel it). The executor stops a run that passes
+  // workers.generate_timeout_ms itself, after the token or phrase that
+  // passed it, and answers errc::timeout.
+  self->request(st.exec, caf::infinite, atom, std::move(req), key)
       .then(
           [rp, done](Reply& out) mutable {
             rp.deliver(std::move(out));
             done();
           },
-          [self, rp, done, key](caf::error& err) mutable {
-            if (err == caf::sec::request_timeout) {
-              self->state.cancels->raise(key);
-              err = make_error(errc::timeout,
-                               "the request ran past workers.generate_timeout_ms of "
-                                   + std::to_string(self->state.cfg.generate_timeout_ms)
-                                   + " ms");
-            }
+          [rp, done](caf::error& err) mutable {
             rp.deliver(std::move(err));
             done();
           });
@@ -527,6 +523,7 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
   ecfg.intra_op_threads = st.cfg.intra_op_threads;
   ecfg.memory_budget_mb = st.cfg.memory_budget_mb;
   ecfg.stream_interval = std::chrono::milliseconds{st.cfg.stream_interval_ms};
+  ecfg.run_timeout = std::chrono::milliseconds{st.cfg.generate_timeout_ms};
   ecfg.cancels = st.cancels;
   ecfg.worker = caf::actor_cast<worker_actor>(self);
   // A worker process's link reader runs batches itself when it can.

@@ -123,7 +123,8 @@ struct fixture {
   }
 
   // Starts the worker and waits until it registered.
-  void start(int64_t budget_mb = 0, int32_t stream_interval_ms = 5) {
+  void start(int64_t budget_mb = 0, int32_t stream_interval_ms = 5,
+             int64_t generate_timeout_ms = 600000) {
     worker_config wcfg;
     wcfg.id = "w1";
     wcfg.models = entries;
@@ -131,6 +132,7 @@ struct fixture {
     wcfg.lease_ms = 30000;
     wcfg.memory_budget_mb = budget_mb;
     wcfg.stream_interval_ms = stream_interval_ms;
+    wcfg.generate_timeout_ms = generate_timeout_ms;
     wcfg.artifacts_dir = dir.str("artifacts");
     worker = spawn_worker(sys, queue, broker_actor{}, wcfg);
     CAF_REQUIRE(eventually([&] {
@@ -436,6 +438,44 @@ CAF_TEST(a sink that goes away stops its generation within a step) {
   // The worker is free again: the next request runs.
   auto out = infer({1.f});
   CAF_CHECK_EQUAL(out.outputs.size(), 1u);
+}
+
+CAF_TEST(
+    a run past workers.generate_timeout_ms stops with a timeout and frees the worker) {
+  // The executor checks the limit after every token or phrase (no timer).
+  start(0, 5, 30);
+  caf::scoped_actor self{sys};
+  generate_request req;
+  req.model = "tinylm";
+  req.params.prompt = "hello";
+  req.params.max_tokens = 1000000; // far more than 30 ms allow
+  caf::error err;
+  auto t0 = std::chrono::steady_clock::now();
+  self->request(worker, 60s, generate_atom::value, req)
+      .receive([](generate_reply& r) { CAF_FAIL("it ran to " << r.tokens << " tokens"); },
+               [&](caf::error& e) { err = std::move(e); });
+  auto took = std::chrono::steady_clock::now() - t0;
+  CAF_CHECK(code_of(err) == errc::timeout);
+  CAF_CHECK_EQUAL(message_of(err),
+                  "the request ran past workers.generate_timeout_ms of 30 ms");
+  CAF_CHECK_LESS(took, 30s);
+  // A synthesis too: 3,000 phrases take longer than 30 ms.
+  speech_request sreq;
+  sreq.model = "tinyspeech";
+  for (int i = 0; i < 3000; ++i)
+    sreq.text += "Phrase number " + std::to_string(i) + ". ";
+  caf::error serr;
+  self->request(worker, 60s, speech_atom::value, sreq)
+      .receive([](speech_reply& r) { CAF_FAIL("it made " << r.phrases << " phrases"); },
+               [&](caf::error& e) { serr = std::move(e); });
+  CAF_CHECK(code_of(serr) == errc::timeout);
+  CAF_CHECK_EQUAL(message_of(serr),
+                  "the request ran past workers.generate_timeout_ms of 30 ms");
+  // The worker is free: a short generation runs to its end.
+  req.params.max_tokens = 4;
+  self->request(worker, 20s, generate_atom::value, req)
+      .receive([](generate_reply& r) { CAF_CHECK_EQUAL(r.tokens, 4); },
+               [](caf::error& e) { CAF_FAIL("generate failed: " << message_of(e)); });
 }
 
 CAF_TEST(the memory budget loads on demand and evicts the least recently used) {
