@@ -52,6 +52,8 @@ struct executor_state {
   std::map<std::string, model_metrics> metrics;
   bool status_dirty = false;
   bool status_timer = false;
+  /// How long each model's latest interactive forward call took (seconds).
+  std::map<std::string, double> last_forward_s;
 
   ~executor_state() {
     // Waits for a batch the lane's thread is running on these models.
@@ -218,8 +220,7 @@ void status_changed(executor_pointer self) {
 // The lane's lock for one message (none without a lane).
 std::unique_lock<std::mutex> hold_lane(executor_pointer self) {
   auto& lane = self->state.cfg.lane;
-  return lane ? std::unique_lock<std::mutex>{lane->mutex()}
-              : std::unique_lock<std::mutex>{};
+  return lane ? lane->hold() : std::unique_lock<std::mutex>{};
 }
 
 void evict(executor_pointer self, const std::string& name) {
@@ -487,8 +488,8 @@ caf::error fail_batch(model_metrics& mm, const infer_batch& batch, caf::error er
 }
 
 // One forward call for every request of `batch` (validated by the queue).
-caf::expected<infer_batch_result> run_batch(model_metrics& mm, model_runner& m,
-                                            infer_batch& batch) {
+caf::expected<infer_batch_result> run_batch(executor_state& st, model_metrics& mm,
+                                            model_runner& m, infer_batch& batch) {
   std::vector<std::vector<tensor_data>> inputs;
   inputs.reserve(batch.requests.size());
   for (auto& r : batch.requests)
@@ -498,7 +499,9 @@ caf::expected<infer_batch_result> run_batch(model_metrics& mm, model_runner& m,
     return fail_batch(mm, batch, joined.error());
   auto t0 = steady::now();
   auto ys = m.forward(joined->inputs);
-  mm.compute_seconds.observe(seconds_since(t0));
+  auto spent = seconds_since(t0);
+  st.last_forward_s[batch.model] = spent;
+  mm.compute_seconds.observe(spent);
   mm.batch_size.observe(static_cast<double>(batch.requests.size()));
   if (!ys)
     return fail_batch(mm, batch, ys.error());
@@ -509,7 +512,8 @@ caf::expected<infer_batch_result> run_batch(model_metrics& mm, model_runner& m,
 }
 
 // The lane's way to run a batch on its own thread (under the lane's lock):
-// only on a resident model, as the executor would run it.
+// only on a resident model whose last forward call was fast, as the
+// executor would run it.
 void bind_lane(executor_pointer self) {
   auto& st = self->state;
   if (!st.cfg.lane)
@@ -519,9 +523,23 @@ void bind_lane(executor_pointer self) {
     auto i = st->runners.find(batch.model);
     if (i == st->runners.end())
       return std::nullopt;
+    if (auto f = st->last_forward_s.find(batch.model);
+        f != st->last_forward_s.end()
+        && f->second > std::chrono::duration<double>(st->cfg.lane_max_forward).count())
+      return std::nullopt;
+    // This thread's LibTorch settings (the intra-op thread count) as the
+    // executor's.
+    inference::adopt_runtime();
     st->budget.touch(batch.model, now_ms());
     auto& mm = count_batch(*st, batch);
-    auto out = run_batch(mm, *i->second, batch);
+    caf::expected<infer_batch_result> out = infer_batch_result{};
+    try {
+      out = run_batch(*st, mm, *i->second, batch);
+    } catch (const std::exception& e) {
+      out = fail_batch(
+          mm, batch,
+          make_error(errc::internal, std::string{"the batch failed: "} + e.what()));
+    }
     status_changed(*st, *sys, me);
     return out;
   });
@@ -653,7 +671,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         auto runner = ensure_loaded(self, batch.model);
         if (!runner)
           return fail_batch(mm, batch, runner.error());
-        auto out = run_batch(mm, **runner, batch);
+        auto out = run_batch(st, mm, **runner, batch);
         if (!out)
           return std::move(out.error());
         return std::move(*out);

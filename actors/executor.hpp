@@ -3,6 +3,7 @@
 // so no event-based actor waits.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -88,6 +89,10 @@ public:
   /// untouched: the executor is busy or gone, or the model is not resident
   /// (loading it is the executor's work). Then send it to the executor.
   result try_infer(infer_batch& batch) {
+    // The executor waiting for the lock goes first: std::mutex is not fair,
+    // and a reader with batches in its socket could otherwise keep it.
+    if (executor_waiting_.load(std::memory_order_acquire))
+      return std::nullopt;
     std::unique_lock<std::mutex> guard{mtx_, std::try_to_lock};
     if (!guard.owns_lock() || !run_)
       return std::nullopt;
@@ -101,6 +106,17 @@ public:
     return mtx_;
   }
 
+  /// The executor's lock for one message: try_infer yields while it waits.
+  std::unique_lock<std::mutex> hold() {
+    std::unique_lock<std::mutex> guard{mtx_, std::try_to_lock};
+    if (!guard.owns_lock()) {
+      executor_waiting_.store(true, std::memory_order_release);
+      guard.lock();
+      executor_waiting_.store(false, std::memory_order_release);
+    }
+    return guard;
+  }
+
   /// Sets how batches run; an empty function unbinds (the executor ends).
   void bind(run_fn run) {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -109,6 +125,7 @@ public:
 
 private:
   std::mutex mtx_;
+  std::atomic<bool> executor_waiting_{false};
   run_fn run_;
 };
 
@@ -135,6 +152,11 @@ struct executor_config {
   /// When set, the executor binds it (and unbinds it when it ends) so that
   /// one thread outside CAF may run tensor batches itself.
   std::shared_ptr<executor_lane> lane;
+  /// The lane takes a model's batches only while its latest forward call
+  /// took at most this long: the lane's thread reads nothing while it runs
+  /// one, so a slow model's batches go to the executor (where the wake-up
+  /// the lane saves is noise anyway).
+  std::chrono::microseconds lane_max_forward{2000};
 };
 
 /// Spawns an executor on its own thread (caf::detached). It loads nothing

@@ -12,6 +12,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -123,6 +124,12 @@ public:
 
   bool broken() const {
     return broken_.load();
+  }
+
+  /// Whether more bytes wait to be read (another frame has arrived).
+  bool pending() const {
+    int n = 0;
+    return ::ioctl(fd_, FIONREAD, &n) == 0 && n > 0;
   }
 
   /// Sends one frame; false when the link is (now) broken.
@@ -991,7 +998,9 @@ public:
       std::lock_guard<std::mutex> guard{mtx};
       to = in.kind == frame::to_worker ? caf::actor_cast<caf::strong_actor_ptr>(worker)
                                        : executor;
-      if (in.kind == frame::to_executor && seq != 0)
+      // Not while more frames wait: the reader reads nothing while it runs
+      // a batch, and a sender blocks once the socket's buffer is full.
+      if (in.kind == frame::to_executor && seq != 0 && !sock().pending())
         run_here = direct;
     }
     if (run_here && msg.match_elements<infer_atom, infer_batch>()) {

@@ -549,6 +549,9 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
                   caf::actor_cast<caf::strong_actor_ptr>(st.exec), self->address(),
                   [lane](infer_batch& batch) { return lane->try_infer(batch); });
               reg.link_token = st.cfg.link->token();
+              spdlog::info("worker {}: the local link's reader runs fast tensor batches "
+                           "itself while the executor is idle",
+                           st.cfg.id);
             }
             if (st.phase != worker_phase::error)
               transition(self, worker_phase::idle);

@@ -2,6 +2,7 @@
 // conversion, forward under InferenceMode, and the generate/synthesize loops.
 #include "inference/model_runner.hpp"
 
+#include <atomic>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -379,12 +380,21 @@ void tune_malloc() {
 
 } // namespace
 
+namespace {
+
+/// The intra-op thread count configure_runtime set (0: LibTorch's default).
+std::atomic<int> configured_intra_op{0};
+
+} // namespace
+
 void configure_runtime(int intra_op_threads) {
   static std::once_flag once;
   std::call_once(once, [intra_op_threads] {
     tune_malloc();
-    if (intra_op_threads >= 1)
+    if (intra_op_threads >= 1) {
       at::set_num_threads(intra_op_threads);
+      configured_intra_op.store(intra_op_threads);
+    }
     try {
       // Allowed once and only before any inter-op work; C++-defined modules
       // never fork, so one thread is enough.
@@ -405,6 +415,15 @@ void configure_runtime(int intra_op_threads) {
     log_cuda_devices();
 #endif
   });
+}
+
+void adopt_runtime() {
+  thread_local bool adopted = false;
+  if (adopted)
+    return;
+  adopted = true;
+  if (auto n = configured_intra_op.load(); n >= 1)
+    at::set_num_threads(n);
 }
 
 bool cuda_available() {

@@ -21,6 +21,11 @@ namespace infergrid::inference {
 /// intra-op threads, one inter-op thread, profiling executor settings.
 void configure_runtime(int intra_op_threads);
 
+/// Applies configure_runtime's per-thread settings (the intra-op thread
+/// count, which OpenMP keeps per thread) to the calling thread, once: for a
+/// thread other than the one that called configure_runtime that runs models.
+void adopt_runtime();
+
 /// Whether this build can use CUDA (INFERGRID_WITH_CUDA, docs/gpu.md) and a
 /// GPU is present. Always false in a CPU-only build.
 bool cuda_available();
@@ -52,8 +57,8 @@ public:
   /// Loads `dir`/model.pt onto the device resolved from info.device. Errors
   /// (missing file, corrupt archive, CUDA absent) become errc::unavailable
   /// with the model name and the cause.
-  static caf::expected<std::unique_ptr<model_runner>>
-  load(const model_info& info, const std::string& dir);
+  static caf::expected<std::unique_ptr<model_runner>> load(const model_info& info,
+                                                           const std::string& dir);
 
   /// Runs three forward passes with zero inputs of representative shape
   /// (-1 dimensions become 1) so the first real request is not slow.
@@ -68,8 +73,7 @@ public:
   /// of memory"; on CUDA the allocator's cached blocks are then released)
   /// with the model name and the cause. LibTorch warnings go to the log once
   /// per distinct message.
-  caf::expected<std::vector<tensor_data>>
-  forward(const std::vector<tensor_data>& inputs);
+  caf::expected<std::vector<tensor_data>> forward(const std::vector<tensor_data>& inputs);
 
   /// Byte-level autoregressive generation for kind generate: the prompt's
   /// UTF-8 bytes are the tokens; forward(tokens [1,T], state) -> (logits

@@ -83,6 +83,9 @@ def test_local_link(s):
     text = log_text(s)
     _assert("worker w1 ready with" in text and "its batches and streams take the local link" in text,
             f"no local link in the log:\n{s.tail()}")
+    # The worker process gave its link reader the executor's lane.
+    _assert("the local link's reader runs fast tensor batches itself" in text,
+            f"no lane on the worker's link:\n{s.tail()}")
     r = s.post("/v2/models/classifier/infer", json=classifier_input(2))
     _assert(r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 4], r.text)
 

@@ -238,39 +238,70 @@ caf::behavior status_probe(caf::event_based_actor* self,
 
 CAF_TEST_FIXTURE_SCOPE(worker_tests, fixture)
 
-CAF_TEST(an executor lane runs a batch on its caller only when the executor may) {
-  auto seen = std::make_shared<seen_status>();
-  auto probe = sys.spawn(status_probe, seen);
-  auto lane = std::make_shared<executor_lane>();
-  executor_config ecfg;
-  ecfg.worker_id = "w1";
-  ecfg.models = entries;
-  ecfg.worker = caf::actor_cast<worker_actor>(probe);
-  ecfg.lane = lane;
-  auto exec = spawn_executor(sys, ecfg);
+/// An executor with a lane, loaded, and what it takes to drive it.
+struct lane_rig {
+  caf::actor_system& sys;
+  std::shared_ptr<seen_status> seen = std::make_shared<seen_status>();
+  std::shared_ptr<cancel_flags> cancels = std::make_shared<cancel_flags>();
+  std::shared_ptr<executor_lane> lane = std::make_shared<executor_lane>();
+  caf::actor probe;
+  executor_actor exec;
   caf::scoped_actor self{sys};
-  self->request(exec, 60s, load_atom::value)
-      .receive([](worker_registration&) {},
-               [](caf::error& err) { CAF_FAIL("load failed: " << message_of(err)); });
-  auto batch_of = [](std::initializer_list<float> bases) {
+
+  lane_rig(caf::actor_system& sys, const std::vector<inference::model_entry>& entries,
+           std::chrono::microseconds lane_max_forward = std::chrono::microseconds{2000})
+      : sys(sys) {
+    probe = sys.spawn(status_probe, seen);
+    executor_config ecfg;
+    ecfg.worker_id = "w1";
+    ecfg.models = entries;
+    ecfg.worker = caf::actor_cast<worker_actor>(probe);
+    ecfg.cancels = cancels;
+    ecfg.lane = lane;
+    ecfg.lane_max_forward = lane_max_forward;
+    exec = spawn_executor(sys, ecfg);
+    self->request(exec, 60s, load_atom::value)
+        .receive([](worker_registration&) {},
+                 [](caf::error& err) { CAF_FAIL("load failed: " << message_of(err)); });
+  }
+
+  ~lane_rig() {
+    caf::anon_send_exit(exec, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(probe, caf::exit_reason::user_shutdown);
+  }
+
+  static infer_batch batch_of(std::initializer_list<float> bases) {
     infer_batch b;
     b.model = "classifier";
     for (auto x : bases)
-      b.requests.push_back(infer_request{"classifier", {row(x)}, "r", now_ms()});
+      b.requests.push_back(infer_request{"classifier", {fixture::row(x)}, "r", now_ms()});
     return b;
-  };
-  auto by_actor = [&](infer_batch b) {
+  }
+
+  infer_batch_result by_actor(infer_batch b) {
     infer_batch_result out;
     self->request(exec, 20s, infer_atom::value, std::move(b))
         .receive([&](infer_batch_result& r) { out = std::move(r); },
                  [](caf::error& err) { CAF_FAIL("infer failed: " << message_of(err)); });
     return out;
-  };
+  }
+
+  // The lane's answer once the executor is between messages (its status
+  // timer may hold the lock for a moment); nullopt when it never runs.
+  executor_lane::result on_lane(infer_batch& b) {
+    executor_lane::result out;
+    eventually([&] { return (out = lane->try_infer(b)).has_value(); }, 5s);
+    return out;
+  }
+};
+
+CAF_TEST(an executor lane runs a batch on its caller only when the executor may) {
+  lane_rig rig{sys, entries};
   // Idle and resident: it runs here, with the executor's result.
-  auto here_batch = batch_of({0.f, 1.f});
-  auto here = lane->try_infer(here_batch);
+  auto here_batch = lane_rig::batch_of({0.f, 1.f});
+  auto here = rig.on_lane(here_batch);
   CAF_REQUIRE(here && *here);
-  auto there = by_actor(batch_of({0.f, 1.f}));
+  auto there = rig.by_actor(lane_rig::batch_of({0.f, 1.f}));
   CAF_REQUIRE_EQUAL((*here)->outputs.size(), 2u);
   CAF_REQUIRE_EQUAL(there.outputs.size(), 2u);
   for (std::size_t i = 0; i < 2; ++i) {
@@ -280,36 +311,64 @@ CAF_TEST(an executor lane runs a batch on its caller only when the executor may)
     for (std::size_t k = 0; k < a.size(); ++k)
       CAF_CHECK_LESS(std::abs(a[k] - b[k]), 1e-6f);
   }
-  // The executor handling a message (its lock held): not here, and the
-  // batch is left as it was for the executor.
-  {
-    std::lock_guard<std::mutex> busy{lane->mutex()};
-    auto b = batch_of({2.f});
-    CAF_CHECK(!lane->try_infer(b));
-    CAF_CHECK_EQUAL(b.requests.at(0).inputs.size(), 1u);
-  }
+  // The executor running a generation holds the lane: nothing runs here,
+  // and the batch is left as it was.
+  auto got = std::make_shared<std::string>();
+  auto chunks = std::make_shared<std::atomic<int>>(0);
+  auto s = sys.spawn(sink, got, chunks);
+  generate_request greq;
+  greq.model = "tinylm";
+  greq.params.prompt = "hello";
+  greq.params.max_tokens = 1000000;
+  greq.stream = true;
+  greq.sink = s;
+  const int64_t key = -77;
+  std::atomic<bool> ended{false};
+  std::thread runner{[&] {
+    caf::scoped_actor asker{sys};
+    asker->request(rig.exec, 60s, generate_atom::value, greq, key)
+        .receive([](generate_reply&) {}, [](caf::error&) {});
+    ended = true;
+  }};
+  CAF_REQUIRE(eventually([&] { return chunks->load() > 0; }));
+  auto busy = lane_rig::batch_of({2.f});
+  CAF_CHECK(!rig.lane->try_infer(busy));
+  CAF_CHECK_EQUAL(busy.requests.at(0).inputs.size(), 1u);
+  rig.cancels->raise(key);
+  runner.join();
+  CAF_CHECK(ended.load());
+  caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
   // Not resident: loading is the executor's work.
-  self->request(exec, 20s, unload_atom::value, std::string{"classifier"})
+  rig.self->request(rig.exec, 20s, unload_atom::value, std::string{"classifier"})
       .receive([](std::vector<model_status>&) {},
                [](caf::error& err) { CAF_FAIL("unload failed: " << message_of(err)); });
-  auto cold = batch_of({3.f});
-  CAF_CHECK(!lane->try_infer(cold));
-  CAF_CHECK_EQUAL(by_actor(std::move(cold)).outputs.size(), 1u); // loads it
-  auto warm = batch_of({4.f});
-  auto again = lane->try_infer(warm);
+  auto cold = lane_rig::batch_of({3.f});
+  CAF_CHECK(!rig.lane->try_infer(cold));
+  CAF_CHECK_EQUAL(rig.by_actor(std::move(cold)).outputs.size(), 1u); // loads it
+  auto warm = lane_rig::batch_of({4.f});
+  auto again = rig.on_lane(warm);
   CAF_CHECK(again && *again);
   // Batches run here count in the metrics the worker hears (2 + 2 + 1 + 1).
   CAF_CHECK(eventually([&] {
-    std::lock_guard<std::mutex> guard{seen->mtx};
-    return seen->requests == 6;
+    std::lock_guard<std::mutex> guard{rig.seen->mtx};
+    return rig.seen->requests == 6;
   }));
   // Once the executor is gone, nothing runs here.
-  self->monitor(exec);
-  caf::anon_send_exit(exec, caf::exit_reason::user_shutdown);
-  self->receive([](caf::down_msg&) {});
-  auto late = batch_of({5.f});
-  CAF_CHECK(!lane->try_infer(late));
-  caf::anon_send_exit(probe, caf::exit_reason::user_shutdown);
+  rig.self->monitor(rig.exec);
+  caf::anon_send_exit(rig.exec, caf::exit_reason::user_shutdown);
+  rig.self->receive([](caf::down_msg&) {});
+  auto late = lane_rig::batch_of({5.f});
+  CAF_CHECK(!rig.lane->try_infer(late));
+}
+
+CAF_TEST(an executor lane leaves a slow model to the executor) {
+  // A limit no forward call meets: after the first call has been timed,
+  // the model's batches go to the executor.
+  lane_rig rig{sys, entries, std::chrono::microseconds{0}};
+  rig.by_actor(lane_rig::batch_of({0.f})); // timed
+  auto b = lane_rig::batch_of({1.f});
+  CAF_CHECK(!rig.lane->try_infer(b));
+  CAF_CHECK_EQUAL(b.requests.at(0).inputs.size(), 1u);
 }
 
 CAF_TEST(a batched forward gives every request what it would get alone) {
