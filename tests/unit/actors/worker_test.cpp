@@ -83,6 +83,18 @@ chunk_sink_actor::behavior_type sink(chunk_sink_actor::stateful_pointer<sink_sta
   };
 }
 
+/// A tinylm generation of `prompt` that streams up to `max_tokens` to `to`.
+generate_request long_generation(const std::string& prompt, int32_t max_tokens,
+                                 chunk_sink_actor to) {
+  generate_request req;
+  req.model = "tinylm";
+  req.params.prompt = prompt;
+  req.params.max_tokens = max_tokens;
+  req.stream = true;
+  req.sink = std::move(to);
+  return req;
+}
+
 bool eventually(const std::function<bool()>& pred,
                 std::chrono::milliseconds limit = 20s) {
   auto end = std::chrono::steady_clock::now() + limit;
@@ -316,12 +328,7 @@ CAF_TEST(an executor lane runs a batch on its caller only when the executor may)
   auto got = std::make_shared<std::string>();
   auto chunks = std::make_shared<std::atomic<int>>(0);
   auto s = sys.spawn(sink, got, chunks);
-  generate_request greq;
-  greq.model = "tinylm";
-  greq.params.prompt = "hello";
-  greq.params.max_tokens = 1000000;
-  greq.stream = true;
-  greq.sink = s;
+  auto greq = long_generation("hello", 1000000, s);
   const int64_t key = -77;
   std::atomic<bool> ended{false};
   std::thread runner{[&] {
@@ -476,11 +483,7 @@ CAF_TEST(a sink that goes away stops its generation within a step) {
   auto got = std::make_shared<std::string>();
   auto chunks = std::make_shared<std::atomic<int>>(0);
   auto s = sys.spawn(sink, got, chunks);
-  generate_request req;
-  req.model = "tinylm";
-  req.params.prompt = "a long story";
-  req.params.max_tokens = max_generate_tokens;
-  req.sink = s;
+  auto req = long_generation("a long story", max_generate_tokens, s);
   caf::scoped_actor self{sys};
   auto pending = self->request(worker, 60s, generate_atom::value, req);
   // Let it start, then the client goes away.
