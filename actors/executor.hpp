@@ -101,11 +101,6 @@ public:
 
   // -- for the executor ------------------------------------------------------
 
-  /// Held while the executor handles a message.
-  std::mutex& mutex() {
-    return mtx_;
-  }
-
   /// The executor's lock for one message: try_infer yields while it waits.
   std::unique_lock<std::mutex> hold() {
     std::unique_lock<std::mutex> guard{mtx_, std::try_to_lock};

@@ -85,16 +85,20 @@ def split_head(data):
     return int(lines[0].split()[1]), headers, header_end + 4
 
 
+def request_bytes(method, path, body=None, close=False):
+    """An HTTP/1.1 request with a JSON body, as bytes for a plain socket."""
+    payload = json.dumps(body).encode() if body is not None else b""
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode() + payload
+
+
 def raw_http(port, method, path, body=None, deadline_s=60):
     """One request over a plain socket; reads until the server closes.
     Returns (status, headers with lower-case names, raw body bytes)."""
-    payload = json.dumps(body).encode() if body is not None else b""
-    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            f"Connection: close\r\n\r\n").encode()
     end = time.monotonic() + deadline_s
     with socket.create_connection(("127.0.0.1", port), timeout=deadline_s) as sock:
-        sock.sendall(head + payload)
+        sock.sendall(request_bytes(method, path, body, close=True))
         data = b""
         while True:
             _assert(time.monotonic() < end, "response did not end in time")
@@ -310,11 +314,8 @@ def test_disconnect_frees_worker(s):
     tok0 = metric_sum(before, "infergrid_model_generated_tokens_total", model="tinylm")
     body = {"model": "tinylm", "prompt": LONG_PROMPT, "max_tokens": 4096, "stream": True,
             "temperature": 0.5, "seed": 1}
-    payload = json.dumps(body).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
-        sock.sendall(head.encode() + payload)
+        sock.sendall(request_bytes("POST", "/v1/completions", body))
         got = b""
         end = time.monotonic() + 60
         while got.count(b"data: ") < 2:  # the stream runs
@@ -350,11 +351,8 @@ def test_nonstream_disconnect_frees_worker(s):
     tok0 = metric_sum(before, "infergrid_model_generated_tokens_total", model="tinylm")
     body = {"model": "tinylm", "prompt": LONG_PROMPT, "max_tokens": 4096,
             "temperature": 0.5, "seed": 1}
-    payload = json.dumps(body).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
-        sock.sendall(head.encode() + payload)
+        sock.sendall(request_bytes("POST", "/v1/completions", body))
         time.sleep(0.1)
         # Nothing may have come yet: the answer is one body at the end.
         sock.setblocking(False)
@@ -402,17 +400,15 @@ def test_client_not_reading(binary):
             # About 14,000 characters (the limit is 16,384), some 13 MB of PCM:
             # far more than the socket buffers hold.
             text = " ".join(f"This is sentence number {i}." for i in range(500))
-            payload = json.dumps({"model": "tinyspeech", "input": text, "stream": True,
-                                  "response_format": "pcm"}).encode()
-            head = (f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    f"Content-Type: application/json\r\n"
-                    f"Content-Length: {len(payload)}\r\n\r\n")
+            request = request_bytes("POST", "/v1/audio/speech",
+                                    {"model": "tinyspeech", "input": text, "stream": True,
+                                     "response_format": "pcm"})
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             try:
                 sock.settimeout(60)
                 sock.connect(("127.0.0.1", srv.port))
-                sock.sendall(head.encode() + payload)
+                sock.sendall(request)
                 got = sock.recv(4096)
                 _assert(got.startswith(b"HTTP/1.1 200"), got[:200])
                 # Then nothing more is read while the server writes.
@@ -514,10 +510,8 @@ def test_stream_keeps_the_connection(s):
     stays open, a request pipelined while it streams is answered after it,
     and the next stream on the same connection gives the same text. An
     HTTP/1.0 client gets a body that ends with the connection."""
-    payload = json.dumps(dict(GEN, stream=True, temperature=0, max_tokens=64)).encode()
-    stream = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-              f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-              ).encode() + payload
+    stream = request_bytes("POST", "/v1/completions",
+                           dict(GEN, stream=True, temperature=0, max_tokens=64))
     health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: after-stream\r\n\r\n"
     texts = []
     with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
