@@ -15,6 +15,7 @@
 #include <set>
 #include <utility>
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <spdlog/spdlog.h>
@@ -378,6 +379,29 @@ void tune_malloc() {
     spdlog::warn("inference: mallopt refused the malloc thresholds");
 }
 
+/// Debian's LibTorch calls BLAS through libblas.so.3, which install-deps.sh
+/// points at OpenBLAS's pthread variant. That library keeps its own threads
+/// (one per core by default), which at::set_num_threads does not reach, and
+/// after each call they spin on sched_yield for a while. So a worker set to
+/// one intra-op thread ran two, and on a 2-core machine two workers ran four
+/// that fought for the cores (libtorch-notes.md). The symbol is looked up at
+/// run time: another BLAS (netlib, MKL in a CUDA LibTorch) has none, and
+/// then nothing changes. OPENBLAS_NUM_THREADS, when set, wins.
+void limit_blas_threads(int threads) {
+  using set_fn = void (*)(int);
+  using get_fn = int (*)();
+  auto set = reinterpret_cast<set_fn>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto get = reinterpret_cast<get_fn>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (!set || !get)
+    return;
+  if (const char* env = std::getenv("OPENBLAS_NUM_THREADS"); env && *env) {
+    spdlog::info("inference: OpenBLAS {} thread(s) from OPENBLAS_NUM_THREADS", get());
+    return;
+  }
+  set(threads);
+  spdlog::info("inference: OpenBLAS {} thread(s), as workers.intra_op_threads", get());
+}
+
 } // namespace
 
 namespace {
@@ -393,6 +417,7 @@ void configure_runtime(int intra_op_threads) {
     tune_malloc();
     if (intra_op_threads >= 1) {
       at::set_num_threads(intra_op_threads);
+      limit_blas_threads(intra_op_threads);
       configured_intra_op.store(intra_op_threads);
     }
     try {

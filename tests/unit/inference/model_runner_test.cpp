@@ -7,9 +7,12 @@
 
 #include <caf/test/unit_test.hpp>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -230,6 +233,24 @@ CAF_TEST(classifier warm up and forward) {
   CAF_CHECK_GREATER(*std::max_element(one.begin(), one.end())
                         - *std::min_element(one.begin(), one.end()),
                     0.01f);
+}
+
+CAF_TEST(the intra op thread count also limits the threads of OpenBLAS) {
+  // Debian's libblas.so.3 is OpenBLAS's pthread variant (install-deps.sh),
+  // whose own threads at::set_num_threads does not reach: by default one per
+  // core, each spinning after its calls.
+  configure_runtime(1);
+  using get_fn = int (*)();
+  auto get = reinterpret_cast<get_fn>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (!get) {
+    CAF_MESSAGE("no OpenBLAS in this process: nothing to limit");
+    return;
+  }
+  if (const char* env = std::getenv("OPENBLAS_NUM_THREADS"); env && *env) {
+    CAF_MESSAGE("OPENBLAS_NUM_THREADS is set and wins: " << get() << " thread(s)");
+    return;
+  }
+  CAF_CHECK_EQUAL(get(), 1);
 }
 
 CAF_TEST(mlp model is a batchable tensor model) {
