@@ -4,6 +4,11 @@
 
 #include <array>
 #include <cmath>
+#include <cstdint>
+
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(_M_X64))
+#  include <emmintrin.h>
+#endif
 
 #include "messages/errors.hpp"
 
@@ -52,15 +57,58 @@ constexpr std::array<int8_t, 256> base64_values() {
 
 } // namespace
 
+namespace {
+
+// One sample as std::lround(clamp(x, -1, 1) * 32767.0) would give it (NaN:
+// 0). A float times 32767 is exact in a double, and so is adding or taking
+// 0.5 from it, so truncating y +- 0.5 rounds half away from zero exactly as
+// lround does. audio_test sweeps this against lround.
+inline int16_t pcm16_of(float x) {
+  if (std::isnan(x))
+    x = 0.f;
+  x = x < -1.f ? -1.f : (x > 1.f ? 1.f : x);
+  double y = static_cast<double>(x) * 32767.0;
+  return static_cast<int16_t>(y < 0 ? y - 0.5 : y + 0.5);
+}
+
+} // namespace
+
 std::string pcm16_from_float(const std::vector<float>& samples) {
-  std::string out;
-  out.reserve(samples.size() * 2);
-  for (float x : samples) {
-    if (std::isnan(x))
-      x = 0.f;
-    x = x < -1.f ? -1.f : (x > 1.f ? 1.f : x);
-    auto v = static_cast<int16_t>(std::lround(static_cast<double>(x) * 32767.0));
-    put_u16(out, static_cast<uint16_t>(v));
+  // Speech turns every sample into PCM16 on the executor's thread: with a
+  // libm call and a string append per byte this cost as much as the demo
+  // synthesiser itself (perf). GCC does not vectorise the scalar loop (its
+  // NaN and clamp branches), so on x86-64 four samples go at once in SSE2,
+  // with the same arithmetic in doubles; the rest takes pcm16_of.
+  std::string out(samples.size() * 2, '\0');
+  auto* bytes = reinterpret_cast<unsigned char*>(out.data());
+  const float* in = samples.data();
+  std::size_t n = samples.size();
+  std::size_t i = 0;
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(_M_X64))
+  const __m128 lo = _mm_set1_ps(-1.f);
+  const __m128 hi = _mm_set1_ps(1.f);
+  const __m128d scale = _mm_set1_pd(32767.0);
+  const __m128d half = _mm_set1_pd(0.5);
+  const __m128d sign = _mm_set1_pd(-0.0);
+  auto round_away = [&](__m128d y) {
+    // y + copysign(0.5, y), truncated.
+    return _mm_cvttpd_epi32(_mm_add_pd(y, _mm_or_pd(half, _mm_and_pd(y, sign))));
+  };
+  for (; i + 4 <= n; i += 4) {
+    __m128 x = _mm_loadu_ps(in + i);
+    x = _mm_and_ps(x, _mm_cmpord_ps(x, x)); // NaN -> 0
+    x = _mm_min_ps(_mm_max_ps(x, lo), hi);
+    __m128i a = round_away(_mm_mul_pd(_mm_cvtps_pd(x), scale));
+    __m128i b = round_away(_mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(x, x)), scale));
+    // Four int32 in [-32767, 32767] -> four int16, little-endian as x86 is.
+    __m128i v = _mm_packs_epi32(_mm_unpacklo_epi64(a, b), _mm_setzero_si128());
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(bytes + 2 * i), v);
+  }
+#endif
+  for (; i < n; ++i) {
+    auto u = static_cast<uint16_t>(pcm16_of(in[i]));
+    bytes[2 * i] = static_cast<unsigned char>(u & 0xFF);
+    bytes[2 * i + 1] = static_cast<unsigned char>(u >> 8);
   }
   return out;
 }

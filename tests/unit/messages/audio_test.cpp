@@ -5,8 +5,10 @@
 
 #include <caf/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "messages/errors.hpp"
 
@@ -83,6 +85,52 @@ CAF_TEST(float samples become rounded and clamped PCM16) {
   CAF_CHECK_EQUAL(static_cast<unsigned char>(pcm[2]), 0xFFu);
   CAF_CHECK_EQUAL(static_cast<unsigned char>(pcm[3]), 0x7Fu);
   CAF_CHECK(pcm16_from_float({}).empty());
+}
+
+CAF_TEST(pcm16 conversion rounds as lround over a dense sweep of samples) {
+  // The reference: clamp, then std::lround of the double, as the first
+  // version of pcm16_from_float did it.
+  auto reference = [](float x) {
+    if (std::isnan(x))
+      x = 0.f;
+    x = std::clamp(x, -1.f, 1.f);
+    return static_cast<int>(std::lround(static_cast<double>(x) * 32767.0));
+  };
+  std::vector<float> xs;
+  // The float nearest to each k + 0.5 and its neighbours (the only exact
+  // ties are +-0.5: 32767 is odd), then a dense ramp past both ends.
+  for (int k = -32768; k <= 32767; ++k) {
+    auto near_tie = static_cast<float>((k + 0.5) / 32767.0);
+    xs.push_back(near_tie);
+    xs.push_back(std::nextafter(near_tie, 2.f));
+    xs.push_back(std::nextafter(near_tie, -2.f));
+  }
+  for (int i = -1'100'000; i <= 1'100'000; ++i)
+    xs.push_back(static_cast<float>(i) / 1'000'000.f);
+  xs.push_back(std::numeric_limits<float>::denorm_min());
+  xs.push_back(-std::numeric_limits<float>::denorm_min());
+  xs.push_back(-0.f);
+  auto count_wrong = [&](std::size_t from, std::size_t to, const std::string& pcm) {
+    std::size_t wrong = 0;
+    for (std::size_t i = from; i < to; ++i) {
+      auto got = sample_at(pcm, i - from);
+      if (got == reference(xs[i]))
+        continue;
+      if (wrong++ == 0)
+        CAF_MESSAGE("first difference: " << xs[i] << " -> " << got
+                                         << ", lround: " << reference(xs[i]));
+    }
+    return wrong;
+  };
+  // All at once (the vector path on x86-64, four samples at a time) ...
+  auto pcm = pcm16_from_float(xs);
+  CAF_REQUIRE_EQUAL(pcm.size(), xs.size() * 2);
+  CAF_CHECK_EQUAL(count_wrong(0, xs.size(), pcm), 0u);
+  // ... and three at a time (the scalar path).
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i + 3 <= xs.size(); i += 3 * 7)
+    wrong += count_wrong(i, i + 3, pcm16_from_float({xs[i], xs[i + 1], xs[i + 2]}));
+  CAF_CHECK_EQUAL(wrong, 0u);
 }
 
 CAF_TEST(the wav header has the canonical 44 - byte layout) {
