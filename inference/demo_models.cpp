@@ -10,6 +10,7 @@
 #include <functional>
 #include <sstream>
 #include <system_error>
+#include <utility>
 
 #include <torch/script.h>
 
@@ -185,12 +186,24 @@ torch::jit::Module build_tinylm(uint64_t seed) {
   m.register_attribute("vocab_size", c10::IntType::get(), int64_t{256});
   const double gru_scale = 1.0 / std::sqrt(static_cast<double>(lm_hidden));
   m.register_parameter("embedding", normal_tensor(rng, {256, lm_embed}, 1.0), false);
-  m.register_parameter("w_ih", normal_tensor(rng, {3 * lm_hidden, lm_embed}, gru_scale),
-                       false);
-  m.register_parameter("w_hh", normal_tensor(rng, {3 * lm_hidden, lm_hidden}, gru_scale),
-                       false);
-  m.register_parameter("b_ih", normal_tensor(rng, {3 * lm_hidden}, gru_scale), false);
-  m.register_parameter("b_hh", normal_tensor(rng, {3 * lm_hidden}, gru_scale), false);
+  // The GRU's four tensors are views into one buffer, in cuDNN's order
+  // (w_ih, w_hh, b_ih, b_hh, the first at offset 0). The file keeps them
+  // sharing one storage and the runner loads it straight onto the device, so
+  // on CUDA torch.gru finds the weights already in one contiguous chunk;
+  // separate tensors are copied into one on every call, that is on every
+  // generated token (docs/gpu.md). On the CPU views change nothing.
+  auto w_ih = normal_tensor(rng, {3 * lm_hidden, lm_embed}, gru_scale);
+  auto w_hh = normal_tensor(rng, {3 * lm_hidden, lm_hidden}, gru_scale);
+  auto b_ih = normal_tensor(rng, {3 * lm_hidden}, gru_scale);
+  auto b_hh = normal_tensor(rng, {3 * lm_hidden}, gru_scale);
+  auto gru_flat = torch::cat({w_ih.flatten(), w_hh.flatten(), b_ih, b_hh});
+  int64_t offset = 0;
+  for (auto [name, like] : {std::pair{"w_ih", w_ih}, std::pair{"w_hh", w_hh},
+                            std::pair{"b_ih", b_ih}, std::pair{"b_hh", b_hh}}) {
+    m.register_parameter(
+        name, gru_flat.narrow(0, offset, like.numel()).view(like.sizes()), false);
+    offset += like.numel();
+  }
   m.register_parameter("head_w", normal_tensor(rng, {256, lm_hidden}, 2.0 * gru_scale),
                        false);
   // Untrained, so bias the head towards printable ASCII: sampled text then

@@ -496,6 +496,65 @@ caf::expected<std::string> resolve_device(const std::string& requested) {
 #endif
 }
 
+namespace {
+
+/// cuDNN's number for nn.RNNBase's `mode` (cudnnRNNMode_t), or -1.
+int64_t cudnn_rnn_mode(const std::string& mode) {
+  if (mode == "RNN_RELU")
+    return 0;
+  if (mode == "RNN_TANH")
+    return 1;
+  if (mode == "LSTM")
+    return 2;
+  if (mode == "GRU")
+    return 3;
+  return -1;
+}
+
+/// A scripted torch.nn.GRU/LSTM/RNN calls cuDNN with its `_flat_weights`.
+/// Unless those tensors are views into one buffer in cuDNN's layout, cuDNN
+/// copies them into one on every call (and says "RNN module weights are not
+/// part of single contiguous chunk of memory"): for a generate model, on every
+/// token. Python's nn.RNNBase flattens them whenever the module moves
+/// (flatten_parameters); a TorchScript file loaded from C++ never does, so a
+/// model saved on the CPU pays the copy for ever. This does what
+/// flatten_parameters does, for every such submodule: the tensors become views
+/// into one new buffer (same values). Returns how many modules it flattened.
+int flatten_rnn_weights(torch::jit::Module& module) {
+  int flattened = 0;
+  torch::NoGradGuard no_grad;
+  for (auto sub : module.modules()) {
+    auto name = sub.type()->name();
+    if (!name || name->qualifiedName().find("torch.nn.modules.rnn.") == std::string::npos)
+      continue;
+    bool complete = true;
+    for (auto attr : {"mode", "_flat_weights", "input_size", "hidden_size", "num_layers",
+                      "bias", "batch_first", "bidirectional"})
+      complete = complete && sub.hasattr(attr);
+    if (!complete)
+      continue;
+    auto mode = cudnn_rnn_mode(sub.attr("mode").toStringRef());
+    auto weights = sub.attr("_flat_weights").toListRef();
+    if (mode < 0 || weights.empty())
+      continue;
+    std::vector<torch::Tensor> tensors;
+    for (auto& w : weights)
+      tensors.push_back(w.toTensor());
+    if (!tensors.front().is_cuda())
+      continue;
+    int64_t proj_size = sub.hasattr("proj_size") ? sub.attr("proj_size").toInt() : 0;
+    int64_t stride0 = (sub.attr("bias").toBool() ? 4 : 2) + (proj_size > 0 ? 1 : 0);
+    at::_cudnn_rnn_flatten_weight(
+        tensors, stride0, sub.attr("input_size").toInt(), mode,
+        sub.attr("hidden_size").toInt(), proj_size, sub.attr("num_layers").toInt(),
+        sub.attr("batch_first").toBool(), sub.attr("bidirectional").toBool());
+    ++flattened;
+  }
+  return flattened;
+}
+
+} // namespace
+
 // -- model_runner -------------------------------------------------------------
 
 struct model_runner::impl {
@@ -597,6 +656,19 @@ caf::expected<std::unique_ptr<model_runner>> model_runner::load(const model_info
     p->module.eval();
   } catch (const std::exception& e) {
     return p->fail(errc::unavailable, "cannot load " + path + ": " + cause_of(e));
+  }
+  if (p->device.is_cuda() && torch::cuda::cudnn_is_available()) {
+    // Only a speed-up: a model whose RNN weights cannot be flattened still
+    // runs (cuDNN copies them per call), so a failure is logged, not fatal.
+    try {
+      warning_guard warnings{warning_handler()};
+      if (auto n = flatten_rnn_weights(p->module); n > 0)
+        spdlog::info("model {}: weights of {} RNN module(s) flattened for cuDNN",
+                     info.name, n);
+    } catch (const std::exception& e) {
+      spdlog::warn("model {}: cannot flatten RNN weights for cuDNN: {}", info.name,
+                   cause_of(e));
+    }
   }
   return std::unique_ptr<model_runner>{new model_runner(std::move(p))};
 }

@@ -15,6 +15,10 @@ With --device cuda and a Python that imports torch, two more checks:
   the same model, and the classifier, must still succeed on the same worker.
 - Two workers sharing the GPU: a third server with --workers 2 serves
   concurrent requests; all must succeed and both workers must have served.
+- RNN weights for cuDNN: a scripted torch.nn.GRU generate model saved on the
+  CPU ("grulm") must be flattened at load, and no GRU call (its, or the
+  demo tinylm's) may make cuDNN warn that it copies the weights per call.
+  Greedy completion times of both are reported.
 
     smoke.py --binary build-cuda/tools/infergrid --work DIR --logs DIR
 """
@@ -194,6 +198,81 @@ def write_hog_model(models_dir):
     return True
 
 
+def write_grulm_model(models_dirs):
+    """Writes DIR/grulm for each (DIR, device) of models_dirs: the same
+    generate model (bytes -> 2-layer torch.nn.GRU -> logits), scripted and
+    saved on the CPU, so its GRU weights are separate tensors until the
+    runner flattens them for cuDNN. Returns False when this Python has no
+    torch."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    from typing import Optional, Tuple
+
+    class GruLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(256, 32)
+            self.rnn = torch.nn.GRU(32, 64, num_layers=2, batch_first=True)
+            self.head = torch.nn.Linear(64, 256)
+
+        def forward(self, tokens: torch.Tensor,
+                    state: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+            out, h = self.rnn(self.embed(tokens), state)
+            return self.head(out[:, -1]), h
+
+    torch.manual_seed(7)
+    module = torch.jit.script(GruLM().eval())
+    for models_dir, device in models_dirs:
+        out = os.path.join(models_dir, "grulm")
+        os.makedirs(out, exist_ok=True)
+        module.save(os.path.join(out, "model.pt"))
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write("# Written by tools/gpu/smoke.py: a scripted torch.nn.GRU saved on the CPU.\n"
+                    f"kind: generate\nmax_batch_size: 8\nmax_queue_delay_us: 0\n"
+                    f"device: {device}\nmemory_mb: 1\npreload: true\n"
+                    "inputs:\n  - {name: tokens, dtype: int64, shape: [-1, -1]}\n"
+                    "outputs:\n  - {name: logits, dtype: float32, shape: [-1, 256]}\n"
+                    "  - {name: state, dtype: float32, shape: [2, -1, 64]}\n")
+    return True
+
+
+def completion_ms(server, model, tokens, n=5):
+    """Median wall time of a greedy, non-streamed completion of `tokens`
+    tokens (no stop string, so every one is generated)."""
+    body = {"model": model, "prompt": "The ", "max_tokens": tokens, "temperature": 0}
+    ms = []
+    for _ in range(n):
+        t = time.perf_counter()
+        status, out = http("POST", server.url + "/v1/completions", body)
+        ms.append((time.perf_counter() - t) * 1000.0)
+        if status != 200:
+            raise AssertionError(f"{server.name}: completion of {model} -> {status} {out}")
+    return statistics.median(ms)
+
+
+def check_rnn_weights(gpu, cpu, check, report, grulm):
+    """cuDNN gets every GRU's weights in one chunk: the demo tinylm's
+    (saved as views into one buffer) and a scripted torch.nn.GRU saved on the
+    CPU (flattened by the runner at load), so no GRU call copies them."""
+    lm = {"prompt": "Once upon", "max_tokens": 24, "seed": 3}
+    if grulm:
+        check("model grulm: weights of 1 RNN module(s) flattened for cuDNN" in gpu.text(),
+              "serve log: grulm's torch.nn.GRU weights flattened for cuDNN at load")
+        out_gpu, out_cpu = gpu.job("grulm", lm), cpu.job("grulm", lm)
+        check(out_gpu.get("tokens") == 24, "durable grulm job on cuda: 24 tokens")
+        report["figures"]["grulm seeded text equal on cuda and cpu"] = \
+            out_gpu.get("text") == out_cpu.get("text")
+    for model in ("tinylm", "grulm") if grulm else ("tinylm",):
+        for tokens in (32, 256):
+            ms = completion_ms(gpu, model, tokens)
+            report["figures"][f"{model} greedy completion of {tokens} tokens on cuda: median ms"] = \
+                round(ms, 2)
+    check("single contiguous chunk" not in gpu.text(),
+          "serve log: no cuDNN 'weights are not part of single contiguous chunk' warning")
+
+
 def metric_samples(text, name):
     """{labels: value} of one Prometheus series family."""
     out = {}
@@ -307,8 +386,13 @@ def main():
     servers = {}
     try:
         hog = False
+        dirs = {}
         for name, device in (("cuda", args.device), ("cpu", "cpu")):
-            models = write_models(args.binary, os.path.join(args.work, name), device)
+            dirs[name] = write_models(args.binary, os.path.join(args.work, name), device)
+        grulm = args.device.startswith("cuda") and \
+            write_grulm_model([(dirs["cuda"], args.device), (dirs["cpu"], "cpu")])
+        for name, device in (("cuda", args.device), ("cpu", "cpu")):
+            models = dirs[name]
             if name == "cuda" and args.device.startswith("cuda"):
                 hog = write_hog_model(models)
                 if hog:  # the two-worker server shares this copy
@@ -363,6 +447,8 @@ def main():
                 report["figures"][f"HTTP infer B={batch} on {device}: median ms"] = round(med, 3)
                 report["figures"][f"HTTP infer B={batch} on {device}: p90 ms"] = round(p90, 3)
 
+        if args.device.startswith("cuda"):
+            check_rnn_weights(gpu, cpu, check, report, grulm)
         if hog:
             check_oom(gpu, check, report)
             check_two_workers(servers["cuda2"], check, report)
