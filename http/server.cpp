@@ -106,21 +106,21 @@ public:
   explicit asker_actor(caf::actor_config& cfg) : super(cfg) {}
 };
 
-/// Lets actor callbacks post into the io_context only while it is running:
-/// stop() closes it before the io_context and the sessions go away.
+/// Lets actor callbacks post into the io_contexts only while they run:
+/// stop() closes it before the io_contexts and the sessions go away.
 struct gate {
   std::mutex mtx;
   bool open = true;
 
   /// Runs `f(session&)` on the session's strand if both are still there.
   /// Called from CAF threads. Everything that touches Asio objects here
-  /// happens under the lock, while the io_context is alive.
+  /// happens under the lock, while the session's io_context is alive.
   template <class F>
   void post(const std::weak_ptr<session>& weak, F&& f);
 };
 
 /// What the server shares with its sessions. Outlives the server when a
-/// handler still holds a session during io_context teardown.
+/// handler still holds a session during the io_contexts' teardown.
 struct shared_state {
   shared_state(caf::actor_system& sys, gateway_actor gateway, http_settings opts)
       : sys(sys), gateway(std::move(gateway)), opts(std::move(opts)) {
@@ -1859,13 +1859,32 @@ void session::stream_cleanup() {
 
 } // namespace
 
+/// One io_context per I/O thread, each run by that thread alone, and every
+/// connection on one of them (round robin at accept). With one io_context
+/// shared by several threads, Asio hands the reactor from thread to thread
+/// and wakes another for each completion: on an H100 host, http.threads 4
+/// doubled the heavy model's batched throughput but cost 21 instead of 8
+/// thread switches per request, and 350-550 instead of 170 us at p50, at
+/// concurrency 1 (docs/benchmarks.md). A connection that stays on one thread
+/// keeps the one-thread latency while connections spread over the threads.
 struct server::impl {
   impl(caf::actor_system& sys, gateway_actor gateway, http_settings opts)
-      : state(std::make_shared<shared_state>(sys, std::move(gateway), std::move(opts))),
-        ioc(std::max(1, state->opts.threads)), work(asio::make_work_guard(ioc)) {}
+      : state(std::make_shared<shared_state>(sys, std::move(gateway), std::move(opts))) {
+    auto n = static_cast<std::size_t>(std::max(1, state->opts.threads));
+    for (std::size_t i = 0; i < n; ++i) {
+      // Hint 1: only its own thread runs it (posts from others stay safe).
+      iocs.push_back(std::make_unique<asio::io_context>(1));
+      work.push_back(asio::make_work_guard(*iocs.back()));
+    }
+  }
+
+  /// The io_context of the next accepted connection.
+  asio::io_context& next_ioc() {
+    return *iocs[next_accept++ % iocs.size()];
+  }
 
   void do_accept() {
-    acceptor->async_accept(asio::make_strand(ioc),
+    acceptor->async_accept(asio::make_strand(next_ioc()),
                            beast::bind_front_handler(&impl::on_accept, this));
   }
 
@@ -1899,12 +1918,26 @@ struct server::impl {
     do_accept();
   }
 
+  ~impl() {
+    // The acceptor's io_context goes first: its aborted accept still holds
+    // the socket (and strand) made for the next connection, which belong to
+    // another io_context and must find it alive. std::vector leaves the
+    // order of destruction to the library (libc++ goes back to front).
+    acceptor.reset();
+    backoff.reset();
+    work.clear();
+    for (auto& ioc : iocs)
+      ioc.reset();
+  }
+
   // Members are destroyed bottom-up: the acceptor and timer before the
-  // io_context, the io_context (with the sessions its handlers hold) before
-  // the shared state.
+  // io_contexts, the io_contexts (with the sessions their handlers hold)
+  // before the shared state.
   std::shared_ptr<shared_state> state;
-  asio::io_context ioc;
-  asio::executor_work_guard<asio::io_context::executor_type> work;
+  std::vector<std::unique_ptr<asio::io_context>> iocs;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  /// Only on the acceptor's strand (on_accept) and before the threads start.
+  std::size_t next_accept = 0;
   std::optional<tcp::acceptor> acceptor;
   std::optional<asio::steady_timer> backoff;
   std::vector<std::thread> threads;
@@ -1929,14 +1962,14 @@ caf::expected<uint16_t> server::start() {
     return make_error(errc::unavailable,
                       "http server on " + address + " was already started");
   beast::error_code ec;
-  tcp::resolver resolver{d.ioc};
+  tcp::resolver resolver{*d.iocs.front()};
   auto results = resolver.resolve(opts.host, std::to_string(opts.port),
                                   tcp::resolver::passive, ec);
   if (ec || results.empty())
     return make_error(errc::unavailable, "cannot resolve " + address + ": "
                                              + (ec ? ec.message() : "no address"));
   auto endpoint = results.begin()->endpoint();
-  tcp::acceptor acceptor{asio::make_strand(d.ioc)};
+  tcp::acceptor acceptor{asio::make_strand(*d.iocs.front())};
   auto fail = [&](const char* what) {
     return make_error(errc::unavailable,
                       "cannot listen on " + address + ": " + what + ": " + ec.message());
@@ -1958,10 +1991,10 @@ caf::expected<uint16_t> server::start() {
     d.acceptor->close(ec); // stop_accepting came first
   else
     d.do_accept();
-  auto n = std::max(1, opts.threads);
-  d.threads.reserve(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    d.threads.emplace_back([&ioc = d.ioc] {
+  auto n = d.iocs.size();
+  d.threads.reserve(n);
+  for (auto& ioc_ptr : d.iocs) {
+    d.threads.emplace_back([&ioc = *ioc_ptr] {
       for (;;) {
         try {
           ioc.run();
@@ -2026,13 +2059,14 @@ void server::stop() {
     std::lock_guard<std::mutex> guard{d.state->gate_ptr->mtx};
     d.state->gate_ptr->open = false;
   }
-  d.work.reset();
-  d.ioc.stop();
+  d.work.clear();
+  for (auto& ioc : d.iocs)
+    ioc->stop();
   for (auto& t : d.threads)
     if (t.joinable())
       t.join();
   d.threads.clear();
-  // No I/O thread runs now: release what the io_context still serves.
+  // No I/O thread runs now: release what the io_contexts still serve.
   beast::error_code ignored;
   if (d.acceptor)
     d.acceptor->close(ignored);

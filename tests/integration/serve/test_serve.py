@@ -220,7 +220,8 @@ def main():
         # 3. A restart, with a setting of the workers in a --config file.
         config = os.path.join(root, "serve2.yaml")
         with open(config, "w") as f:
-            f.write("workers:\n  stream_interval_ms: 1000\ncluster:\n  local_link: false\n")
+            f.write("workers:\n  stream_interval_ms: 1000\ncluster:\n  local_link: false\n"
+                    "http:\n  threads: 3\n")
         s2 = Server(args.binary, root, 1, "serve2.log", args_extra=["--config", config])
         def survives_restart():
             s2.wait_healthy()
@@ -262,6 +263,41 @@ def main():
             _assert("local link" not in log_text(s2), f"a local link:\n{s2.tail()}")
         results.append(run_case("cluster.local_link false keeps batches on BASP",
                                 without_local_link))
+        def connections_on_several_io_threads():
+            # http.threads 3: each connection lives on one of three I/O
+            # threads. Six keep-alive clients at once, one of them streaming
+            # completions, must all get their own answers.
+            _assert("with 3 thread(s)" in log_text(s2), f"not 3 I/O threads:\n{s2.tail()}")
+            import concurrent.futures
+
+            def infer_client(rows):
+                with requests.Session() as c:
+                    for _ in range(25):
+                        r = c.post(s2.url + "/v2/models/classifier/infer",
+                                   json=classifier_input(rows), timeout=30)
+                        _assert(r.status_code == 200, r.text)
+                        _assert(r.json()["outputs"][0]["shape"] == [rows, 4], r.text)
+                return rows
+
+            def stream_client():
+                body = {"model": "tinylm", "prompt": "Hi", "max_tokens": 64,
+                        "temperature": 0, "stream": True}
+                with requests.Session() as c:
+                    for _ in range(3):
+                        done = False
+                        with c.post(s2.url + "/v1/completions", json=body, stream=True,
+                                    timeout=30) as r:
+                            _assert(r.status_code == 200, r.text)
+                            done = any(line == b"data: [DONE]" for line in r.iter_lines())
+                        _assert(done, "a stream ended without [DONE]")
+                return 0
+
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(infer_client, rows) for rows in (1, 2, 3, 4, 5)]
+                futures.append(pool.submit(stream_client))
+                _assert(sorted(f.result() for f in futures) == [0, 1, 2, 3, 4, 5], "results")
+        results.append(run_case("connections spread over several http.threads",
+                                connections_on_several_io_threads))
         rc = s2.stop(signal.SIGTERM)
         results.append(run_case("restart exits 0", lambda: _assert(rc == 0, f"rc={rc}\n{s2.tail()}")))
 
