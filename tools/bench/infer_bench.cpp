@@ -15,6 +15,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string_view>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -178,6 +180,61 @@ double tree_switches(pid_t pid, int depth = 0) {
     for (auto child : child_pids(pid))
       total += std::max(0.0, tree_switches(child, depth + 1));
   return total;
+}
+
+/// CPU ticks so far and the CPU it last ran on, of one thread.
+struct thread_sample {
+  double ticks = 0;
+  int cpu = -1;
+};
+
+/// thread_sample of every thread of `pid` and of its running descendants,
+/// from /proc/<pid>/task/*/stat (utime, stime: fields 14 and 15; processor:
+/// field 39).
+void tree_thread_samples(pid_t pid, std::map<pid_t, thread_sample>& out, int depth = 0) {
+  std::error_code ec;
+  fs::directory_iterator tasks{"/proc/" + std::to_string(pid) + "/task", ec};
+  if (ec)
+    return;
+  for (auto& task : tasks) {
+    std::ifstream in{task.path() / "stat"};
+    std::string stat;
+    std::getline(in, stat);
+    auto paren = stat.rfind(')');
+    if (paren == std::string::npos)
+      continue;
+    std::istringstream fields{stat.substr(paren + 1)};
+    std::string field;
+    thread_sample sample;
+    for (int i = 3; i <= 39 && fields >> field; ++i) {
+      if (i == 14 || i == 15)
+        sample.ticks += std::strtod(field.c_str(), nullptr);
+      else if (i == 39)
+        sample.cpu = std::atoi(field.c_str());
+    }
+    if (fields)
+      out[static_cast<pid_t>(std::atol(task.path().filename().c_str()))] = sample;
+  }
+  if (depth < 4)
+    for (auto child : child_pids(pid))
+      tree_thread_samples(child, out, depth + 1);
+}
+
+/// The CPU that the busiest thread of `after` (most ticks since `before`)
+/// last ran on; -1 when no thread used a tick.
+int busiest_thread_cpu(const std::map<pid_t, thread_sample>& before,
+                       const std::map<pid_t, thread_sample>& after) {
+  double most = 0;
+  int cpu = -1;
+  for (auto& [tid, now] : after) {
+    auto i = before.find(tid);
+    double used = now.ticks - (i == before.end() ? 0 : i->second.ticks);
+    if (used > most) {
+      most = used;
+      cpu = now.cpu;
+    }
+  }
+  return cpu;
 }
 
 std::string clip(std::string_view s, std::size_t n = quote_bytes) {
@@ -434,6 +491,13 @@ public:
   double switches() const {
     return pid_ > 0 ? tree_switches(pid_) : -1;
   }
+  /// CPU ticks and last CPU of every thread of the server and its workers.
+  std::map<pid_t, thread_sample> thread_samples() const {
+    std::map<pid_t, thread_sample> out;
+    if (pid_ > 0)
+      tree_thread_samples(pid_, out);
+    return out;
+  }
   const std::string& log() const {
     return log_;
   }
@@ -689,6 +753,11 @@ struct generation_section {
   double direct_cpu_s = 0;
   latency_summary direct_first_ms;
   std::string direct_text;
+  /// Per counted run: the CPU the generating thread last ran on (-1 when
+  /// unknown) and its tokens/s. On a VM whose vCPUs differ in speed, only
+  /// runs on the same CPU compare fairly (docs/benchmarks.md).
+  std::vector<std::pair<int, double>> http_runs;
+  std::vector<std::pair<int, double>> direct_runs;
 };
 
 /// One streamed completion; false with `out.http_problem` set on failure.
@@ -770,6 +839,8 @@ bool one_generate(model_runner& lm, const inference::generate_params& params,
   out.direct_cpu_s += cpu;
   first_ms.push_back(first * 1e3);
   out.direct_text = r->text;
+  if (s > 0)
+    out.direct_runs.emplace_back(::sched_getcpu(), static_cast<double>(r->tokens) / s);
   return true;
 }
 
@@ -792,8 +863,17 @@ generation_section measure_generation(const server_process& server, model_runner
     // The server idles while this process generates.
     if (i == 0)
       cpu0 = server.cpu_s();
-    if (http_on)
+    if (http_on) {
+      auto before = i >= 0 ? server.thread_samples() : std::map<pid_t, thread_sample>{};
+      auto tokens0 = out.http_tokens;
+      auto seconds0 = out.http_seconds;
       http_on = one_stream(conn, request, i >= 0, out, http_first);
+      if (http_on && i >= 0 && out.http_seconds > seconds0) {
+        out.http_runs.emplace_back(busiest_thread_cpu(before, server.thread_samples()),
+                                   static_cast<double>(out.http_tokens - tokens0)
+                                       / (out.http_seconds - seconds0));
+      }
+    }
     if (direct_on)
       direct_on = one_generate(*lm, params, i >= 0, out, direct_first);
   }
@@ -1374,6 +1454,43 @@ int run_bench_infer(const infer_bench_options& opts) {
         "out): HTTP %s, direct %s tokens/s: %s\n",
         thousands(http_decode_tps).c_str(), thousands(direct_decode_tps).c_str(),
         fixed(decode_ratio, 2).c_str());
+  // Where each side ran: the VM's vCPUs differ in speed from time to time,
+  // so a ratio of runs on different CPUs carries that difference too.
+  double same_cpu_ratio = 0;
+  if (gen_ok) {
+    std::map<int, std::pair<std::vector<double>, std::vector<double>>> by_cpu;
+    for (auto& [cpu, tps] : gen.http_runs)
+      by_cpu[cpu].first.push_back(tps);
+    for (auto& [cpu, tps] : gen.direct_runs)
+      by_cpu[cpu].second.push_back(tps);
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.empty() ? 0.0 : v[v.size() / 2];
+    };
+    std::string line;
+    std::size_t best = 0;
+    for (auto& [cpu, runs] : by_cpu) {
+      auto side = [&](const std::vector<double>& v) {
+        return std::to_string(v.size())
+               + (v.empty() ? "" : " at " + thousands(median(v)) + " tokens/s");
+      };
+      line += std::string{line.empty() ? "" : "; "}
+              + (cpu < 0 ? "cpu unknown" : "cpu " + std::to_string(cpu)) + ": HTTP "
+              + side(runs.first) + ", direct " + side(runs.second);
+      auto both = std::min(runs.first.size(), runs.second.size());
+      if (cpu >= 0 && both >= 3 && both > best) {
+        best = both;
+        same_cpu_ratio = median(runs.first) / median(runs.second);
+      }
+    }
+    std::printf("where each run generated (the busiest server thread's CPU, this "
+                "thread's), medians: %s\n",
+                line.c_str());
+    if (same_cpu_ratio > 0)
+      std::printf("HTTP / direct tokens/s on the same CPU: %s (at least 3 runs of each "
+                  "there)\n",
+                  fixed(same_cpu_ratio, 2).c_str());
+  }
   if (print_failures({&gen.http_problem, &gen.direct_problem}))
     failed.emplace_back("generation");
 
@@ -1533,6 +1650,7 @@ int run_bench_infer(const infer_bench_options& opts) {
   json["gen_direct_tokens_s"] = figure(direct_tps > 0, direct_tps, 1);
   json["gen_ratio"] = figure(gen_ok, gen_ratio, 3);
   json["gen_decode_ratio"] = figure(gen_ok && decode_ratio > 0, decode_ratio, 3);
+  json["gen_same_cpu_ratio"] = figure(same_cpu_ratio > 0, same_cpu_ratio, 3);
   json["gen_ttft_p50_ms"] = figure(http_tps > 0, gen.http_first_ms.p50, 2);
   json["gen_direct_first_token_p50_ms"]
       = figure(direct_tps > 0, gen.direct_first_ms.p50, 2);
