@@ -18,7 +18,8 @@ namespace infergrid {
 /// (middleman.app-identifiers): nodes of different versions refuse each
 /// other at once instead of misreading messages. Bump it whenever a message
 /// type registered below changes shape (2: worker_registration::runner;
-/// 3: the local link's fields in join_reply and worker_registration).
+/// 3: the local link's fields in join_reply and worker_registration;
+/// 4: the local link's frame header and streams over the link).
 inline constexpr const char* wire_version = "infergrid-wire-4";
 
 /// Registers every type that travels between nodes inside messages (CAF

@@ -671,10 +671,7 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         auto runner = ensure_loaded(self, batch.model);
         if (!runner)
           return fail_batch(mm, batch, runner.error());
-        auto out = run_batch(st, mm, **runner, batch);
-        if (!out)
-          return std::move(out.error());
-        return std::move(*out);
+        return run_batch(st, mm, **runner, batch);
       },
       [self](generate_atom, generate_request& req,
              int64_t key) -> caf::result<generate_reply> {

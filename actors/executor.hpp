@@ -82,8 +82,8 @@ using executor_actor = caf::typed_actor<
 /// never touch the models at once.
 class executor_lane {
 public:
-  using result = std::optional<caf::expected<infer_batch_result>>;
-  using run_fn = std::function<result(infer_batch&)>;
+  using result = direct_batch_result;
+  using run_fn = direct_batch_fn;
 
   /// Runs `batch` on this thread now, or answers std::nullopt and leaves it
   /// untouched: the executor is busy or gone, or the model is not resident

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <caf/atom.hpp>
+#include <caf/expected.hpp>
 #include <caf/meta/type_name.hpp>
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
@@ -97,6 +100,15 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, infer_batch_result& x) {
   return f(caf::meta::type_name("infer_batch_result"), x.outputs);
 }
+
+/// What a thread outside the executor answers when it runs a batch itself:
+/// the result, or std::nullopt when it could not and left the batch
+/// untouched (it then goes to the executor actor).
+using direct_batch_result = std::optional<caf::expected<infer_batch_result>>;
+
+/// Runs a tensor batch on the calling thread when it can at once
+/// (executor_lane::try_infer is one; the local link's reader calls it).
+using direct_batch_fn = std::function<direct_batch_result(infer_batch&)>;
 
 /// Whatever runs a worker's tensor batches: its executor. The queue sends
 /// batches there directly, so a request does not pass through the worker

@@ -29,9 +29,7 @@
 // the link is a fast path, never the only one. CAF core and POSIX only.
 #pragma once
 
-#include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 
 #include <caf/expected.hpp>
@@ -81,13 +79,9 @@ private:
   std::unique_ptr<link_hub_impl> impl_;
 };
 
-/// Runs a tensor batch on the calling thread when it can at once, or
-/// answers std::nullopt and leaves the batch untouched (it then goes to the
-/// executor actor). executor_lane::try_infer is one.
-using direct_batch_fn
-    = std::function<std::optional<caf::expected<infer_batch_result>>(infer_batch&)>;
-
-/// A worker process's side: one connection, serving one target actor.
+/// A worker process's side: one connection, serving the worker's executor
+/// (batches, some run on the reader's own thread) and its worker actor
+/// (generations and syntheses).
 class link_client {
 public:
   /// Connects to `address` and presents `token`; an error when the hub is

@@ -54,7 +54,9 @@ struct worker_config {
   /// (also bounded by the model's max_batch_size).
   int32_t max_job_batch = 32;
   /// A local link to the control node (a worker process on its host): the
-  /// executor serves the batches that come over it.
+  /// executor serves the batches that come over it (or the link's reader
+  /// runs them through the executor's lane), the worker actor the
+  /// generations and syntheses.
   std::shared_ptr<link_client> link;
 };
 

@@ -402,10 +402,6 @@ void limit_blas_threads(int threads) {
   spdlog::info("inference: OpenBLAS {} thread(s), as workers.intra_op_threads", get());
 }
 
-} // namespace
-
-namespace {
-
 /// The intra-op thread count configure_runtime set (0: LibTorch's default).
 std::atomic<int> configured_intra_op{0};
 
@@ -496,6 +492,8 @@ caf::expected<std::string> resolve_device(const std::string& requested) {
 #endif
 }
 
+// Not behind INFERGRID_WITH_CUDA: plain ATen calls that every LibTorch
+// declares, so the CPU build type-checks them; they run only on CUDA devices.
 namespace {
 
 /// cuDNN's number for nn.RNNBase's `mode` (cudnnRNNMode_t), or -1.
@@ -540,8 +538,6 @@ int flatten_rnn_weights(torch::jit::Module& module) {
     std::vector<torch::Tensor> tensors;
     for (auto& w : weights)
       tensors.push_back(w.toTensor());
-    if (!tensors.front().is_cuda())
-      continue;
     int64_t proj_size = sub.hasattr("proj_size") ? sub.attr("proj_size").toInt() : 0;
     int64_t stride0 = (sub.attr("bias").toBool() ? 4 : 2) + (proj_size > 0 ? 1 : 0);
     at::_cudnn_rnn_flatten_weight(

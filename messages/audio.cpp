@@ -55,10 +55,6 @@ constexpr std::array<int8_t, 256> base64_values() {
   return t;
 }
 
-} // namespace
-
-namespace {
-
 // One sample as std::lround(clamp(x, -1, 1) * 32767.0) would give it (NaN:
 // 0). A float times 32767 is exact in a double, and so is adding or taking
 // 0.5 from it, so truncating y +- 0.5 rounds half away from zero exactly as

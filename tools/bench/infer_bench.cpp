@@ -109,25 +109,41 @@ double thread_cpu_s() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
-/// User + system CPU seconds of process `pid` (all its threads) from
-/// /proc/<pid>/stat, to a clock tick (10 ms); -1 when unreadable.
-double process_cpu_s(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+/// CPU ticks so far and the CPU it last ran on, of a process or thread.
+struct thread_sample {
+  double ticks = 0;
+  int cpu = -1;
+};
+
+/// Reads a /proc/.../stat file: after "(comm)" comes the state (field 3);
+/// utime and stime are fields 14 and 15, the CPU last run on field 39.
+/// false when unreadable.
+bool read_stat(const fs::path& path, thread_sample& out) {
+  std::ifstream in{path};
   std::string stat;
   std::getline(in, stat);
   auto paren = stat.rfind(')');
   if (paren == std::string::npos)
-    return -1;
+    return false;
   std::istringstream fields{stat.substr(paren + 1)};
   std::string field;
-  double ticks = 0;
-  // After "(comm)": state is field 3; utime and stime are fields 14 and 15.
-  for (int i = 3; i <= 15 && fields >> field; ++i)
-    if (i >= 14)
-      ticks += std::strtod(field.c_str(), nullptr);
-  if (!fields)
+  out = thread_sample{};
+  for (int i = 3; i <= 39 && fields >> field; ++i) {
+    if (i == 14 || i == 15)
+      out.ticks += std::strtod(field.c_str(), nullptr);
+    else if (i == 39)
+      out.cpu = std::atoi(field.c_str());
+  }
+  return static_cast<bool>(fields);
+}
+
+/// User + system CPU seconds of process `pid` (all its threads) from
+/// /proc/<pid>/stat, to a clock tick (10 ms); -1 when unreadable.
+double process_cpu_s(pid_t pid) {
+  thread_sample sample;
+  if (!read_stat("/proc/" + std::to_string(pid) + "/stat", sample))
     return -1;
-  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return sample.ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 /// The processes `pid` started that are still running, from
@@ -182,37 +198,16 @@ double tree_switches(pid_t pid, int depth = 0) {
   return total;
 }
 
-/// CPU ticks so far and the CPU it last ran on, of one thread.
-struct thread_sample {
-  double ticks = 0;
-  int cpu = -1;
-};
-
 /// thread_sample of every thread of `pid` and of its running descendants,
-/// from /proc/<pid>/task/*/stat (utime, stime: fields 14 and 15; processor:
-/// field 39).
+/// from /proc/<pid>/task/*/stat.
 void tree_thread_samples(pid_t pid, std::map<pid_t, thread_sample>& out, int depth = 0) {
   std::error_code ec;
   fs::directory_iterator tasks{"/proc/" + std::to_string(pid) + "/task", ec};
   if (ec)
     return;
   for (auto& task : tasks) {
-    std::ifstream in{task.path() / "stat"};
-    std::string stat;
-    std::getline(in, stat);
-    auto paren = stat.rfind(')');
-    if (paren == std::string::npos)
-      continue;
-    std::istringstream fields{stat.substr(paren + 1)};
-    std::string field;
     thread_sample sample;
-    for (int i = 3; i <= 39 && fields >> field; ++i) {
-      if (i == 14 || i == 15)
-        sample.ticks += std::strtod(field.c_str(), nullptr);
-      else if (i == 39)
-        sample.cpu = std::atoi(field.c_str());
-    }
-    if (fields)
+    if (read_stat(task.path() / "stat", sample))
       out[static_cast<pid_t>(std::atol(task.path().filename().c_str()))] = sample;
   }
   if (depth < 4)
@@ -1463,10 +1458,6 @@ int run_bench_infer(const infer_bench_options& opts) {
       by_cpu[cpu].first.push_back(tps);
     for (auto& [cpu, tps] : gen.direct_runs)
       by_cpu[cpu].second.push_back(tps);
-    auto median = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v.empty() ? 0.0 : v[v.size() / 2];
-    };
     std::string line;
     std::size_t best = 0;
     for (auto& [cpu, runs] : by_cpu) {

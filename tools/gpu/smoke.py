@@ -166,6 +166,16 @@ def latency(server, body, n=300):
     return statistics.median(ms), ms[int(0.9 * len(ms))]
 
 
+def save_model(models_dir, name, module, config):
+    """Writes models_dir/name: the scripted `module` as model.pt and the
+    text `config` as config.yaml."""
+    out = os.path.join(models_dir, name)
+    os.makedirs(out, exist_ok=True)
+    module.save(os.path.join(out, "model.pt"))
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(config)
+
+
 def write_hog_model(models_dir):
     """Writes models_dir/hog: a tensor model (x [-1, 16] -> y [-1, 4]) that
     allocates 4 TiB on its device when a batch has 8 rows or more. Returns
@@ -186,15 +196,12 @@ def write_hog_model(models_dir):
                 x = x + big[:1]
             return torch.softmax(self.lin(x), dim=-1)
 
-    out = os.path.join(models_dir, "hog")
-    os.makedirs(out, exist_ok=True)
-    torch.jit.script(Hog()).save(os.path.join(out, "model.pt"))
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        f.write("# Written by tools/gpu/smoke.py: 4 TiB for batches of 8 rows or more.\n"
-                "kind: tensor\nmax_batch_size: 16\nmax_queue_delay_us: 0\n"
-                "device: cuda\nmemory_mb: 1\npreload: true\n"
-                "inputs:\n  - {name: x, dtype: float32, shape: [-1, 16]}\n"
-                "outputs:\n  - {name: y, dtype: float32, shape: [-1, 4]}\n")
+    save_model(models_dir, "hog", torch.jit.script(Hog()),
+               "# Written by tools/gpu/smoke.py: 4 TiB for batches of 8 rows or more.\n"
+               "kind: tensor\nmax_batch_size: 16\nmax_queue_delay_us: 0\n"
+               "device: cuda\nmemory_mb: 1\npreload: true\n"
+               "inputs:\n  - {name: x, dtype: float32, shape: [-1, 16]}\n"
+               "outputs:\n  - {name: y, dtype: float32, shape: [-1, 4]}\n")
     return True
 
 
@@ -225,16 +232,13 @@ def write_grulm_model(models_dirs):
     torch.manual_seed(7)
     module = torch.jit.script(GruLM().eval())
     for models_dir, device in models_dirs:
-        out = os.path.join(models_dir, "grulm")
-        os.makedirs(out, exist_ok=True)
-        module.save(os.path.join(out, "model.pt"))
-        with open(os.path.join(out, "config.yaml"), "w") as f:
-            f.write("# Written by tools/gpu/smoke.py: a scripted torch.nn.GRU saved on the CPU.\n"
-                    f"kind: generate\nmax_batch_size: 8\nmax_queue_delay_us: 0\n"
-                    f"device: {device}\nmemory_mb: 1\npreload: true\n"
-                    "inputs:\n  - {name: tokens, dtype: int64, shape: [-1, -1]}\n"
-                    "outputs:\n  - {name: logits, dtype: float32, shape: [-1, 256]}\n"
-                    "  - {name: state, dtype: float32, shape: [2, -1, 64]}\n")
+        save_model(models_dir, "grulm", module,
+                   "# Written by tools/gpu/smoke.py: a scripted torch.nn.GRU saved on the CPU.\n"
+                   f"kind: generate\nmax_batch_size: 8\nmax_queue_delay_us: 0\n"
+                   f"device: {device}\nmemory_mb: 1\npreload: true\n"
+                   "inputs:\n  - {name: tokens, dtype: int64, shape: [-1, -1]}\n"
+                   "outputs:\n  - {name: logits, dtype: float32, shape: [-1, 256]}\n"
+                   "  - {name: state, dtype: float32, shape: [2, -1, 64]}\n")
     return True
 
 
