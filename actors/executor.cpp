@@ -13,6 +13,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/caller_runs.hpp"
 #include "actors/clock.hpp"
 #include "inference/batching.hpp"
 #include "inference/memory_budget.hpp"
@@ -54,6 +55,8 @@ struct executor_state {
   bool status_timer = false;
   /// How long each model's latest interactive forward call took (seconds).
   std::map<std::string, double> last_forward_s;
+  /// Runs the actor an interactive answer wakes on this thread (answer_here).
+  std::unique_ptr<caller_runs::lease> unit;
 
   ~executor_state() {
     // Waits for a batch the lane's thread is running on these models.
@@ -221,6 +224,31 @@ void status_changed(executor_pointer self) {
 std::unique_lock<std::mutex> hold_lane(executor_pointer self) {
   auto& lane = self->state.cfg.lane;
   return lane ? lane->hold() : std::unique_lock<std::mutex>{};
+}
+
+// Answers the current request with `value` now, from this thread: the actor
+// it goes to (the queue in-process, the worker actor in a worker process),
+// when idle, runs here too (caller_runs) and passes it on at once, instead
+// of waiting for a scheduler thread to wake (25-110 us on a 2-core VM). The
+// lane is released by then; the unit's limits keep this short.
+template <class T>
+caf::result<T> answer_here(executor_pointer self, caf::expected<T> value) {
+  auto rp = self->make_response_promise<T>();
+  auto& unit = **self->state.unit;
+  struct restore {
+    executor_pointer self;
+    caf::execution_unit* prev;
+    ~restore() {
+      self->context(prev);
+    }
+  } restored{self, self->context()};
+  caller_runs::window open{unit}; // runs what the answer wakes, first
+  self->context(&unit);
+  if (value)
+    rp.deliver(std::move(*value));
+  else
+    rp.deliver(std::move(value.error()));
+  return rp;
 }
 
 void evict(executor_pointer self, const std::string& name) {
@@ -545,6 +573,129 @@ void bind_lane(executor_pointer self) {
   });
 }
 
+// One interactive tensor batch (the executor's infer handler).
+caf::expected<infer_batch_result> infer_now(executor_pointer self, infer_batch& batch) {
+  auto held = hold_lane(self);
+  auto& st = self->state;
+  auto& mm = count_batch(st, batch);
+  status_changed(self);
+  auto runner = ensure_loaded(self, batch.model);
+  if (!runner)
+    return fail_batch(mm, batch, runner.error());
+  return run_batch(st, mm, **runner, batch);
+}
+
+// One interactive generation (the executor's generate handler).
+caf::expected<generate_reply> generate_now(executor_pointer self, generate_request& req,
+                                           int64_t key) {
+  auto held = hold_lane(self);
+  auto& st = self->state;
+  auto& mm = metrics_of(st, req.model);
+  observe_queue(mm, req.enqueued_ms);
+  ++mm.requests;
+  status_changed(self);
+  auto runner = ensure_loaded(self, req.model);
+  if (!runner) {
+    count_failure(mm, runner.error());
+    return runner.error();
+  }
+  auto cancels = st.cfg.cancels;
+  auto sink = req.stream ? req.sink : chunk_sink_actor{};
+  run_clock clock{st.cfg.run_timeout};
+  text_pieces pieces{st.cfg.stream_interval, true};
+  auto flush = [&] {
+    if (auto piece = pieces.take(); !piece.empty())
+      self->send(sink, chunk_atom::value, std::move(piece));
+  };
+  inference::token_callback on_token = [&](const std::string& delta) {
+    if (sink) {
+      pieces.add(delta);
+      if (pieces.due())
+        flush();
+    }
+    return !(cancels && cancels->raised(key)) && !clock.passed();
+  };
+  auto t0 = steady::now();
+  auto out = (*runner)->generate(req.params, on_token);
+  if (sink)
+    flush(); // before the reply; what stays is an incomplete sequence
+  auto spent = seconds_since(t0);
+  mm.compute_seconds.observe(spent);
+  mm.batch_size.observe(1);
+  if (cancels)
+    cancels->clear(key);
+  if (out && clock.stopped()) {
+    auto err = clock.error();
+    count_failure(mm, err);
+    return err;
+  }
+  if (!out) {
+    count_failure(mm, out.error());
+    return out.error();
+  }
+  mm.generated_tokens += out->tokens;
+  mm.generate_seconds += spent;
+  generate_reply reply;
+  reply.text = std::move(out->text);
+  reply.prompt_tokens
+      = static_cast<int64_t>(std::max<std::size_t>(req.params.prompt.size(), 1));
+  reply.tokens = out->tokens;
+  reply.finish_reason = std::move(out->finish_reason);
+  reply.worker = st.cfg.worker_id;
+  return reply;
+}
+
+// One interactive synthesis (the executor's speech handler).
+caf::expected<speech_reply> synthesize_now(executor_pointer self, speech_request& req,
+                                           int64_t key) {
+  auto held = hold_lane(self);
+  auto& st = self->state;
+  auto& mm = metrics_of(st, req.model);
+  observe_queue(mm, req.enqueued_ms);
+  ++mm.requests;
+  status_changed(self);
+  auto runner = ensure_loaded(self, req.model);
+  if (!runner) {
+    count_failure(mm, runner.error());
+    return runner.error();
+  }
+  auto& m = **runner;
+  auto cancels = st.cfg.cancels;
+  auto sink = req.stream ? req.sink : chunk_sink_actor{};
+  run_clock clock{st.cfg.run_timeout};
+  auto result = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
+    if (sink)
+      self->send(sink, chunk_atom::value, pcm);
+    return !(cancels && cancels->raised(key)) && !clock.passed();
+  });
+  if (cancels)
+    cancels->clear(key);
+  if (!result) {
+    count_failure(mm, result.error());
+    return result.error();
+  }
+  mm.compute_seconds.observe(result->seconds);
+  mm.batch_size.observe(1);
+  auto rate = m.info().sample_rate;
+  auto audio_s = audio_seconds(*result, rate);
+  mm.audio_seconds += audio_s;
+  mm.synthesis_seconds += result->seconds;
+  if (result->stopped) {
+    auto err = clock.stopped()
+                   ? clock.error()
+                   : make_error(errc::timeout, "synthesis stopped: the client went away");
+    count_failure(mm, err);
+    return err;
+  }
+  speech_reply reply;
+  reply.pcm16 = std::move(result->pcm16);
+  reply.sample_rate = rate;
+  reply.phrases = result->phrases;
+  reply.real_time_factor = audio_s > 0 ? result->seconds / audio_s : 0;
+  reply.worker = st.cfg.worker_id;
+  return reply;
+}
+
 executor_actor::behavior_type executor_behavior(executor_pointer self,
                                                 executor_config cfg) {
   auto& st = self->state;
@@ -553,6 +704,8 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
   for (auto& e : st.cfg.models)
     st.entries.emplace(e.info.name, e);
   bind_lane(self);
+  st.unit
+      = std::make_unique<caller_runs::lease>(self->system(), caller_runs::limits{4, 1});
   return {
       [self](load_atom) -> worker_registration {
         auto held = hold_lane(self);
@@ -664,122 +817,14 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
         return out;
       },
       [self](infer_atom, infer_batch& batch) -> caf::result<infer_batch_result> {
-        auto held = hold_lane(self);
-        auto& st = self->state;
-        auto& mm = count_batch(st, batch);
-        status_changed(self);
-        auto runner = ensure_loaded(self, batch.model);
-        if (!runner)
-          return fail_batch(mm, batch, runner.error());
-        return run_batch(st, mm, **runner, batch);
+        return answer_here(self, infer_now(self, batch));
       },
       [self](generate_atom, generate_request& req,
              int64_t key) -> caf::result<generate_reply> {
-        auto held = hold_lane(self);
-        auto& st = self->state;
-        auto& mm = metrics_of(st, req.model);
-        observe_queue(mm, req.enqueued_ms);
-        ++mm.requests;
-        status_changed(self);
-        auto runner = ensure_loaded(self, req.model);
-        if (!runner) {
-          count_failure(mm, runner.error());
-          return runner.error();
-        }
-        auto cancels = st.cfg.cancels;
-        auto sink = req.stream ? req.sink : chunk_sink_actor{};
-        run_clock clock{st.cfg.run_timeout};
-        text_pieces pieces{st.cfg.stream_interval, true};
-        auto flush = [&] {
-          if (auto piece = pieces.take(); !piece.empty())
-            self->send(sink, chunk_atom::value, std::move(piece));
-        };
-        inference::token_callback on_token = [&](const std::string& delta) {
-          if (sink) {
-            pieces.add(delta);
-            if (pieces.due())
-              flush();
-          }
-          return !(cancels && cancels->raised(key)) && !clock.passed();
-        };
-        auto t0 = steady::now();
-        auto out = (*runner)->generate(req.params, on_token);
-        if (sink)
-          flush(); // before the reply; what stays is an incomplete sequence
-        auto spent = seconds_since(t0);
-        mm.compute_seconds.observe(spent);
-        mm.batch_size.observe(1);
-        if (cancels)
-          cancels->clear(key);
-        if (out && clock.stopped()) {
-          auto err = clock.error();
-          count_failure(mm, err);
-          return err;
-        }
-        if (!out) {
-          count_failure(mm, out.error());
-          return out.error();
-        }
-        mm.generated_tokens += out->tokens;
-        mm.generate_seconds += spent;
-        generate_reply reply;
-        reply.text = std::move(out->text);
-        reply.prompt_tokens
-            = static_cast<int64_t>(std::max<std::size_t>(req.params.prompt.size(), 1));
-        reply.tokens = out->tokens;
-        reply.finish_reason = std::move(out->finish_reason);
-        reply.worker = st.cfg.worker_id;
-        return reply;
+        return answer_here(self, generate_now(self, req, key));
       },
       [self](speech_atom, speech_request& req, int64_t key) -> caf::result<speech_reply> {
-        auto held = hold_lane(self);
-        auto& st = self->state;
-        auto& mm = metrics_of(st, req.model);
-        observe_queue(mm, req.enqueued_ms);
-        ++mm.requests;
-        status_changed(self);
-        auto runner = ensure_loaded(self, req.model);
-        if (!runner) {
-          count_failure(mm, runner.error());
-          return runner.error();
-        }
-        auto& m = **runner;
-        auto cancels = st.cfg.cancels;
-        auto sink = req.stream ? req.sink : chunk_sink_actor{};
-        run_clock clock{st.cfg.run_timeout};
-        auto result
-            = synthesize_phrases(m, req.text, [&](int32_t, const std::string& pcm) {
-                if (sink)
-                  self->send(sink, chunk_atom::value, pcm);
-                return !(cancels && cancels->raised(key)) && !clock.passed();
-              });
-        if (cancels)
-          cancels->clear(key);
-        if (!result) {
-          count_failure(mm, result.error());
-          return result.error();
-        }
-        mm.compute_seconds.observe(result->seconds);
-        mm.batch_size.observe(1);
-        auto rate = m.info().sample_rate;
-        auto audio_s = audio_seconds(*result, rate);
-        mm.audio_seconds += audio_s;
-        mm.synthesis_seconds += result->seconds;
-        if (result->stopped) {
-          auto err = clock.stopped()
-                         ? clock.error()
-                         : make_error(errc::timeout,
-                                      "synthesis stopped: the client went away");
-          count_failure(mm, err);
-          return err;
-        }
-        speech_reply reply;
-        reply.pcm16 = std::move(result->pcm16);
-        reply.sample_rate = rate;
-        reply.phrases = result->phrases;
-        reply.real_time_factor = audio_s > 0 ? result->seconds / audio_s : 0;
-        reply.worker = st.cfg.worker_id;
-        return reply;
+        return answer_here(self, synthesize_now(self, req, key));
       },
       [self](status_atom) {
         auto held = hold_lane(self);

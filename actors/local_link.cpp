@@ -46,6 +46,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/caller_runs.hpp"
 #include "actors/cluster.hpp"
 #include "messages/errors.hpp"
 
@@ -83,6 +84,10 @@ constexpr uint32_t max_payload = (1u << 30) + (1u << 20);
 // worker process never blocks the queue actor for longer.
 constexpr auto write_timeout = 2s;
 constexpr auto handshake_timeout = 5s;
+
+/// Set on a hub's reader thread: it reads answers and chunks and must never
+/// block on a write (link_proxy hands its writes to the scheduler).
+thread_local bool on_hub_reader = false;
 
 void set_timeout(int fd, int option, std::chrono::microseconds t) {
   timeval tv{};
@@ -530,13 +535,17 @@ private:
       if (p.sink != 0)
         dropped = take_entry(sinks_, p.sink);
     }
-    p.sender->enqueue(
-        caf::make_mailbox_element(proxy(p.to), p.mid.response_id(), {}, std::move(msg)),
-        nullptr);
+    // The queue's step for the answer runs on this thread if it is idle.
+    caller_runs::deliver(
+        p.sender,
+        caf::make_mailbox_element(proxy(p.to), p.mid.response_id(), {}, std::move(msg)));
   }
 
   void read_loop() {
     name_thread("ig.link.hub");
+    on_hub_reader = true;
+    caller_runs::lease unit{sys_};
+    caller_runs::scope here{*unit};
     frame_decoder decode{sys_};
     frame_in in;
     std::string why = "closed";
@@ -599,6 +608,14 @@ public:
         fallback_(std::move(fallback)) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* host) override {
+    if (on_hub_reader) {
+      // The queue runs on a hub reader when an answer found it idle
+      // (caller_runs). A reader must never wait on a socket: the worker's
+      // reader may itself be blocked writing an answer to it.
+      caller_runs::deliver_elsewhere(
+          home_system(), caf::actor_cast<caf::strong_actor_ptr>(ctrl()), std::move(what));
+      return;
+    }
     if (link_->up()) {
       auto msg = what->move_content_to_message();
       if (link_->send(to_, what->sender, what->mid, msg))
@@ -1045,12 +1062,20 @@ public:
         state->sink_of[seq] = ref;
     }
     auto mid = seq == 0 ? caf::make_message_id() : caf::make_message_id(seq);
-    to->enqueue(caf::make_mailbox_element(replier, mid, {}, std::move(msg)), nullptr);
+    // The worker actor's step runs on this thread if it is idle, unless
+    // more frames wait to be read.
+    auto what = caf::make_mailbox_element(replier, mid, {}, std::move(msg));
+    if (sock().pending())
+      to->enqueue(std::move(what), nullptr);
+    else
+      caller_runs::deliver(to, std::move(what));
     return true;
   }
 
   void read_loop() {
     name_thread("ig.link.worker");
+    caller_runs::lease unit{sys};
+    caller_runs::scope here{*unit};
     frame_decoder decode{sys};
     frame_in in;
     while (sock().read(in)) {

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -45,6 +46,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/caller_runs.hpp"
 #include "http/metrics.hpp"
 #include "http/routes.hpp"
 #include "http/streams.hpp"
@@ -784,6 +786,14 @@ asker_actor* session::asker() {
   return asker_ptr();
 }
 
+/// Whether an ask of this message type may run the gateway and queue on
+/// the I/O thread: interactive inference only.
+template <class Atom, class... Rest>
+constexpr bool runs_here() {
+  return std::is_same<Atom, infer_atom>::value || std::is_same<Atom, generate_atom>::value
+         || std::is_same<Atom, speech_atom>::value;
+}
+
 template <class T, class OnOk, class OnErr, class... Ts>
 void session::ask_raw(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_err,
                       Ts... xs) {
@@ -799,9 +809,18 @@ void session::ask_raw(std::chrono::milliseconds timeout, OnOk on_ok, OnErr on_er
     on_err(*s, err);
   });
   // The handlers run inside on_asker_message, on this session's strand,
-  // while the session exists: `this` is valid there.
-  asker()
-      ->request(state_->gateway, caf::infinite, std::move(xs)...)
+  // while the session exists: `this` is valid there. For interactive
+  // inference the gateway (and the queue it delegates to) runs on this
+  // thread if idle (caller_runs): no scheduler thread to wake. Other asks
+  // (job submits and their group commit, listings, admin) stay off the I/O
+  // thread.
+  auto* self = asker();
+  auto* unit = runs_here<Ts...>() ? caller_runs::current() : nullptr;
+  std::optional<caller_runs::window> open; // runs them when this returns
+  if (unit)
+    open.emplace(*unit);
+  self->context(unit ? static_cast<caf::execution_unit*>(unit) : &asker_context_);
+  self->request(state_->gateway, caf::infinite, std::move(xs)...)
       .then(
           [this, id, on_ok](T& result) mutable {
             if (end_ask(id))
@@ -1994,7 +2013,11 @@ caf::expected<uint16_t> server::start() {
   auto n = d.iocs.size();
   d.threads.reserve(n);
   for (auto& ioc_ptr : d.iocs) {
-    d.threads.emplace_back([&ioc = *ioc_ptr] {
+    d.threads.emplace_back([&ioc = *ioc_ptr, &sys = d.state->sys] {
+      // The gateway and queue steps of this thread's requests run here
+      // when they find those actors idle (no scheduler thread to wake).
+      caller_runs::lease unit{sys};
+      caller_runs::scope here{*unit};
       for (;;) {
         try {
           ioc.run();

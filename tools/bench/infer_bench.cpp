@@ -747,6 +747,12 @@ struct generation_section {
   double direct_seconds = 0;
   double direct_cpu_s = 0;
   latency_summary direct_first_ms;
+  /// From the last text to the end of the response (HTTP: the final chunk,
+  /// [DONE] and the chunked body's end; direct: generate() returning).
+  latency_summary http_tail_ms;
+  latency_summary direct_tail_ms;
+  std::vector<double> http_tail; // ms per counted run, summarised above
+  std::vector<double> direct_tail;
   std::string direct_text;
   /// Per counted run: the CPU the generating thread last ran on (-1 when
   /// unknown) and its tokens/s. On a VM whose vCPUs differ in speed, only
@@ -796,6 +802,7 @@ bool one_stream(http_connection& conn, const std::string& request, bool counted,
       += static_cast<int64_t>(reader.text.size() - reader.first_text_bytes);
   out.http_decode_seconds += reader.last_text_s - reader.first_text_s;
   first_ms.push_back(reader.first_text_s * 1e3);
+  out.http_tail.push_back((s - reader.last_text_s) * 1e3);
   out.http_text = reader.text;
   out.finish_reason = reader.finish_reason;
   return true;
@@ -833,6 +840,7 @@ bool one_generate(model_runner& lm, const inference::generate_params& params,
   out.direct_decode_seconds += last - first;
   out.direct_cpu_s += cpu;
   first_ms.push_back(first * 1e3);
+  out.direct_tail.push_back((s - last) * 1e3);
   out.direct_text = r->text;
   if (s > 0)
     out.direct_runs.emplace_back(::sched_getcpu(), static_cast<double>(r->tokens) / s);
@@ -877,6 +885,8 @@ generation_section measure_generation(const server_process& server, model_runner
     out.server_cpu_s = cpu1 - cpu0;
   out.http_first_ms = summarize(std::move(http_first));
   out.direct_first_ms = summarize(std::move(direct_first));
+  out.http_tail_ms = summarize(std::move(out.http_tail));
+  out.direct_tail_ms = summarize(std::move(out.direct_tail));
   return out;
 }
 
@@ -1449,6 +1459,10 @@ int run_bench_infer(const infer_bench_options& opts) {
         "out): HTTP %s, direct %s tokens/s: %s\n",
         thousands(http_decode_tps).c_str(), thousands(direct_decode_tps).c_str(),
         fixed(decode_ratio, 2).c_str());
+  if (gen_ok)
+    std::printf("last text to the end of the response, p50: HTTP %s ms, direct %s ms\n",
+                ms_text(gen.http_tail_ms.p50).c_str(),
+                ms_text(gen.direct_tail_ms.p50).c_str());
   // Where each side ran: the VM's vCPUs differ in speed from time to time,
   // so a ratio of runs on different CPUs carries that difference too.
   double same_cpu_ratio = 0;
@@ -1643,6 +1657,8 @@ int run_bench_infer(const infer_bench_options& opts) {
   json["gen_decode_ratio"] = figure(gen_ok && decode_ratio > 0, decode_ratio, 3);
   json["gen_same_cpu_ratio"] = figure(same_cpu_ratio > 0, same_cpu_ratio, 3);
   json["gen_ttft_p50_ms"] = figure(http_tps > 0, gen.http_first_ms.p50, 2);
+  json["gen_tail_p50_ms"] = figure(http_tps > 0, gen.http_tail_ms.p50, 3);
+  json["gen_direct_tail_p50_ms"] = figure(direct_tps > 0, gen.direct_tail_ms.p50, 3);
   json["gen_direct_first_token_p50_ms"]
       = figure(direct_tps > 0, gen.direct_first_ms.p50, 2);
   json["gen_same_text"] = same_text;

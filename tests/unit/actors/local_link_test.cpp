@@ -334,6 +334,76 @@ CAF_TEST(a batch the client can run itself never reaches its executor) {
   client->close();
 }
 
+CAF_TEST(large batches both ways keep flowing when each answer sends the next) {
+  // A hub's reader runs an idle requester on its own thread when an answer
+  // arrives (caller_runs); the requester's next request must not be written
+  // there. Here the worker's reader writes 1 MiB answers while a request of
+  // 1 MiB goes the other way; a reader that wrote would wait for the other
+  // reader, which waits for it, until the link's write timeout broke it.
+  auto token = hub->issue("w1");
+  auto client = connect(token);
+  auto direct
+      = [](infer_batch& batch) -> std::optional<caf::expected<infer_batch_result>> {
+    infer_batch_result out;
+    for (auto& r : batch.requests) {
+      tensor_data t;
+      t.name = "direct";
+      t.type = dtype::uint8;
+      t.bytes.assign(std::size_t{1} << 20, 'a');
+      out.outputs.push_back({t});
+      (void)r;
+    }
+    return caf::expected<infer_batch_result>{std::move(out)};
+  };
+  client->serve(caf::actor_cast<caf::strong_actor_ptr>(
+                    sys.spawn(named_runner, std::string{"executor"})),
+                caf::actor_addr{}, direct);
+  auto runner = hub->runner_for(token, fallback);
+  constexpr int rounds = 40;
+  struct tally {
+    std::atomic<int> answers{0};
+    std::atomic<int> errors{0};
+  };
+  auto t = std::make_shared<tally>();
+  auto big = batch_of({"big"});
+  big.requests[0].inputs.resize(1);
+  big.requests[0].inputs[0].type = dtype::uint8;
+  big.requests[0].inputs[0].bytes.assign(std::size_t{1} << 20, 'q');
+  // Two in flight at a time, as the queue keeps (queue.batches_in_flight).
+  auto pump = sys.spawn<caf::lazy_init>([=](caf::event_based_actor* self) {
+    auto sent = std::make_shared<int>(0);
+    // The behavior holds `next`; the handlers reach it weakly (no cycle, so
+    // the runner's handle goes when the actor does).
+    auto next = std::make_shared<std::function<void()>>();
+    std::weak_ptr<std::function<void()>> weak_next = next;
+    auto again = [weak_next] {
+      if (auto n = weak_next.lock())
+        (*n)();
+    };
+    *next = [=] {
+      if (*sent >= rounds)
+        return;
+      ++*sent;
+      self->request(runner, 30s, infer_atom::value, big)
+          .then([=](infer_batch_result&) { ++t->answers, again(); },
+                [=](caf::error&) { ++t->errors, ++t->answers, again(); });
+    };
+    return caf::behavior{[next](caf::atom_constant<caf::atom("go")>) {
+      (*next)();
+      (*next)();
+    }};
+  });
+  caf::anon_send(pump, caf::atom_constant<caf::atom("go")>::value);
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (t->answers.load() < rounds && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  CAF_CHECK_EQUAL(t->answers.load(), rounds);
+  CAF_CHECK_EQUAL(t->errors.load(), 0);
+  CAF_CHECK_EQUAL(hub->connected(), 1);
+  caf::anon_send_exit(pump, caf::exit_reason::user_shutdown);
+  client->close();
+}
+
 CAF_TEST(an unknown or used token is refused and its registration keeps BASP) {
   auto bad = link_client::connect(sys, hub->address(), "not-a-token");
   CAF_REQUIRE(!bad);
