@@ -585,20 +585,29 @@ caf::expected<infer_batch_result> infer_now(executor_pointer self, infer_batch& 
   return run_batch(st, mm, **runner, batch);
 }
 
+// The start of an interactive generation or synthesis: counts the request
+// and its queue time, and makes the model resident. The runner, or the
+// error (counted as a failure).
+caf::expected<model_runner*> begin_run(executor_pointer self, model_metrics& mm,
+                                       const std::string& model, int64_t enqueued_ms) {
+  observe_queue(mm, enqueued_ms);
+  ++mm.requests;
+  status_changed(self);
+  auto runner = ensure_loaded(self, model);
+  if (!runner)
+    count_failure(mm, runner.error());
+  return runner;
+}
+
 // One interactive generation (the executor's generate handler).
 caf::expected<generate_reply> generate_now(executor_pointer self, generate_request& req,
                                            int64_t key) {
   auto held = hold_lane(self);
   auto& st = self->state;
   auto& mm = metrics_of(st, req.model);
-  observe_queue(mm, req.enqueued_ms);
-  ++mm.requests;
-  status_changed(self);
-  auto runner = ensure_loaded(self, req.model);
-  if (!runner) {
-    count_failure(mm, runner.error());
+  auto runner = begin_run(self, mm, req.model, req.enqueued_ms);
+  if (!runner)
     return runner.error();
-  }
   auto cancels = st.cfg.cancels;
   auto sink = req.stream ? req.sink : chunk_sink_actor{};
   run_clock clock{st.cfg.run_timeout};
@@ -651,14 +660,9 @@ caf::expected<speech_reply> synthesize_now(executor_pointer self, speech_request
   auto held = hold_lane(self);
   auto& st = self->state;
   auto& mm = metrics_of(st, req.model);
-  observe_queue(mm, req.enqueued_ms);
-  ++mm.requests;
-  status_changed(self);
-  auto runner = ensure_loaded(self, req.model);
-  if (!runner) {
-    count_failure(mm, runner.error());
+  auto runner = begin_run(self, mm, req.model, req.enqueued_ms);
+  if (!runner)
     return runner.error();
-  }
   auto& m = **runner;
   auto cancels = st.cfg.cancels;
   auto sink = req.stream ? req.sink : chunk_sink_actor{};
