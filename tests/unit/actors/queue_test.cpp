@@ -194,7 +194,8 @@ CAF_TEST(a full job table refuses at once and writes nothing) {
   sched.run();
   self->receive([](job_record&) { CAF_FAIL("fourth submit accepted"); },
                 [](caf::error& err) { CAF_CHECK(code_of(err) == errc::queue_full); });
-  CAF_CHECK_EQUAL(stats().jobs_by_state["queued"], 3);
+  auto now = stats(); // CAF_CHECK_EQUAL would read a temporary's map after its end
+  CAF_CHECK_EQUAL(now.jobs_by_state["queued"], 3);
 }
 
 CAF_TEST(interactive requests go to an idle worker and are bounded) {

@@ -242,8 +242,11 @@ CAF_TEST(halt stops a child with a TERM signal within the grace) {
   CAF_CHECK_LESS(elapsed, 4000);
   CAF_CHECK(gone(pid));
   // Not restarted, and a second halt answers at once.
-  CAF_CHECK_EQUAL(halt(s)[0].state, "stopped");
-  CAF_CHECK_EQUAL(status(s)[0].restarts, 0);
+  // Locals: CAF_CHECK_EQUAL would read a temporary vector after its end.
+  auto halted = halt(s);
+  CAF_CHECK_EQUAL(halted[0].state, "stopped");
+  auto after = status(s);
+  CAF_CHECK_EQUAL(after[0].restarts, 0);
 }
 
 CAF_TEST(halt kills a child that ignores TERM once the grace is over) {
