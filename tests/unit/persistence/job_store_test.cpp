@@ -751,17 +751,9 @@ CAF_TEST(a held write lock costs the retry budget then database busy) {
     return;
   }
   auto rec = enqueue(make_job("m"));
-  auto script = dir.str("hold.sql");
-  {
-    std::ofstream out{script};
-    out << "BEGIN IMMEDIATE;\n"
-           "UPDATE jobs SET priority = priority;\n"
-           ".shell sleep 0.6\n"
-           "ROLLBACK;\n";
-  }
-  auto cmd = "sqlite3 -batch -bail '" + path + "' < '" + script + "'";
-  std::atomic<int> holder_status{-2}; // -2: still running
-  std::thread holder{[cmd, &holder_status] { holder_status = std::system(cmd.c_str()); }};
+  // Both stores open before the shell starts: an open may write, and one
+  // that met the shell's lock would wait it out (seen under ASan, where
+  // opening is slower than starting the shell).
   auto impatient_opts = options();
   impatient_opts.busy_timeout_ms = 2;
   impatient_opts.busy_retry_budget_ms = 40;
@@ -769,8 +761,29 @@ CAF_TEST(a held write lock costs the retry budget then database busy) {
   auto patient_opts = options();
   patient_opts.busy_retry_budget_ms = 5000;
   auto patient = value_of(job_store::open(patient_opts), "open");
-  // Poll until the shell holds the lock (renew of a missing job writes
-  // nothing but still needs the lock).
+  auto script = dir.str("hold.sql");
+  auto held = dir.str("held");
+  {
+    // The shell says when it holds the lock: starting it takes longer
+    // than the poll below may wait under a sanitizer.
+    std::ofstream out{script};
+    out << "BEGIN IMMEDIATE;\n"
+           "UPDATE jobs SET priority = priority;\n"
+           ".shell touch '"
+        << held
+        << "'\n"
+           ".shell sleep 0.6\n"
+           "ROLLBACK;\n";
+  }
+  auto cmd = "sqlite3 -batch -bail '" + path + "' < '" + script + "'";
+  std::atomic<int> holder_status{-2}; // -2: still running
+  std::thread holder{[cmd, &holder_status] { holder_status = std::system(cmd.c_str()); }};
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!std::filesystem::exists(held) && holder_status.load() == -2
+         && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // Poll until the busy answer (renew of a missing job writes nothing but
+  // still needs the lock).
   caf::error busy;
   double busy_ms = 0;
   for (int i = 0; i < 3000 && !busy; ++i) {
@@ -2169,7 +2182,8 @@ CAF_TEST(complete_batch completes each job as complete would in one transaction)
     if (i > 0)
       CAF_CHECK_GREATER(events[i].seq, events[i - 1].seq);
     CAF_CHECK_EQUAL(events[i].time_ms, t1);
-    CAF_CHECK_EQUAL(events_of(events[i].job_id).back().seq, events[i].seq);
+    auto of_job = events_of(events[i].job_id); // a local: CAF_CHECK_EQUAL reads late
+    CAF_CHECK_EQUAL(of_job.back().seq, events[i].seq);
   }
   CAF_CHECK(events_of(a.id).back().data_json == status_data("running", 2));
   CAF_CHECK_EQUAL(counts(), "running=1 succeeded=2 cancelled=1");
