@@ -131,17 +131,8 @@ void caller_runs::hand_off(caf::resumable* job) {
 }
 
 void caller_runs::run() {
-  if (running_)
-    return; // the outer loop takes what was added
-  running_ = true;
-  // CAF's resume catches what a handler throws; this keeps the unit usable
-  // should anything else.
-  struct reset {
-    bool& flag;
-    ~reset() {
-      flag = false;
-    }
-  } guard{running_};
+  // Only the outermost window runs (open_ == 1): a window opened by code
+  // run here adds its jobs to this loop.
   while (!jobs_.empty()) {
     auto* job = jobs_.front();
     jobs_.pop_front();

@@ -129,6 +129,7 @@ public:
 private:
   caller_runs() = default;
 
+  /// Resumes the queued jobs within the limits; the outermost window calls it.
   void run();
   /// To the scheduler of the job's own actor system.
   void hand_off(caf::resumable* job);
@@ -138,7 +139,6 @@ private:
   // Touched on the owner thread only.
   std::deque<caf::resumable*> jobs_;
   int open_ = 0;
-  bool running_ = false;
   std::size_t resumed_ = 0;
   std::size_t window_resumes_ = 0;
 };
