@@ -57,6 +57,13 @@ struct executor_state {
   std::map<std::string, double> last_forward_s;
   /// Runs the actor an interactive answer wakes on this thread (answer_here).
   std::unique_ptr<caller_runs::lease> unit;
+  /// What each open session's generate model has seen (its turns so far),
+  /// and which model that was; dropped when the worker closes the session.
+  struct session_context {
+    std::string model;
+    std::shared_ptr<inference::generate_context> ctx;
+  };
+  std::map<std::string, session_context> sessions;
 
   ~executor_state() {
     // Waits for a batch the lane's thread is running on these models.
@@ -624,8 +631,16 @@ caf::expected<generate_reply> generate_now(executor_pointer self, generate_reque
     }
     return !(cancels && cancels->raised(key)) && !clock.passed();
   };
+  // A session's turn continues from what the model saw in its turns before.
+  inference::generate_context* ctx = nullptr;
+  if (!req.session.empty()) {
+    auto& sc = st.sessions[req.session];
+    if (!sc.ctx || sc.model != req.model)
+      sc = {req.model, inference::make_generate_context()};
+    ctx = sc.ctx.get();
+  }
   auto t0 = steady::now();
-  auto out = (*runner)->generate(req.params, on_token);
+  auto out = (*runner)->generate(req.params, on_token, ctx);
   if (sink)
     flush(); // before the reply; what stays is an incomplete sequence
   auto spent = seconds_since(t0);
@@ -829,6 +844,9 @@ executor_actor::behavior_type executor_behavior(executor_pointer self,
       },
       [self](speech_atom, speech_request& req, int64_t key) -> caf::result<speech_reply> {
         return answer_here(self, synthesize_now(self, req, key));
+      },
+      [self](session_atom, const std::string& session) {
+        self->state.sessions.erase(session);
       },
       [self](status_atom) {
         auto held = hold_lane(self);

@@ -71,6 +71,8 @@ using executor_actor = caf::typed_actor<
     caf::replies_to<infer_atom, infer_batch>::with<infer_batch_result>,
     caf::replies_to<generate_atom, generate_request, int64_t>::with<generate_reply>,
     caf::replies_to<speech_atom, speech_request, int64_t>::with<speech_reply>,
+    // The worker closed a session: forget what its model saw.
+    caf::reacts_to<session_atom, std::string>,
     // Self-timer: send the latest model states and metrics to the worker.
     caf::reacts_to<status_atom>>;
 

@@ -2,6 +2,7 @@
 #include "actors/gateway.hpp"
 
 #include <map>
+#include <random>
 
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
@@ -21,6 +22,7 @@ struct gateway_state {
   broker_actor broker;
   gateway_config cfg;
   std::map<std::string, model_info> models;
+  std::mt19937_64 rng{(uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()};
 };
 
 using gateway_pointer = gateway_actor::stateful_pointer<gateway_state>;
@@ -28,6 +30,17 @@ using gateway_pointer = gateway_actor::stateful_pointer<gateway_state>;
 const model_info* find_model(const gateway_state& st, const std::string& name) {
   auto i = st.models.find(name);
   return i == st.models.end() ? nullptr : &i->second;
+}
+
+// A session id: "s-" and 16 hex digits, unguessable enough that one client
+// cannot act on another's session by naming it.
+std::string new_session_id(std::mt19937_64& rng) {
+  static constexpr char hex[] = "0123456789abcdef";
+  auto x = rng();
+  std::string out = "s-";
+  for (int i = 60; i >= 0; i -= 4)
+    out += hex[(x >> i) & 0xf];
+  return out;
 }
 
 caf::error unknown_model(const std::string& name) {
@@ -175,6 +188,23 @@ gateway_actor::behavior_type gateway_behavior(gateway_pointer self, queue_actor 
       },
       [self](unsub_atom, int64_t id, event_subscriber_actor& who) {
         self->send(self->state.broker, unsub_atom::value, id, std::move(who));
+      },
+      [self](session_atom, session_open& req) -> caf::result<session_grant> {
+        auto& st = self->state;
+        auto m = find_model(st, req.model);
+        if (m == nullptr)
+          return unknown_model(req.model);
+        if (m->kind == model_kind::tensor)
+          return make_error(errc::invalid_input,
+                            "model: '" + req.model
+                                + "' is a tensor model; sessions serve generate and "
+                                  "speech models");
+        req.session_id = new_session_id(st.rng);
+        return self->delegate(st.queue, session_atom::value, std::move(req));
+      },
+      [self](session_atom, const std::string& id,
+             const std::string& action) -> caf::result<std::string> {
+        return self->delegate(self->state.queue, session_atom::value, id, action);
       },
   };
 }

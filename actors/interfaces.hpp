@@ -55,6 +55,7 @@ using artifact_atom = caf::atom_constant<caf::atom("artifact")>;
 using batch_atom = caf::atom_constant<caf::atom("batch")>;
 using join_atom = caf::atom_constant<caf::atom("join")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using session_atom = caf::atom_constant<caf::atom("session")>;
 
 /// Receives a streamed interactive result piece by piece, in order: the text
 /// deltas of a generation, or the PCM16 little-endian bytes of speech. The
@@ -127,12 +128,16 @@ struct generate_request {
   /// False: the sink only watches the client (its exit cancels the run);
   /// no pieces are sent to it.
   bool stream = true;
+  /// A turn of this session (WebSocket /v1/sessions): it runs on the
+  /// session's worker, which keeps the model's state from the turns before.
+  /// Empty: a request of its own.
+  std::string session;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.model, x.params, x.request_id,
-           x.sink, x.enqueued_ms, x.stream);
+           x.sink, x.enqueued_ms, x.stream, x.session);
 }
 
 struct generate_reply {
@@ -162,12 +167,67 @@ struct speech_request {
   int64_t enqueued_ms = 0;
   /// False: the sink only watches the client; no audio is sent to it.
   bool stream = true;
+  /// A turn of this session; empty: a request of its own.
+  std::string session;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, speech_request& x) {
   return f(caf::meta::type_name("speech_request"), x.model, x.text, x.voice, x.request_id,
-           x.sink, x.enqueued_ms, x.stream);
+           x.sink, x.enqueued_ms, x.stream, x.session);
+}
+
+/// What the queue tells a session about itself while it waits for a worker
+/// and once it ends without being asked to.
+struct session_event {
+  /// "queue.position" (waiting) or "session.end".
+  std::string type;
+  /// Waiting: 1 when next; the estimated wait in ms, -1 when unknown.
+  int64_t position = 0;
+  int64_t eta_ms = -1;
+  /// session.end: pause_timeout, idle_timeout, worker_lost or timeout.
+  std::string reason;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, session_event& x) {
+  return f(caf::meta::type_name("session_event"), x.type, x.position, x.eta_ms, x.reason);
+}
+
+/// Receives a session's events (the session actor). When it goes down, the
+/// queue ends the session (or drops it from the FIFO) and frees its worker.
+using session_events_actor
+    = caf::typed_actor<caf::reacts_to<session_atom, session_event>>;
+
+/// Asks for a worker reserved for one interactive session. It waits in the
+/// interactive FIFO like any request (capacity, deadline); the queue's
+/// dispatch step grants it to an idle worker that serves the model and
+/// marks that worker SESSION_ACTIVE in the same step.
+struct session_open {
+  std::string model;
+  /// Set by the gateway ("s-" and 16 hex digits).
+  std::string session_id;
+  /// The session actor: events, and its exit ends the session.
+  session_events_actor events;
+  std::string request_id;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, session_open& x) {
+  return f(caf::meta::type_name("session_open"), x.model, x.session_id, x.events,
+           x.request_id);
+}
+
+struct session_grant {
+  std::string session_id;
+  std::string worker;
+  /// How long it waited in the FIFO.
+  int64_t waited_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, session_grant& x) {
+  return f(caf::meta::type_name("session_grant"), x.session_id, x.worker, x.waited_ms);
 }
 
 struct speech_reply {
@@ -241,6 +301,9 @@ struct cluster_stats {
   int32_t workers_ready = 0;
   int32_t workers_busy = 0;
   int64_t interactive_waiting = 0;
+  /// Interactive sessions holding a worker, and those waiting for one.
+  int32_t sessions_active = 0;
+  int64_t sessions_waiting = 0;
   /// Models served by at least one ready worker.
   std::vector<std::string> ready_models;
   /// Every registered worker: phase, model states, per-model metrics.
@@ -250,8 +313,8 @@ struct cluster_stats {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cluster_stats& x) {
   return f(caf::meta::type_name("cluster_stats"), x.jobs_by_state, x.workers_total,
-           x.workers_ready, x.workers_busy, x.interactive_waiting, x.ready_models,
-           x.workers);
+           x.workers_ready, x.workers_busy, x.interactive_waiting, x.sessions_active,
+           x.sessions_waiting, x.ready_models, x.workers);
 }
 
 /// Receives the live events of the jobs it subscribed to (an SSE stream).
@@ -292,7 +355,11 @@ using worker_actor = caf::typed_actor<
     caf::replies_to<unload_atom, std::string>::with<worker_status>,
     // The queue drains (true) or resumes (false) this worker: it shows
     // DRAINING and gets no new work; what runs finishes.
-    caf::reacts_to<drain_atom, bool>>;
+    caf::reacts_to<drain_atom, bool>,
+    // The queue reserved this worker for session (id) ("open"), or the
+    // session paused, resumed or ended ("pause", "resume", "close"): the
+    // worker moves to SESSION_ACTIVE, SESSION_PAUSED, SESSION_ACTIVE, IDLE.
+    caf::reacts_to<session_atom, std::string, std::string>>;
 
 /// The part of the queue a worker talks to.
 using queue_feedback_actor
@@ -352,7 +419,17 @@ using queue_actor = queue_feedback_actor::extend<
     caf::replies_to<drain_atom, std::string, bool>::with<worker_status>,
     // From the door: true when no live worker has this id (a second node
     // with the same id is refused before it loads its models).
-    caf::replies_to<join_atom, std::string>::with<bool>, caf::reacts_to<qtick_atom>>;
+    caf::replies_to<join_atom, std::string>::with<bool>, caf::reacts_to<qtick_atom>,
+    // Sessions: a worker for one (queued, see session_open); then (id,
+    // "pause" | "resume" | "stop") -> the worker's phase afterwards
+    // (SESSION_PAUSED, SESSION_ACTIVE, IDLE). A session's turns are
+    // generate_request / speech_request with `session` set: they run on its
+    // worker at once (conflict while paused or while a turn runs).
+    caf::replies_to<session_atom, session_open>::with<session_grant>,
+    caf::replies_to<session_atom, std::string, std::string>::with<std::string>,
+    // Self-timer: session (id) may have passed its pause or idle timeout
+    // (valid while its activity count is still the int64_t).
+    caf::reacts_to<session_atom, std::string, int64_t>>;
 
 /// The gateway: admission and validation in front of the queue. What http/
 /// talks to. Errors are infergrid::errc values with a message.
@@ -389,7 +466,11 @@ using gateway_actor = caf::typed_actor<
     // Live events of a job (see broker_actor); subscribe before reading the
     // backlog, then drop events whose seq was already sent.
     caf::replies_to<subscribe_atom, int64_t, event_subscriber_actor>::with<bool>,
-    caf::reacts_to<unsub_atom, int64_t, event_subscriber_actor>>;
+    caf::reacts_to<unsub_atom, int64_t, event_subscriber_actor>,
+    // Sessions (see queue_actor): the gateway checks the model and names
+    // the session.
+    caf::replies_to<session_atom, session_open>::with<session_grant>,
+    caf::replies_to<session_atom, std::string, std::string>::with<std::string>>;
 
 } // namespace infergrid
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <caf/actor_system.hpp>
@@ -65,6 +66,20 @@ struct worker_entry {
     std::function<void(const caf::error&)> fail;
   };
   std::map<uint64_t, inflight_entry> inflight;
+  /// The interactive session this worker is reserved for, if any: it takes
+  /// no other work until the session ends.
+  struct session_slot {
+    std::string id;
+    std::string model;
+    session_events_actor events;
+    bool paused = false;
+    bool turn_running = false;
+    /// Counts turns, pauses and resumes: a timeout armed for an older count
+    /// is stale.
+    int64_t activity = 0;
+    caf::actor_clock::time_point opened;
+  };
+  std::optional<session_slot> session;
 };
 
 struct pending_submit {
@@ -80,7 +95,7 @@ constexpr int64_t worker_row_refresh_ms = 5000;
 
 /// One interactive request waiting for a worker.
 struct pending_work {
-  enum kind_t { infer, generate, speech } kind = infer;
+  enum kind_t { infer, generate, speech, session } kind = infer;
   std::string model;
   caf::actor_clock::time_point arrived;
   caf::actor_clock::time_point deadline;
@@ -90,6 +105,10 @@ struct pending_work {
   caf::typed_response_promise<generate_reply> generate_rp;
   speech_request speech_req;
   caf::typed_response_promise<speech_reply> speech_rp;
+  session_open open_req;
+  caf::typed_response_promise<session_grant> open_rp;
+  /// The position a waiting session was last told (0: none yet).
+  int64_t told_position = 0;
 
   void fail(caf::error err) {
     switch (kind) {
@@ -101,6 +120,9 @@ struct pending_work {
         break;
       case speech:
         speech_rp.deliver(std::move(err));
+        break;
+      case session:
+        open_rp.deliver(std::move(err));
         break;
     }
   }
@@ -127,6 +149,12 @@ struct queue_state {
   /// Submits waiting for the next flush (group commit).
   std::vector<pending_submit> submits;
   bool flush_scheduled = false;
+  /// Open sessions: session id -> the worker reserved for it.
+  std::map<std::string, std::string> sessions;
+  /// Session opens waiting in the FIFO.
+  int64_t sessions_waiting = 0;
+  /// Recent session length per model (EWMA, ms): the wait estimate.
+  std::map<std::string, double> session_ms;
 };
 
 using queue_pointer = queue_actor::stateful_pointer<queue_state>;
@@ -186,9 +214,10 @@ bool serves(const queue_state& st, const std::string& model) {
   return false;
 }
 
-/// Busy with anything: no durable work, no generation or synthesis.
+/// Busy with anything (reserved for a session included): no durable work,
+/// no generation or synthesis.
 bool working(const worker_entry& w) {
-  return w.busy || w.batches_out > 0;
+  return w.busy || w.batches_out > 0 || w.session.has_value();
 }
 
 // The worker's status as the queue shows it (phase from its own view).
@@ -197,9 +226,13 @@ worker_status status_of(const worker_entry& w) {
   ws.worker_id = w.id;
   if (w.draining)
     ws.phase = "DRAINING";
+  else if (w.session)
+    ws.phase = w.session->paused ? "SESSION_PAUSED" : "SESSION_ACTIVE";
   else if (ws.phase.empty() || ws.phase == "IDLE" || ws.phase == "BUSY"
-           || ws.phase == "DRAINING")
+           || ws.phase == "DRAINING" || ws.phase == "SESSION_ACTIVE"
+           || ws.phase == "SESSION_PAUSED")
     ws.phase = working(w) ? "BUSY" : "IDLE";
+  ws.session = w.session ? w.session->id : std::string{};
   ws.host = w.host;
   ws.claim_path = w.claim_path;
   ws.last_seen_ms = w.last_seen_ms;
@@ -210,6 +243,8 @@ worker_status status_of(const worker_entry& w) {
 void fail_unservable(queue_state& st) {
   for (auto p = st.interactive.begin(); p != st.interactive.end();) {
     if (!serves(st, p->model)) {
+      if (p->kind == pending_work::session)
+        --st.sessions_waiting;
       p->fail(make_error(errc::unavailable,
                          "no ready worker serves model '" + p->model + "'"));
       p = st.interactive.erase(p);
@@ -248,6 +283,7 @@ std::function<bool()> track_inflight(queue_pointer self, worker_entry& w,
 }
 
 void dispatch(queue_pointer self);
+void grant_session(queue_pointer self, worker_entry& w, pending_work p);
 
 // Worker `id` in its registration `order` answered interactive work (a
 // tensor batch when `batch`): it is free again (workers send no idle
@@ -415,7 +451,8 @@ worker_entry* choose_worker(queue_state& st, const std::string& model, bool batc
   std::vector<worker_entry*> candidates;
   int32_t least = std::numeric_limits<int32_t>::max();
   for (auto& w : st.workers) {
-    bool free = batch ? !w.busy && w.batches_out < st.cfg.settings.batches_in_flight
+    bool free = batch ? !w.busy && !w.session
+                            && w.batches_out < st.cfg.settings.batches_in_flight
                             && reserved.count(w.id) == 0
                       : !working(w);
     if (free && !w.draining && w.models.count(model) > 0) {
@@ -480,6 +517,165 @@ void observe_latency(queue_state& st, const std::string& id, const std::string& 
   }
 }
 
+// -- sessions ------------------------------------------------------------------
+
+// Arms the timeout of `w`'s session for its current activity: the pause
+// timeout while paused, the idle timeout otherwise (none while a turn runs).
+void arm_session_timer(queue_pointer self, worker_entry& w) {
+  auto& s = *w.session;
+  if (s.turn_running)
+    return;
+  auto& cfg = self->state.cfg.sessions;
+  auto ms = s.paused ? cfg.pause_timeout_ms : cfg.idle_timeout_ms;
+  if (ms > 0)
+    self->delayed_send(self, std::chrono::milliseconds(ms), session_atom::value, s.id,
+                       s.activity);
+}
+
+// Reserves idle worker `w` for the session `p` asks for (in the dispatch
+// step, so nothing else is given to it) and answers the open.
+void grant_session(queue_pointer self, worker_entry& w, pending_work p) {
+  auto& st = self->state;
+  --st.sessions_waiting;
+  auto& req = p.open_req;
+  worker_entry::session_slot slot;
+  slot.id = req.session_id;
+  slot.model = req.model;
+  slot.events = req.events;
+  slot.opened = self->clock().now();
+  w.session = std::move(slot);
+  st.sessions[req.session_id] = w.id;
+  self->send(w.handle, session_atom::value, req.session_id, std::string{"open"});
+  arm_session_timer(self, w);
+  record_worker(st, w, status_of(w).phase, true);
+  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(self->clock().now()
+                                                                      - p.arrived)
+                    .count();
+  spdlog::info("queue: session {} of model {} on worker {} (waited {} ms)",
+               req.session_id, req.model, w.id, waited);
+  p.open_rp.deliver(session_grant{req.session_id, w.id, waited});
+}
+
+// Ends the session on `w`: tells its client why (unless it asked), frees
+// the worker (once a turn still running answers) and dispatches. Returns
+// the worker's phase before that dispatch (IDLE, or BUSY while the turn
+// still runs).
+std::string end_session(queue_pointer self, worker_entry& w, const std::string& reason,
+                        bool tell_client) {
+  auto& st = self->state;
+  auto s = std::move(*w.session);
+  w.session.reset();
+  st.sessions.erase(s.id);
+  self->demonitor(s.events.address());
+  if (tell_client)
+    self->send(s.events, session_atom::value,
+               session_event{"session.end", 0, -1, reason});
+  self->send(w.handle, session_atom::value, s.id, std::string{"close"});
+  // The turn still running keeps the worker until it answers (stopped by
+  // its sink going down, or finishing).
+  if (s.turn_running)
+    w.busy = true;
+  auto ms
+      = std::chrono::duration<double, std::milli>(self->clock().now() - s.opened).count();
+  auto i = st.session_ms.find(s.model);
+  if (i == st.session_ms.end())
+    st.session_ms.emplace(s.model, ms);
+  else
+    i->second = 0.7 * i->second + 0.3 * ms;
+  spdlog::info("queue: session {} on worker {} ended: {}", s.id, w.id, reason);
+  auto phase = status_of(w).phase;
+  record_worker(st, w, phase, true);
+  dispatch(self);
+  return phase;
+}
+
+// Tells each waiting session its place when it changed: 1 + the requests of
+// its model ahead of it, and an estimate from recent sessions' length.
+void tell_positions(queue_pointer self) {
+  auto& st = self->state;
+  if (st.sessions_waiting <= 0)
+    return;
+  std::map<std::string, int64_t> ahead;
+  for (auto& p : st.interactive) {
+    auto position = ++ahead[p.model];
+    if (p.kind != pending_work::session || p.told_position == position)
+      continue;
+    p.told_position = position;
+    int64_t eta = -1;
+    if (auto i = st.session_ms.find(p.model); i != st.session_ms.end()) {
+      int64_t servers = 0;
+      for (auto& w : st.workers)
+        if (!w.draining && w.models.count(p.model) > 0)
+          ++servers;
+      eta = static_cast<int64_t>(i->second * static_cast<double>(position)
+                                 / static_cast<double>(std::max<int64_t>(servers, 1)));
+    }
+    self->send(p.open_req.events, session_atom::value,
+               session_event{"queue.position", position, eta, {}});
+  }
+}
+
+// The answer to a session's turn came (or failed): the worker serves the
+// session again, or, when the session ended meanwhile, is free.
+void turn_done(queue_pointer self, const std::string& wid, uint64_t order,
+               const std::string& session) {
+  if (auto w = find_worker(self->state, wid); w != nullptr && w->order == order) {
+    if (w->session && w->session->id == session) {
+      w->session->turn_running = false;
+      ++w->session->activity;
+      arm_session_timer(self, *w);
+    } else {
+      w->busy = false;
+    }
+    w->last_seen_ms = now_ms();
+  }
+  dispatch(self);
+}
+
+// Runs a turn of an open session on its worker at once: it never queues
+// (the worker is the session's), and it is refused while the session is
+// paused or another turn runs.
+template <class Reply, class Atom, class Request>
+caf::result<Reply> session_turn(queue_pointer self, Atom atom, Request req) {
+  auto& st = self->state;
+  auto i = st.sessions.find(req.session);
+  auto w = i == st.sessions.end() ? nullptr : find_worker(st, i->second);
+  if (w == nullptr || !w->session)
+    return make_error(errc::not_found, "no session '" + req.session + "'");
+  auto& s = *w->session;
+  if (req.model != s.model)
+    return make_error(errc::invalid_input,
+                      "model: session " + s.id + " serves '" + s.model + "'");
+  if (s.paused)
+    return make_error(errc::conflict, "session " + s.id + " is paused; resume it first");
+  if (s.turn_running)
+    return make_error(errc::conflict, "a turn of session " + s.id + " is running");
+  s.turn_running = true;
+  ++s.activity;
+  req.enqueued_ms = now_ms();
+  auto rp = self->make_response_promise<Reply>();
+  auto probe = latency_probe(self, *w, req.model);
+  auto mine = track_inflight(self, *w, caf::actor_clock::time_point::max(),
+                             [rp](const caf::error& err) mutable { rp.deliver(err); });
+  self->request(w->streams, caf::infinite, atom, std::move(req))
+      .then(
+          [self, wid = w->id, order = w->order, sid = s.id, rp, probe,
+           mine](Reply& out) mutable {
+            if (mine()) {
+              probe();
+              rp.deliver(std::move(out));
+            }
+            turn_done(self, wid, order, sid);
+          },
+          [self, wid = w->id, order = w->order, sid = s.id, rp,
+           mine](caf::error& err) mutable {
+            if (mine())
+              rp.deliver(std::move(err));
+            turn_done(self, wid, order, sid);
+          });
+  return rp;
+}
+
 /// Hands out ready interactive work, oldest first. Tensor requests leave as
 /// a batch when the batch is full or its oldest request waited
 /// max_queue_delay_us (a timer is armed otherwise, and later requests of
@@ -501,7 +697,7 @@ bool dispatch_interactive(queue_pointer self) {
       skip.insert(it->model);
       if (!is_batch)
         for (auto& x : st.workers)
-          if (!x.busy && !x.draining && x.batches_out > 0
+          if (!x.busy && !x.session && !x.draining && x.batches_out > 0
               && x.models.count(it->model) > 0)
             reserved.insert(x.id);
       continue;
@@ -511,7 +707,10 @@ bool dispatch_interactive(queue_pointer self) {
       st.interactive.erase(it);
       ++w->dispatched;
       st.last_chosen = w->order;
-      send_streaming(self, *w, std::move(p));
+      if (p.kind == pending_work::session)
+        grant_session(self, *w, std::move(p));
+      else
+        send_streaming(self, *w, std::move(p));
       return true;
     }
     // The oldest tensor request of its model: is a batch ready?
@@ -562,6 +761,8 @@ void dispatch(queue_pointer self) {
   // Drop expired interactive requests first: their clients have given up.
   for (auto i = st.interactive.begin(); i != st.interactive.end();) {
     if (i->deadline <= now) {
+      if (i->kind == pending_work::session)
+        --st.sessions_waiting;
       i->fail(make_error(errc::timeout, "request waited past its deadline"));
       i = st.interactive.erase(i);
     } else {
@@ -585,6 +786,7 @@ void dispatch(queue_pointer self) {
   }
   if (n > 0)
     st.next_worker = (st.next_worker + 1) % n;
+  tell_positions(self);
 }
 
 // Admits interactive work to the FIFO and dispatches; refusals (429 when
@@ -605,6 +807,8 @@ void admit(queue_pointer self, pending_work p) {
   }
   p.arrived = self->clock().now();
   p.deadline = p.arrived + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
+  if (p.kind == pending_work::session)
+    ++st.sessions_waiting;
   st.interactive.push_back(std::move(p));
   dispatch(self);
 }
@@ -689,6 +893,28 @@ std::string content_type_of(const std::string& name) {
   return "application/octet-stream";
 }
 
+// A session's actor went away (its client left): the session ends, or its
+// open leaves the FIFO.
+void session_client_down(queue_pointer self, const caf::actor_addr& who) {
+  auto& st = self->state;
+  for (auto& w : st.workers) {
+    if (w.session && w.session->events.address() == who) {
+      end_session(self, w, "client_gone", false);
+      return;
+    }
+  }
+  for (auto p = st.interactive.begin(); p != st.interactive.end(); ++p) {
+    if (p->kind == pending_work::session && p->open_req.events.address() == who) {
+      spdlog::info("queue: session {} left before it got a worker",
+                   p->open_req.session_id);
+      --st.sessions_waiting;
+      st.interactive.erase(p);
+      tell_positions(self);
+      return;
+    }
+  }
+}
+
 queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
                                           std::shared_ptr<persistence::job_store> store,
                                           broker_actor broker) {
@@ -702,9 +928,21 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     auto& st = self->state;
     auto i = std::find_if(st.workers.begin(), st.workers.end(),
                           [&](auto& w) { return w.handle.address() == dm.source; });
-    if (i == st.workers.end())
+    if (i == st.workers.end()) {
+      session_client_down(self, dm.source);
       return;
+    }
     spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
+    // Its session ends; the client hears why.
+    if (i->session) {
+      auto s = std::move(*i->session);
+      i->session.reset();
+      st.sessions.erase(s.id);
+      self->demonitor(s.events.address());
+      self->send(s.events, session_atom::value,
+                 session_event{"session.end", 0, -1, "worker_lost"});
+      spdlog::warn("queue: session {} ended with worker {}", s.id, i->id);
+    }
     // Its interactive requests fail now with a retryable error.
     auto inflight = std::move(i->inflight);
     for (auto& [id, entry] : inflight)
@@ -890,12 +1128,73 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
                      &pending_work::infer_rp);
       },
       [self](generate_atom, generate_request& req) -> caf::result<generate_reply> {
+        if (!req.session.empty())
+          return session_turn<generate_reply>(self, generate_atom::value, std::move(req));
         return admit(self, pending_work::generate, std::move(req),
                      &pending_work::generate_req, &pending_work::generate_rp);
       },
       [self](speech_atom, speech_request& req) -> caf::result<speech_reply> {
+        if (!req.session.empty())
+          return session_turn<speech_reply>(self, speech_atom::value, std::move(req));
         return admit(self, pending_work::speech, std::move(req),
                      &pending_work::speech_req, &pending_work::speech_rp);
+      },
+      [self](session_atom, session_open& req) -> caf::result<session_grant> {
+        auto& st = self->state;
+        if (!req.events)
+          return make_error(errc::invalid_input, "a session needs its actor");
+        if (req.session_id.empty() || st.sessions.count(req.session_id) > 0)
+          return make_error(errc::conflict,
+                            "session '" + req.session_id + "' exists already");
+        // Its exit ends the session, or takes its open out of the FIFO.
+        self->monitor(req.events);
+        pending_work p;
+        p.kind = pending_work::session;
+        p.model = req.model;
+        p.open_req = std::move(req);
+        p.open_rp = self->make_response_promise<session_grant>();
+        auto rp = p.open_rp;
+        admit(self, std::move(p));
+        return rp;
+      },
+      [self](session_atom, const std::string& id,
+             const std::string& action) -> caf::result<std::string> {
+        auto& st = self->state;
+        auto i = st.sessions.find(id);
+        auto w = i == st.sessions.end() ? nullptr : find_worker(st, i->second);
+        if (w == nullptr || !w->session)
+          return make_error(errc::not_found, "no session '" + id + "'");
+        auto& s = *w->session;
+        if (action == "stop")
+          return end_session(self, *w, "stopped", false);
+        if (action != "pause" && action != "resume")
+          return make_error(errc::invalid_input,
+                            "action: expected pause, resume or stop, not '" + action
+                                + "'");
+        if (s.turn_running)
+          return make_error(errc::conflict, "a turn of session " + id
+                                                + " is running; interrupt it first");
+        bool pause = action == "pause";
+        if (s.paused != pause) {
+          s.paused = pause;
+          ++s.activity;
+          arm_session_timer(self, *w);
+          self->send(w->handle, session_atom::value, id, action);
+          spdlog::info("queue: session {} on worker {} {}", id, w->id,
+                       pause ? "paused" : "resumed");
+          record_worker(st, *w, status_of(*w).phase, true);
+        }
+        return status_of(*w).phase;
+      },
+      [self](session_atom, const std::string& id, int64_t activity) {
+        auto& st = self->state;
+        auto i = st.sessions.find(id);
+        auto w = i == st.sessions.end() ? nullptr : find_worker(st, i->second);
+        if (w == nullptr || !w->session || w->session->activity != activity
+            || w->session->turn_running)
+          return;
+        end_session(self, *w, w->session->paused ? "pause_timeout" : "idle_timeout",
+                    true);
       },
       [self](batch_atom) {
         self->state.batch_timer = caf::actor_clock::time_point::max();
@@ -1013,6 +1312,8 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         }
         out.workers_total = static_cast<int32_t>(st.workers.size());
         out.interactive_waiting = static_cast<int64_t>(st.interactive.size());
+        out.sessions_active = static_cast<int32_t>(st.sessions.size());
+        out.sessions_waiting = st.sessions_waiting;
         out.ready_models.assign(ready.begin(), ready.end());
         return out;
       },

@@ -37,6 +37,8 @@ struct queue_config {
   /// (tensor requests), or waiting only (generations and synthesis, which
   /// stream and are bounded by the worker's own deadline).
   int64_t interactive_timeout_ms = 30000;
+  /// Pause and idle timeouts of interactive sessions.
+  sessions_settings sessions;
   /// Every model of the repository: batching settings per model.
   std::vector<model_info> models;
   /// data_dir/artifacts: where durable jobs' files are found.

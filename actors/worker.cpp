@@ -30,6 +30,10 @@ std::string to_string(worker_phase p) {
       return "IDLE";
     case worker_phase::busy:
       return "BUSY";
+    case worker_phase::session_active:
+      return "SESSION_ACTIVE";
+    case worker_phase::session_paused:
+      return "SESSION_PAUSED";
     case worker_phase::error:
       return "ERROR";
     case worker_phase::draining:
@@ -94,6 +98,10 @@ struct worker_state {
   std::vector<model_status> model_states;
   std::vector<model_metrics> metrics;
   bool draining = false;
+  /// The session this worker is reserved for (empty: none), and whether it
+  /// is paused.
+  std::string session;
+  bool session_paused = false;
 };
 
 using worker_pointer = worker_actor::stateful_pointer<worker_state>;
@@ -241,19 +249,29 @@ void transition(worker_pointer self, worker_phase next) {
   st.phase = next;
 }
 
+// The phase of a worker that runs nothing: drained, reserved for a session,
+// or idle.
+worker_phase resting_phase(const worker_state& st) {
+  if (st.draining)
+    return worker_phase::draining;
+  if (!st.session.empty())
+    return st.session_paused ? worker_phase::session_paused
+                             : worker_phase::session_active;
+  return worker_phase::idle;
+}
+
 // Ends the current piece of work and tells the queue (the one dispatch point).
 void become_idle(worker_pointer self, bool found_work) {
   auto& st = self->state;
   st.held.clear();
-  transition(self, st.draining ? worker_phase::draining : worker_phase::idle);
+  transition(self, resting_phase(st));
   self->send(st.queue, idle_atom::value, st.cfg.id, found_work);
 }
 
 // Ends a piece of interactive work. The queue learns from the answer itself
 // (one message between nodes instead of two), so no idle message follows.
 void end_interactive(worker_pointer self) {
-  auto& st = self->state;
-  transition(self, st.draining ? worker_phase::draining : worker_phase::idle);
+  transition(self, resting_phase(self->state));
 }
 
 void log_failure(worker_pointer self, const job_record& job, const job_error& err,
@@ -450,7 +468,9 @@ void claim_and_run(worker_pointer self) {
 template <class Reply, class Atom, class Request>
 caf::result<Reply> run_streaming(worker_pointer self, Atom atom, Request req) {
   auto& st = self->state;
-  transition(self, worker_phase::busy);
+  // A session's turn: the worker stays SESSION_ACTIVE (it is the session's).
+  if (req.session.empty())
+    transition(self, worker_phase::busy);
   auto key = --st.next_key;
   caf::actor_addr sink_addr;
   if (req.sink) {
@@ -650,10 +670,33 @@ worker_actor::behavior_type worker_behavior(worker_pointer self,
         st.draining = drain;
         if (st.phase != worker_phase::error && st.phase != worker_phase::loading)
           transition(self,
-                     drain ? worker_phase::draining
-                           : (st.held.empty() ? worker_phase::idle : worker_phase::busy));
+                     drain || st.held.empty() ? resting_phase(st) : worker_phase::busy);
         spdlog::info("worker {}: {}", st.cfg.id, drain ? "DRAINING" : "resumed");
         self->send(st.queue, status_atom::value, make_status(st));
+      },
+      [self](session_atom, const std::string& session, const std::string& action) {
+        auto& st = self->state;
+        if (action == "open") {
+          st.session = session;
+          st.session_paused = false;
+        } else if (session != st.session) {
+          spdlog::warn("worker {}: {} of session {}, but it serves {}", st.cfg.id, action,
+                       session, st.session.empty() ? "none" : st.session);
+          return;
+        } else if (action == "pause" || action == "resume") {
+          st.session_paused = action == "pause";
+        } else if (action == "close") {
+          st.session.clear();
+          st.session_paused = false;
+          self->send(st.exec, session_atom::value, session);
+        } else {
+          spdlog::warn("worker {}: unknown session action '{}'", st.cfg.id, action);
+          return;
+        }
+        spdlog::info("worker {}: session {} {}", st.cfg.id, session, action);
+        if (st.phase != worker_phase::error && st.phase != worker_phase::loading
+            && st.phase != worker_phase::busy)
+          transition(self, resting_phase(st));
       },
       [self](status_atom, std::vector<model_status>& states,
              std::vector<model_metrics>& metrics) {

@@ -19,7 +19,17 @@
 namespace infergrid {
 
 /// Worker states as ARCHITECTURE.md names them.
-enum class worker_phase : uint8_t { loading, idle, busy, error, draining };
+enum class worker_phase : uint8_t {
+  loading,
+  idle,
+  busy,
+  /// Reserved for one interactive session (its turns run here), or that
+  /// session paused.
+  session_active,
+  session_paused,
+  error,
+  draining,
+};
 
 std::string to_string(worker_phase p);
 

@@ -158,6 +158,13 @@ std::string metrics_registry::render(const cluster_stats* stats,
     out += "infergrid_interactive_waiting ";
     out += std::to_string(stats->interactive_waiting);
     out += '\n';
+    header(out, "infergrid_sessions", "gauge",
+           "Interactive sessions holding a worker (active) or waiting for one.");
+    out += "infergrid_sessions{state=\"active\"} ";
+    out += std::to_string(stats->sessions_active);
+    out += "\ninfergrid_sessions{state=\"waiting\"} ";
+    out += std::to_string(stats->sessions_waiting);
+    out += '\n';
     render_model_metrics(out, stats->workers);
   }
   return out;
@@ -225,7 +232,8 @@ void histogram_samples(std::string& out, const std::string& name,
   sample(out, (name + "_count").c_str(), labels, std::to_string(total));
 }
 
-const char* const worker_phases[] = {"LOADING", "IDLE", "BUSY", "ERROR", "DRAINING"};
+const char* const worker_phases[] = {
+    "LOADING", "IDLE", "BUSY", "SESSION_ACTIVE", "SESSION_PAUSED", "ERROR", "DRAINING"};
 
 } // namespace
 

@@ -342,6 +342,8 @@ route_match match_route(std::string_view method, std::string_view target) {
              && is(3, "unload")) {
     post(route_id::model_unload, "/v1/models/{m}/unload");
     param = seg[2];
+  } else if (n == 2 && is(0, "v1") && is(1, "sessions")) {
+    get(route_id::sessions, "/v1/sessions");
   } else if (n == 2 && is(0, "v1") && is(1, "completions")) {
     post(route_id::completions, "/v1/completions");
   } else if (n == 3 && is(0, "v1") && is(1, "chat") && is(2, "completions")) {
@@ -351,6 +353,8 @@ route_match match_route(std::string_view method, std::string_view target) {
   } else if (n >= 3 && is(0, "admin") && is(1, "api")) {
     if (n == 3 && is(2, "workers")) {
       get(route_id::admin_workers, "/admin/api/workers");
+    } else if (n == 3 && is(2, "sessions")) {
+      get(route_id::admin_sessions, "/admin/api/sessions");
     } else if (n == 3 && is(2, "queue")) {
       get(route_id::admin_queue, "/admin/api/queue");
     } else if (n == 5 && is(2, "workers") && !seg[3].empty()) {
@@ -394,6 +398,7 @@ bool is_admin_route(route_id id) {
     case route_id::admin_worker_drain:
     case route_id::admin_worker_resume:
     case route_id::admin_queue:
+    case route_id::admin_sessions:
       return true;
     default:
       return false;
@@ -1022,6 +1027,7 @@ json worker_object(const worker_status& w) {
               {"claim_path", w.claim_path},
               {"last_seen", time_or_null(w.last_seen_ms)},
               {"running_jobs", w.running_jobs},
+              {"session", w.session.empty() ? json(nullptr) : json(w.session)},
               {"memory_budget_mb", w.memory_budget_mb},
               {"models", std::move(models)}};
 }
@@ -1049,6 +1055,19 @@ reply worker_reply(const worker_status& w) {
   return json_reply(200, worker_object(w));
 }
 
+reply sessions_reply(const cluster_stats& stats) {
+  auto list = json::array();
+  for (auto& w : stats.workers)
+    if (!w.session.empty())
+      list.push_back(
+          json{{"session_id", w.session}, {"worker", w.worker_id}, {"state", w.phase}});
+  std::sort(list.begin(), list.end(), [](const json& x, const json& y) {
+    return x["session_id"].get<std::string>() < y["session_id"].get<std::string>();
+  });
+  return json_reply(
+      200, json{{"sessions", std::move(list)}, {"waiting", stats.sessions_waiting}});
+}
+
 reply queue_reply(const cluster_stats& stats) {
   // The states of API.md in their order (every one, 0 when absent), then
   // any other name the queue reports.
@@ -1066,6 +1085,8 @@ reply queue_reply(const cluster_stats& stats) {
       by_state[name] = n;
   return json_reply(200, json{{"jobs_by_state", std::move(by_state)},
                               {"interactive_waiting", stats.interactive_waiting},
+                              {"sessions_active", stats.sessions_active},
+                              {"sessions_waiting", stats.sessions_waiting},
                               {"workers_total", stats.workers_total},
                               {"workers_ready", stats.workers_ready},
                               {"workers_busy", stats.workers_busy}});

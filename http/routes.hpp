@@ -85,6 +85,10 @@ enum class route_id {
   admin_worker_resume,
   /// GET /admin/api/queue.
   admin_queue,
+  /// GET /admin/api/sessions: the open sessions and their workers.
+  admin_sessions,
+  /// GET /v1/sessions: a WebSocket upgrade (API.md "Sessions").
+  sessions,
 };
 
 /// True for the /admin/api routes (the admin role, once auth exists).
@@ -245,6 +249,10 @@ std::string worker_json(const worker_status& w);
 /// order), "interactive_waiting", "workers_total", "workers_ready",
 /// "workers_busy"}.
 reply queue_reply(const cluster_stats& stats);
+
+/// GET /admin/api/sessions: {"sessions": [{"session_id", "worker", "state"}]
+/// (by id), "waiting": N}.
+reply sessions_reply(const cluster_stats& stats);
 
 // -- OpenAI routes and speech --------------------------------------------------
 

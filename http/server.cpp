@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/http/file_body.hpp>
+#include <boost/beast/websocket.hpp>
 
 #include <caf/actor_companion.hpp>
 #include <caf/actor_system.hpp>
@@ -47,6 +49,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/caller_runs.hpp"
+#include "actors/session.hpp"
 #include "http/metrics.hpp"
 #include "http/routes.hpp"
 #include "http/streams.hpp"
@@ -96,7 +99,21 @@ constexpr auto load_backstop = std::chrono::minutes(10);
 
 constexpr const char* metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Largest frame a session's client may send (larger: the connection closes
+/// with 1009 "message too big"). No model kind takes audio input yet, so
+/// binary frames need no more than text ones.
+constexpr std::size_t ws_max_frame = 64 * 1024;
+
+/// Frames a session holds for a client that does not take them (about 170 s
+/// of 24 kHz audio); past it the connection closes and the session ends.
+constexpr std::size_t ws_max_pending = 8 * 1024 * 1024;
+
+/// Frames from the client waiting for the session actor; past it the
+/// connection stops reading until the actor catches up.
+constexpr int64_t ws_max_unhandled = 64;
+
 class session;
+class ws_connection;
 
 /// An actor_companion (messages go to a callback: here, onto a session's
 /// strand) that can also send requests; CAF 0.17's companion only sends.
@@ -114,11 +131,12 @@ struct gate {
   std::mutex mtx;
   bool open = true;
 
-  /// Runs `f(session&)` on the session's strand if both are still there.
-  /// Called from CAF threads. Everything that touches Asio objects here
-  /// happens under the lock, while the session's io_context is alive.
-  template <class F>
-  void post(const std::weak_ptr<session>& weak, F&& f);
+  /// Runs `f(conn&)` on the connection's strand if both are still there
+  /// (an HTTP session or a WebSocket connection). Called from CAF threads.
+  /// Everything that touches Asio objects here happens under the lock,
+  /// while the connection's io_context is alive.
+  template <class Conn, class F>
+  void post(const std::weak_ptr<Conn>& weak, F&& f);
 };
 
 /// What the server shares with its sessions. Outlives the server when a
@@ -185,6 +203,9 @@ struct shared_state {
   std::mutex sessions_mtx;
   std::unordered_map<uint64_t, std::shared_ptr<session>> sessions;
   uint64_t next_session_id = 0;
+  /// Open WebSocket connections (GET /v1/sessions), by the id of the HTTP
+  /// connection they were upgraded from. Guarded by sessions_mtx.
+  std::unordered_map<uint64_t, std::shared_ptr<ws_connection>> sockets;
 
   void remove(uint64_t id) {
     std::shared_ptr<session> victim; // destroyed outside the lock
@@ -193,6 +214,16 @@ struct shared_state {
     if (i != sessions.end()) {
       victim = std::move(i->second);
       sessions.erase(i);
+    }
+  }
+
+  void remove_socket(uint64_t id) {
+    std::shared_ptr<ws_connection> victim; // destroyed outside the lock
+    std::lock_guard<std::mutex> guard{sessions_mtx};
+    auto i = sockets.find(id);
+    if (i != sockets.end()) {
+      victim = std::move(i->second);
+      sockets.erase(i);
     }
   }
 };
@@ -485,6 +516,9 @@ private:
 
   void dispatch_request();
 
+  /// GET /v1/sessions: hands the socket to a WebSocket connection.
+  void upgrade_to_session();
+
   void on_write(bool keep_alive, beast::error_code ec, std::size_t) {
     if (busy_) {
       busy_ = false;
@@ -757,8 +791,8 @@ private:
   clock_type::time_point started_;
 };
 
-template <class F>
-void gate::post(const std::weak_ptr<session>& weak, F&& f) {
+template <class Conn, class F>
+void gate::post(const std::weak_ptr<Conn>& weak, F&& f) {
   std::lock_guard<std::mutex> guard{mtx};
   if (!open)
     return;
@@ -1110,8 +1144,242 @@ void session::dispatch_request() {
       return ask<worker_status>(
           [](session& s, worker_status& w) { s.respond(worker_reply(w)); },
           drain_atom::value, route_.param, route_.id == route_id::admin_worker_drain);
+    case route_id::admin_sessions:
+      return ask<cluster_stats>(
+          [](session& s, cluster_stats& stats) { s.respond(sessions_reply(stats)); },
+          stats_atom::value);
+    case route_id::sessions:
+      return upgrade_to_session();
   }
   respond(error_reply(errc::internal, "unhandled route"));
+}
+
+/// One session over WebSocket (GET /v1/sessions). The connection carries
+/// frames; the session actor (actors/session.hpp) decides what they mean.
+/// Reads go to the actor as they arrive (at most ws_max_unhandled ahead of
+/// it); the actor's frames are written in order, at most ws_max_pending
+/// bytes held. All member functions run on the connection's strand.
+class ws_connection : public std::enable_shared_from_this<ws_connection> {
+public:
+  using executor_type = beast::tcp_stream::executor_type;
+
+  ws_connection(tcp::socket&& socket, std::shared_ptr<shared_state> state, uint64_t id,
+                std::string request_id)
+      : ws_(std::move(socket)), state_(std::move(state)), id_(id),
+        request_id_(std::move(request_id)) {}
+
+  ~ws_connection() {
+    tell_closed();
+  }
+
+  executor_type executor() {
+    return ws_.get_executor();
+  }
+
+  void start(bhttp::request<bhttp::string_body> req) {
+    req_ = std::move(req);
+    // The WebSocket's own timeouts (a ping after half the idle time, closed
+    // when nothing came back) replace the TCP stream's.
+    beast::get_lowest_layer(ws_).expires_never();
+    beast::websocket::stream_base::timeout t;
+    t.handshake_timeout = std::chrono::seconds(10);
+    t.idle_timeout = state_->io_timeout;
+    t.keep_alive_pings = true;
+    ws_.set_option(t);
+    ws_.read_message_max(ws_max_frame);
+    ws_.set_option(beast::websocket::stream_base::decorator(
+        [](beast::websocket::response_type& res) {
+          res.set(bhttp::field::server, "infergrid");
+        }));
+    ws_.async_accept(
+        req_, beast::bind_front_handler(&ws_connection::on_accept, shared_from_this()));
+  }
+
+  /// The server stops: the session ends (its client hears why).
+  void on_stop_accepting() {
+    if (!actor_)
+      return finish();
+    caf::anon_send(actor_, session_atom::value,
+                   session_event{"session.end", 0, -1, "server_stopping"});
+  }
+
+  /// A frame from the session actor.
+  void push(bool binary, std::string data) {
+    if (finished_ || closing_)
+      return;
+    pending_bytes_ += data.size();
+    if (pending_bytes_ > ws_max_pending) {
+      spdlog::warn("{} session: the client takes its frames too slowly ({} bytes held); "
+                   "closing",
+                   request_id_, pending_bytes_);
+      return finish();
+    }
+    out_.push_back(frame{binary, std::move(data)});
+    if (!writing_)
+      write_next();
+  }
+
+  /// The session actor is done: close once the frames before are written.
+  void close_after_writes() {
+    closing_ = true;
+    if (!writing_)
+      write_next();
+  }
+
+  /// The session actor handled one of our frames.
+  void handled() {
+    --unhandled_;
+    if (read_paused_ && !finished_) {
+      read_paused_ = false;
+      do_read();
+    }
+  }
+
+private:
+  struct frame {
+    bool binary;
+    std::string data;
+  };
+
+  void on_accept(beast::error_code ec) {
+    if (ec) {
+      spdlog::info("{} GET /v1/sessions: WebSocket handshake failed: {}", request_id_,
+                   ec.message());
+      return finish();
+    }
+    std::weak_ptr<ws_connection> weak = shared_from_this();
+    auto g = state_->gate_ptr;
+    session_transport out;
+    out.text = [g, weak](std::string data) {
+      g->post(weak, [data = std::move(data)](ws_connection& c) mutable {
+        c.push(false, std::move(data));
+      });
+    };
+    out.binary = [g, weak](std::string data) {
+      g->post(weak, [data = std::move(data)](ws_connection& c) mutable {
+        c.push(true, std::move(data));
+      });
+    };
+    out.close
+        = [g, weak] { g->post(weak, [](ws_connection& c) { c.close_after_writes(); }); };
+    out.handled = [g, weak] { g->post(weak, [](ws_connection& c) { c.handled(); }); };
+    actor_ = spawn_session(state_->sys, state_->gateway, session_config{request_id_},
+                           std::move(out));
+    do_read();
+  }
+
+  void do_read() {
+    if (unhandled_ >= ws_max_unhandled) {
+      read_paused_ = true; // handled() reads on
+      return;
+    }
+    ws_.async_read(
+        in_, beast::bind_front_handler(&ws_connection::on_read, shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, std::size_t) {
+    if (ec) {
+      if (ec != beast::websocket::error::closed && ec != asio::error::operation_aborted)
+        spdlog::info("{} session connection: {}", request_id_, ec.message());
+      return finish();
+    }
+    if (finished_)
+      return;
+    auto data = beast::buffers_to_string(in_.data());
+    in_.consume(in_.size());
+    // The actor acknowledges each frame (transport.handled), so a client
+    // cannot fill its mailbox.
+    ++unhandled_;
+    if (ws_.got_text())
+      caf::anon_send(actor_, ws_text_atom::value, std::move(data));
+    else
+      caf::anon_send(actor_, ws_binary_atom::value, std::move(data));
+    do_read();
+  }
+
+  void write_next() {
+    if (finished_ || writing_)
+      return;
+    if (out_.empty()) {
+      if (closing_) {
+        writing_ = true;
+        ws_.async_close(
+            beast::websocket::close_code::normal,
+            [self = shared_from_this()](beast::error_code) { self->finish(); });
+      }
+      return;
+    }
+    writing_ = true;
+    ws_.binary(out_.front().binary);
+    ws_.async_write(
+        asio::buffer(out_.front().data),
+        beast::bind_front_handler(&ws_connection::on_write, shared_from_this()));
+  }
+
+  void on_write(beast::error_code ec, std::size_t) {
+    writing_ = false;
+    if (ec)
+      return finish();
+    pending_bytes_ -= out_.front().data.size();
+    out_.pop_front();
+    write_next();
+  }
+
+  void tell_closed() {
+    if (actor_ && !told_closed_) {
+      told_closed_ = true;
+      caf::anon_send(actor_, ws_closed_atom::value);
+    }
+  }
+
+  void finish() {
+    if (finished_)
+      return;
+    finished_ = true;
+    tell_closed();
+    beast::error_code ignored;
+    auto& sock = beast::get_lowest_layer(ws_).socket();
+    sock.shutdown(tcp::socket::shutdown_both, ignored);
+    sock.close(ignored);
+    state_->remove_socket(id_);
+  }
+
+  beast::websocket::stream<beast::tcp_stream> ws_;
+  std::shared_ptr<shared_state> state_;
+  uint64_t id_;
+  std::string request_id_;
+  bhttp::request<bhttp::string_body> req_;
+  session_actor actor_;
+  beast::flat_buffer in_;
+  std::deque<frame> out_;
+  std::size_t pending_bytes_ = 0;
+  int64_t unhandled_ = 0;
+  bool read_paused_ = false;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool finished_ = false;
+  bool told_closed_ = false;
+};
+
+void session::upgrade_to_session() {
+  auto& req = parser_->get();
+  if (!beast::websocket::is_upgrade(req))
+    return respond(error_reply(errc::invalid_input,
+                               "GET /v1/sessions: expected a WebSocket upgrade "
+                               "(Connection: Upgrade, Upgrade: websocket)"));
+  std::shared_ptr<ws_connection> conn;
+  {
+    std::lock_guard<std::mutex> guard{state_->sessions_mtx};
+    if (!state_->accepting.load())
+      return respond(error_reply(errc::unavailable, "the server is stopping"));
+    conn = std::make_shared<ws_connection>(stream_.release_socket(), state_, id_,
+                                           request_id_);
+    state_->sockets.emplace(id_, conn);
+  }
+  note_answer(101, "", "");
+  conn->start(parser_->release());
+  // This HTTP connection has no socket any more.
+  finish();
 }
 
 // -- streamed results ----------------------------------------------------------
@@ -2037,6 +2305,7 @@ void server::stop_accepting() {
   auto& d = *impl_;
   std::lock_guard<std::mutex> guard{d.lifecycle_mtx};
   std::vector<std::shared_ptr<session>> open;
+  std::vector<std::shared_ptr<ws_connection>> sockets;
   {
     std::lock_guard<std::mutex> sguard{d.state->sessions_mtx};
     if (!d.state->accepting.exchange(false))
@@ -2044,6 +2313,8 @@ void server::stop_accepting() {
     open.reserve(d.state->sessions.size());
     for (auto& [id, s] : d.state->sessions)
       open.push_back(s);
+    for (auto& [id, c] : d.state->sockets)
+      sockets.push_back(c);
   }
   if (d.acceptor) {
     asio::post(d.acceptor->get_executor(), [&d] {
@@ -2053,10 +2324,15 @@ void server::stop_accepting() {
   }
   // The references move into the handlers, so a session is never destroyed
   // on this thread.
-  auto count = open.size();
+  auto count = open.size() + sockets.size();
   for (auto& s : open) {
     auto ex = s->executor();
     asio::post(ex, [s = std::move(s)] { s->on_stop_accepting(); });
+  }
+  // Sessions end (session.end "server_stopping") and close.
+  for (auto& c : sockets) {
+    auto ex = c->executor();
+    asio::post(ex, [c = std::move(c)] { c->on_stop_accepting(); });
   }
   spdlog::info("http: stopped accepting; {} connection(s) open", count);
 }
@@ -2095,11 +2371,15 @@ void server::stop() {
     d.acceptor->close(ignored);
   d.backoff.reset();
   std::unordered_map<uint64_t, std::shared_ptr<session>> sessions;
+  std::unordered_map<uint64_t, std::shared_ptr<ws_connection>> sockets;
   {
     std::lock_guard<std::mutex> guard{d.state->sessions_mtx};
     sessions.swap(d.state->sessions);
+    sockets.swap(d.state->sockets);
   }
   sessions.clear();
+  // Their session actors hear that the client is gone and end.
+  sockets.clear();
 }
 
 } // namespace infergrid::http

@@ -753,8 +753,24 @@ model_runner::forward(const std::vector<tensor_data>& inputs) {
   }
 }
 
+struct generate_context {
+  c10::IValue state;
+  /// The last sampled token, not fed yet; -1: none.
+  int64_t pending = -1;
+  int64_t fed = 0;
+};
+
+std::shared_ptr<generate_context> make_generate_context() {
+  return std::make_shared<generate_context>();
+}
+
+int64_t context_tokens(const generate_context& ctx) {
+  return ctx.fed;
+}
+
 caf::expected<generate_result> model_runner::generate(const generate_params& params,
-                                                      const token_callback& on_token) {
+                                                      const token_callback& on_token,
+                                                      generate_context* ctx) {
   auto& d = *impl_;
   if (auto err = d.require_kind(model_kind::generate, "generate"))
     return err;
@@ -787,20 +803,33 @@ caf::expected<generate_result> model_runner::generate(const generate_params& par
     warning_guard warnings{warning_handler()};
     c10::InferenceMode guard;
     std::vector<int64_t> prompt;
+    if (ctx != nullptr && ctx->pending >= 0)
+      prompt.push_back(ctx->pending);
     for (unsigned char c : params.prompt)
       prompt.push_back(c);
     if (prompt.empty())
       prompt.push_back('\n');
     c10::IValue state;
+    if (ctx != nullptr) {
+      // Cleared first: a call that throws leaves a fresh context behind.
+      state = std::move(ctx->state);
+      ctx->state = c10::IValue{};
+      ctx->pending = -1;
+    }
+    int64_t fed = 0;
     std::vector<float> logits;
-    if (params.max_tokens > 0)
+    if (params.max_tokens > 0 || ctx != nullptr) {
       logits = d.lm_step(d.token_tensor(prompt), state);
+      fed += static_cast<int64_t>(prompt.size());
+    }
+    int64_t last = -1; // sampled and not fed
     while (result.finish_reason.empty()) {
       if (result.tokens >= params.max_tokens) {
         result.finish_reason = "length";
         break;
       }
       auto token = sample_token(logits, params, rng);
+      last = token;
       result.text.push_back(static_cast<char>(static_cast<unsigned char>(token)));
       ++result.tokens;
       for (auto& s : stop) {
@@ -817,10 +846,20 @@ caf::expected<generate_result> model_runner::generate(const generate_params& par
         result.finish_reason = "cancelled";
         break;
       }
-      if (result.tokens < params.max_tokens)
+      if (result.tokens < params.max_tokens) {
         logits = d.lm_step(d.token_tensor({token}), state);
+        last = -1;
+        ++fed;
+      }
+    }
+    if (ctx != nullptr) {
+      ctx->state = std::move(state);
+      ctx->pending = last;
+      ctx->fed += fed;
     }
   } catch (const std::exception& e) {
+    if (ctx != nullptr)
+      ctx->fed = 0;
     return model_failure(d.info.name, e, d.device.is_cuda());
   }
   // Flush what was held back (the stop string itself is already cut off).

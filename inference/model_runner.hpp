@@ -48,6 +48,17 @@ struct generate_result {
 /// Called with each new piece of text; returning false cancels generation.
 using token_callback = std::function<bool(const std::string& delta)>;
 
+/// What a generate model has seen of one conversation (a session's turns):
+/// its state after the last call and the token it sampled last, which it has
+/// not been fed yet. Opaque here (it holds LibTorch values); a context
+/// belongs to the model that filled it.
+struct generate_context;
+
+std::shared_ptr<generate_context> make_generate_context();
+
+/// Tokens the model has been fed in this context so far.
+int64_t context_tokens(const generate_context& ctx);
+
 class model_runner {
 public:
   ~model_runner();
@@ -79,8 +90,15 @@ public:
   /// UTF-8 bytes are the tokens; forward(tokens [1,T], state) -> (logits
   /// [1,V], state) is called once for the prompt and once per new token.
   /// Calls `on_token` after each token (may be empty).
+  ///
+  /// With `ctx`, the call continues the conversation in it: the model is fed
+  /// the token it sampled last time and then this prompt, starting from its
+  /// state after the last call, so earlier turns are not run again (and the
+  /// prompt is fed even when max_tokens is 0). `ctx` then holds the state
+  /// after this call. A call that fails leaves `ctx` empty (a fresh start).
   caf::expected<generate_result> generate(const generate_params& params,
-                                          const token_callback& on_token = {});
+                                          const token_callback& on_token = {},
+                                          generate_context* ctx = nullptr);
 
   /// Speech synthesis for kind speech: text bytes -> float PCM samples in
   /// [-1, 1] at info().sample_rate.

@@ -102,7 +102,7 @@ typename Inspector::result_type inspect(Inspector& f, model_status& x) {
 /// A worker as the queue last heard of it.
 struct worker_status {
   std::string worker_id;
-  /// LOADING, IDLE, BUSY, ERROR or DRAINING.
+  /// LOADING, IDLE, BUSY, SESSION_ACTIVE, SESSION_PAUSED, ERROR or DRAINING.
   std::string phase;
   /// "cpu", "cuda:0", ...
   std::string device;
@@ -120,13 +120,15 @@ struct worker_status {
   /// Durable jobs it holds now, and the first of them (0: none).
   int64_t running_jobs = 0;
   int64_t current_job = 0;
+  /// The interactive session it is reserved for ("" when none).
+  std::string session;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_status& x) {
   return f(caf::meta::type_name("worker_status"), x.worker_id, x.phase, x.device,
            x.memory_budget_mb, x.models, x.metrics, x.host, x.claim_path, x.last_seen_ms,
-           x.running_jobs, x.current_job);
+           x.running_jobs, x.current_job, x.session);
 }
 
 } // namespace infergrid

@@ -62,6 +62,14 @@ struct workers_settings {
   bool in_process = false;
 };
 
+struct sessions_settings {
+  /// A paused session ends after this long (its worker goes back to IDLE).
+  int64_t pause_timeout_ms = 60000;
+  /// A session with no turn for this long ends (its worker goes back to
+  /// IDLE): a client that holds a worker must use it.
+  int64_t idle_timeout_ms = 300000;
+};
+
 struct cluster_settings {
   /// Where the control node listens for worker nodes (loopback by default).
   std::string host = "127.0.0.1";
@@ -124,6 +132,7 @@ struct settings {
   http_settings http;
   queue_settings queue;
   workers_settings workers;
+  sessions_settings sessions;
   actors_settings actors;
   cluster_settings cluster;
   storage_settings storage;

@@ -238,6 +238,7 @@ int run_control_node(const settings& s, control_role role) {
   auto broker = spawn_broker(sys, broker_config{});
   queue_config qcfg;
   qcfg.settings = s.queue;
+  qcfg.sessions = s.sessions;
   qcfg.interactive_timeout_ms = s.http.request_timeout_ms;
   qcfg.models = valid;
   routing_from_string(s.cluster.routing, qcfg.routing);

@@ -84,6 +84,25 @@ class Server:
 
 
 
+def worker_pid(parent, wid):
+    """The pid of the worker process `wid` whose parent is `parent`, or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"worker" in argv and b"--id" in argv:
+            i = argv.index(b"--id")
+            if i + 1 < len(argv) and argv[i + 1] == wid.encode():
+                return int(entry)
+    return None
+
+
 def classifier_input(rows):
     values = [((i * 7) % 13) / 13.0 - 0.5 for i in range(rows * 16)]
     return {"inputs": [{"name": "x", "shape": [rows, 16], "datatype": "FP32", "data": values}]}

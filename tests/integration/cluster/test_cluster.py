@@ -32,7 +32,7 @@ import traceback
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from harness import (Server, _assert, classifier_input, free_port, report,  # noqa: E402
+from harness import (Server, _assert, classifier_input, free_port, report, worker_pid,  # noqa: E402
                      run_case, wait_for)
 
 FINAL = {"succeeded", "failed", "dead", "cancelled"}
@@ -557,23 +557,6 @@ def test_one_success_per_job(c):
 
 # ------------------------------------------------------------ serve --workers 2
 
-def worker_pid(parent, wid):
-    """The pid of the worker process `wid` whose parent is `parent`, or None."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and b"worker" in argv and b"--id" in argv:
-            i = argv.index(b"--id")
-            if i + 1 < len(argv) and argv[i + 1] == wid.encode():
-                return int(entry)
-    return None
 
 
 def test_serve_restarts_worker(s):

@@ -707,13 +707,16 @@ def test_unload_and_load(s):
 
 ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 WORKER_KEYS = ["id", "state", "device", "host", "claim_path", "last_seen", "running_jobs",
-               "memory_budget_mb", "models"]
+               "session", "memory_budget_mb", "models"]
 
 
 def check_worker(w):
     _assert(list(w.keys()) == WORKER_KEYS, f"worker keys: {list(w.keys())}")
     _assert(isinstance(w["id"], str) and w["id"], w)
-    _assert(w["state"] in ("LOADING", "IDLE", "BUSY", "ERROR", "DRAINING"), w)
+    _assert(w["state"] in ("LOADING", "IDLE", "BUSY", "SESSION_ACTIVE", "SESSION_PAUSED",
+                           "ERROR", "DRAINING"), w)
+    _assert(w["session"] is None or w["state"] in ("SESSION_ACTIVE", "SESSION_PAUSED",
+                                                   "DRAINING"), w)
     _assert(w["device"] == "cpu" or w["device"].startswith("cuda"), w)
     _assert(isinstance(w["host"], str), w)
     _assert(w["claim_path"] in ("in-process", "direct", "queue"), w)
@@ -759,8 +762,9 @@ def test_admin_workers_and_queue(s):
     q = s.get("/admin/api/queue")
     _assert(q.status_code == 200, q.text)
     body = q.json()
-    _assert(list(body.keys()) == ["jobs_by_state", "interactive_waiting", "workers_total",
-                                  "workers_ready", "workers_busy"], body)
+    _assert(list(body.keys()) == ["jobs_by_state", "interactive_waiting", "sessions_active",
+                                  "sessions_waiting", "workers_total", "workers_ready",
+                                  "workers_busy"], body)
     _assert(list(body["jobs_by_state"].keys())[:6]
             == ["queued", "running", "succeeded", "failed", "dead", "cancelled"], body)
     _assert(body["workers_total"] == 1 and body["workers_busy"] in (0, 1), body)

@@ -23,6 +23,10 @@ struct fake_worker_state {
   std::vector<std::size_t> batch_sizes;
   std::vector<int64_t> cancels;
   std::vector<std::string> generate_prompts;
+  /// The session of each generation ("" for none), in order.
+  std::vector<std::string> generate_sessions;
+  /// "id action" for each session message.
+  std::vector<std::string> session_actions;
   std::vector<bool> drains;
 };
 
@@ -47,6 +51,7 @@ fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
       },
       [self](generate_atom, const generate_request& req) -> generate_reply {
         self->state.generate_prompts.push_back(req.params.prompt);
+        self->state.generate_sessions.push_back(req.session);
         generate_reply out;
         out.text = std::string(req.params.prompt.rbegin(), req.params.prompt.rend());
         out.finish_reason = "length";
@@ -70,6 +75,9 @@ fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
       [](load_atom, const std::string&) -> worker_status { return {}; },
       [](unload_atom, const std::string&) -> worker_status { return {}; },
       [self](drain_atom, bool drain) { self->state.drains.push_back(drain); },
+      [self](session_atom, const std::string& id, const std::string& action) {
+        self->state.session_actions.push_back(id + " " + action);
+      },
   };
 }
 

@@ -38,6 +38,7 @@ worker_actor::behavior_type silent_worker(worker_actor::pointer self) {
       [](load_atom, const std::string&) -> worker_status { return {}; },
       [](unload_atom, const std::string&) -> worker_status { return {}; },
       [](drain_atom, bool) {},
+      [](session_atom, const std::string&, const std::string&) {},
   };
 }
 

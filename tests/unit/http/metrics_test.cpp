@@ -586,7 +586,7 @@ CAF_TEST(per model series render with model and worker labels) {
   CAF_CHECK(has_line(text, R"(infergrid_worker_state{worker="w1",state="IDLE"} 0)"));
   CAF_CHECK(
       has_line(text, R"(infergrid_worker_state{worker="w\"2",state="RESTARTING"} 1)"));
-  CAF_CHECK_EQUAL(count_prefix(text, "infergrid_worker_state{"), 11u);
+  CAF_CHECK_EQUAL(count_prefix(text, "infergrid_worker_state{"), 15u);
 }
 
 CAF_TEST(histograms without per bucket counts stay consistent) {

@@ -516,6 +516,8 @@ CAF_TEST(inference routes match and refuse other methods) {
       {"POST", "/v1/models/tinylm/load", route_id::model_load, "/v1/models/{m}/load"},
       {"POST", "/v1/models/tinylm/unload", route_id::model_unload,
        "/v1/models/{m}/unload"},
+      {"GET", "/v1/sessions", route_id::sessions, "/v1/sessions"},
+      {"GET", "/admin/api/sessions", route_id::admin_sessions, "/admin/api/sessions"},
   };
   for (auto& x : ok) {
     auto m = match_route(x.method, x.target);
@@ -523,6 +525,9 @@ CAF_TEST(inference routes match and refuse other methods) {
     CAF_CHECK_EQUAL(m.pattern, x.pattern);
     CAF_CHECK(m.allow.empty());
   }
+  auto post_sessions = match_route("POST", "/v1/sessions");
+  CAF_CHECK(post_sessions.id == route_id::none);
+  CAF_CHECK_EQUAL(post_sessions.allow, "GET");
   auto a = match_route("GET", "/v1/jobs/j_3/artifacts/a%20b.wav");
   CAF_CHECK_EQUAL(a.param, "j_3");
   CAF_CHECK_EQUAL(a.param2, "a b.wav");
@@ -847,6 +852,7 @@ CAF_TEST(the workers list shows each worker with its models) {
   b.models = {ready, model_on("classifier", "FAILED", "cannot load")};
   b.metrics.emplace_back(); // not part of the admin shape
   auto a = worker_with("w1", {model_on("tinylm", "UNLOADED")}, "DRAINING");
+  b.session = "s-1";
   stats.workers = {b, a}; // answered sorted by id
   auto r = workers_reply(stats);
   CAF_CHECK_EQUAL(r.status, 200u);
@@ -855,11 +861,11 @@ CAF_TEST(the workers list shows each worker with its models) {
       r.body,
       R"({"workers":[)"
       R"({"id":"w1","state":"DRAINING","device":"cpu","host":"","claim_path":"",)"
-      R"("last_seen":null,"running_jobs":0,"memory_budget_mb":0,"models":[)"
+      R"("last_seen":null,"running_jobs":0,"session":null,"memory_budget_mb":0,"models":[)"
       R"({"name":"tinylm","state":"UNLOADED","memory_mb":64,"last_used":null}]},)"
       R"({"id":"w2","state":"BUSY","device":"cuda:0","host":"node-a","claim_path":"direct",)"
-      R"("last_seen":"2024-05-01T12:00:00.123Z","running_jobs":2,"memory_budget_mb":4096,)"
-      R"("models":[{"name":"tinylm","state":"READY","memory_mb":64,)"
+      R"("last_seen":"2024-05-01T12:00:00.123Z","running_jobs":2,"session":"s-1",)"
+      R"("memory_budget_mb":4096,"models":[{"name":"tinylm","state":"READY","memory_mb":64,)"
       R"("last_used":"2024-05-01T12:00:00.123Z"},)"
       R"({"name":"classifier","state":"FAILED","error":"cannot load","memory_mb":64,)"
       R"("last_used":null}]}]})");
@@ -876,7 +882,7 @@ CAF_TEST(drain and resume answer the worker in the list shape) {
       r.body,
       R"({"id":"w2","state":"DRAINING","device":"cuda:0","host":"node-a",)"
       R"("claim_path":"direct","last_seen":"2024-05-01T12:00:00.123Z","running_jobs":2,)"
-      R"("memory_budget_mb":4096,"models":[]})");
+      R"("session":null,"memory_budget_mb":4096,"models":[]})");
   // The list holds the same object.
   cluster_stats stats;
   stats.workers = {w};
@@ -892,6 +898,8 @@ CAF_TEST(the queue shows counts by state and the workers) {
       = {{"cancelled", 1}, {"dead", 0},       {"failed", 2}, {"queued", 7},
          {"running", 3},   {"succeeded", 40}, {"paused", 9}};
   stats.interactive_waiting = 4;
+  stats.sessions_active = 1;
+  stats.sessions_waiting = 2;
   stats.workers_total = 3;
   stats.workers_ready = 2;
   stats.workers_busy = 1;
@@ -900,10 +908,37 @@ CAF_TEST(the queue shows counts by state and the workers) {
   CAF_CHECK_EQUAL(r.body,
                   R"({"jobs_by_state":{"queued":7,"running":3,"succeeded":40,"failed":2,)"
                   R"("dead":0,"cancelled":1,"paused":9},"interactive_waiting":4,)"
+                  R"("sessions_active":1,"sessions_waiting":2,)"
                   R"("workers_total":3,"workers_ready":2,"workers_busy":1})");
   // Every state is present even when the queue left one out.
-  CAF_CHECK_EQUAL(queue_reply(cluster_stats{}).body,
-                  R"({"jobs_by_state":{"queued":0,"running":0,"succeeded":0,"failed":0,)"
-                  R"("dead":0,"cancelled":0},"interactive_waiting":0,"workers_total":0,)"
-                  R"("workers_ready":0,"workers_busy":0})");
+  CAF_CHECK_EQUAL(
+      queue_reply(cluster_stats{}).body,
+      R"({"jobs_by_state":{"queued":0,"running":0,"succeeded":0,"failed":0,)"
+      R"("dead":0,"cancelled":0},"interactive_waiting":0,"sessions_active":0,)"
+      R"("sessions_waiting":0,"workers_total":0,"workers_ready":0,"workers_busy":0})");
+}
+
+CAF_TEST(the sessions list shows each reserved worker) {
+  cluster_stats stats;
+  worker_status a;
+  a.worker_id = "w1";
+  a.phase = "SESSION_PAUSED";
+  a.session = "s-b";
+  worker_status b;
+  b.worker_id = "w2";
+  b.phase = "IDLE";
+  worker_status c;
+  c.worker_id = "w3";
+  c.phase = "SESSION_ACTIVE";
+  c.session = "s-a";
+  stats.workers = {a, b, c};
+  stats.sessions_waiting = 3;
+  auto r = sessions_reply(stats);
+  CAF_CHECK_EQUAL(r.status, 200u);
+  CAF_CHECK_EQUAL(r.body,
+                  R"({"sessions":[)"
+                  R"({"session_id":"s-a","worker":"w3","state":"SESSION_ACTIVE"},)"
+                  R"({"session_id":"s-b","worker":"w1","state":"SESSION_PAUSED"}],)"
+                  R"("waiting":3})");
+  CAF_CHECK_EQUAL(sessions_reply(cluster_stats{}).body, R"({"sessions":[],"waiting":0})");
 }

@@ -460,6 +460,46 @@ CAF_TEST(generate honours max_tokens stop and cancel) {
   CAF_CHECK_LESS(cancelled->tokens, 50);
 }
 
+CAF_TEST(generate continues a conversation from its context) {
+  auto runner = demos().load("tinylm");
+  // Greedy decoding, so the text depends only on what the model was fed.
+  auto turn = [](const std::string& prompt, int32_t n) {
+    generate_params p;
+    p.prompt = prompt;
+    p.max_tokens = n;
+    p.temperature = 0.0;
+    return p;
+  };
+  auto ctx = make_generate_context();
+  auto first = must(runner->generate(turn("Hello, ", 10), {}, ctx.get()));
+  CAF_CHECK_EQUAL(first.text, greedy_text(*runner, "Hello, ", 10));
+  // The last sampled byte waits in the context; the rest was fed.
+  CAF_CHECK_EQUAL(context_tokens(*ctx), 7 + 10 - 1);
+  auto second = must(runner->generate(turn("Bye", 12), {}, ctx.get()));
+  // The same as one call over the whole conversation.
+  CAF_CHECK_EQUAL(second.text, greedy_text(*runner, "Hello, " + first.text + "Bye", 12));
+  CAF_CHECK_NOT_EQUAL(second.text, greedy_text(*runner, "Bye", 12));
+  CAF_CHECK_EQUAL(context_tokens(*ctx), 7 + 10 + 3 + 12 - 1);
+  // max_tokens 0 still feeds the prompt into the context.
+  auto quiet = must(runner->generate(turn("ok", 0), {}, ctx.get()));
+  CAF_CHECK_EQUAL(quiet.text, "");
+  CAF_CHECK_EQUAL(context_tokens(*ctx), 7 + 10 + 3 + 12 + 2);
+  // A cancelled turn keeps what was said: the next turn continues after it.
+  auto other = make_generate_context();
+  int seen = 0;
+  auto cut = must(runner->generate(
+      turn("Hello, ", 40), [&](const std::string&) { return ++seen < 3; }, other.get()));
+  CAF_CHECK_EQUAL(cut.finish_reason, "cancelled");
+  auto after = must(runner->generate(turn("!", 8), {}, other.get()));
+  CAF_CHECK_EQUAL(after.text, greedy_text(*runner, "Hello, " + cut.text + "!", 8));
+  // Bad parameters change nothing.
+  auto bad = turn("x", 5);
+  bad.top_p = 0.0;
+  CAF_CHECK(!runner->generate(bad, {}, other.get()));
+  CAF_CHECK_EQUAL(context_tokens(*other),
+                  static_cast<int64_t>(7 + cut.text.size() + 1 + 8 - 1));
+}
+
 CAF_TEST(synthesize gives samples per byte and silent spaces) {
   auto runner = demos().load("tinyspeech");
   CAF_CHECK_EQUAL(runner->info().sample_rate, 24000);
