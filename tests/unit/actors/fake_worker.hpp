@@ -27,6 +27,10 @@ struct fake_worker_state {
   std::vector<std::string> generate_sessions;
   /// "id action" for each session message.
   std::vector<std::string> session_actions;
+  /// When true, generations are answered only on renew_atom (oldest first).
+  bool hold_generate = false;
+  std::vector<std::pair<caf::typed_response_promise<generate_reply>, generate_reply>>
+      held_generates;
   std::vector<bool> drains;
 };
 
@@ -49,19 +53,29 @@ fake_worker(worker_actor::stateful_pointer<fake_worker_state> self) {
         self->state.held.emplace_back(rp, std::move(out));
         return rp;
       },
-      [self](generate_atom, const generate_request& req) -> generate_reply {
+      [self](generate_atom, const generate_request& req) -> caf::result<generate_reply> {
         self->state.generate_prompts.push_back(req.params.prompt);
         self->state.generate_sessions.push_back(req.session);
         generate_reply out;
         out.text = std::string(req.params.prompt.rbegin(), req.params.prompt.rend());
         out.finish_reason = "length";
-        return out;
+        if (!self->state.hold_generate)
+          return out;
+        auto rp = self->make_response_promise<generate_reply>();
+        self->state.held_generates.emplace_back(rp, std::move(out));
+        return rp;
       },
       [](speech_atom, const speech_request&) -> speech_reply { return {}; },
       // A real worker's lease timer; here: answer the oldest held batch (a
       // promise must be delivered inside its actor).
       [self](renew_atom) {
         auto& st = self->state;
+        if (!st.held_generates.empty()) {
+          auto [rp, out] = std::move(st.held_generates.front());
+          st.held_generates.erase(st.held_generates.begin());
+          rp.deliver(std::move(out));
+          return;
+        }
         if (st.held.empty())
           return;
         auto [rp, out] = std::move(st.held.front());
