@@ -1418,7 +1418,10 @@ chunk_sink_actor spawn_chunk_sink(caf::actor_system& sys, std::shared_ptr<gate> 
 
 void session::open_completion(openai_request req) {
   auto created = unix_now_ms() / 1000;
-  generate_request gen{req.model, req.params, request_id_, {}, 0};
+  generate_request gen;
+  gen.model = req.model;
+  gen.params = req.params;
+  gen.request_id = request_id_;
   if (!req.stream) {
     gen.sink = open_watch("completion");
     gen.stream = false; // the sink only watches the client
@@ -1436,9 +1439,19 @@ void session::open_completion(openai_request req) {
                              generate_atom::value, std::move(gen));
 }
 
+speech_request speech_request_of(const speech_http_request& req,
+                                 const std::string& request_id) {
+  speech_request out;
+  out.model = req.model;
+  out.text = req.input.text;
+  out.voice = req.input.voice;
+  out.request_id = request_id;
+  return out;
+}
+
 void session::open_speech(speech_http_request req) {
   if (!req.stream) {
-    speech_request sreq{req.model, req.input.text, req.input.voice, request_id_, {}, 0};
+    auto sreq = speech_request_of(req, request_id_);
     sreq.sink = open_watch("speech");
     sreq.stream = false; // the sink only watches the client
     return ask_run<speech_reply>(
@@ -1472,7 +1485,7 @@ void session::open_speech(speech_http_request req) {
 }
 
 void session::start_speech(speech_http_request req, int64_t rate) {
-  speech_request sreq{req.model, req.input.text, req.input.voice, request_id_, {}, 0};
+  auto sreq = speech_request_of(req, request_id_);
   sreq.sink = open_result("speech");
   bool wav = req.response_format != "pcm";
   result_->audio.emplace(wav, rate, speech_max_pending);
