@@ -983,6 +983,8 @@ reply models_list_reply(const std::vector<model_info>& models,
       entry["device"] = w.device;
       entry["memory_mb"] = st->memory_mb;
       entry["last_used"] = time_or_null(st->last_used_ms);
+      // The worker's own phase: IDLE, BUSY, SESSION_ACTIVE, DRAINING, ...
+      entry["worker_state"] = w.phase;
       workers.push_back(std::move(entry));
     }
     json entry{{"name", m.name},

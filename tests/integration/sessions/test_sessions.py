@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -361,8 +362,24 @@ async def test_turn_chat(s):
             check_text_usage(t.end, CHAT["max_tokens"])
         _assert(c.seq == t1.texts + t2.texts and c.seq >= 2,
                 f"seq {c.seq} over {t1.texts} + {t2.texts} frames")
-        # Between turns the worker stays reserved.
+        # Between turns the worker stays reserved, and every listing says so.
         await wait_phase(s, "SESSION_ACTIVE")
+        models = s.get("/v1/models").json()["models"]
+        on = [w for m in models if m["name"] == LM for w in m["workers"]]
+        _assert(on and all(w["worker_state"] == "SESSION_ACTIVE" for w in on), models)
+        listed = s.get("/admin/api/sessions").json()
+        _assert([x["session_id"] for x in listed["sessions"]] == [started["session_id"]]
+                and listed["sessions"][0]["worker"] == wid
+                and listed["sessions"][0]["state"] == "SESSION_ACTIVE", listed)
+        metrics = s.get("/metrics").text
+        _assert(f'infergrid_worker_state{{worker="{wid}",state="SESSION_ACTIVE"}} 1'
+                in metrics and 'infergrid_sessions{state="active"} 1' in metrics,
+                "metrics do not show the session")
+        # And the workers table, for `sqlite3 data/infergrid.db`.
+        db = os.path.join(os.path.dirname(s.log_path), "data", "infergrid.db")
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            rows = con.execute("select state from workers where id = ?", (wid,)).fetchall()
+        _assert(rows == [("SESSION_ACTIVE",)], f"workers table: {rows}")
         print(f"  turns: {t1.text!r} / {t2.text!r}", flush=True)
         await c.stop()
     await wait_phase(s, "IDLE")

@@ -639,6 +639,8 @@ CAF_TEST(the models list shows the state per worker) {
   stats.workers.push_back(
       worker_with("w1", {ready, model_on("classifier", "FAILED", "cannot load")}));
   stats.workers.push_back(worker_with("w2", {model_on("tinylm", "UNLOADED")}));
+  stats.workers[0].phase = "SESSION_ACTIVE";
+  stats.workers[1].phase = "IDLE";
   std::vector<model_info> models{info_of("tinylm", model_kind::generate),
                                  info_of("classifier", model_kind::tensor),
                                  info_of("tinyspeech", model_kind::speech)};
@@ -652,11 +654,12 @@ CAF_TEST(the models list shows the state per worker) {
       R"({"name":"tinylm","kind":"generate","state":"READY","device":"cpu","inputs":[],)"
       R"("outputs":[],"workers":[)"
       R"({"worker":"w1","state":"READY","device":"cpu","memory_mb":64,)"
-      R"("last_used":"2024-05-01T12:00:00.123Z"},)"
-      R"({"worker":"w2","state":"UNLOADED","device":"cpu","memory_mb":64,"last_used":null}]},)"
+      R"("last_used":"2024-05-01T12:00:00.123Z","worker_state":"SESSION_ACTIVE"},)"
+      R"({"worker":"w2","state":"UNLOADED","device":"cpu","memory_mb":64,"last_used":null,)"
+      R"("worker_state":"IDLE"}]},)"
       R"({"name":"classifier","kind":"tensor","state":"FAILED","device":"auto","inputs":[],)"
       R"("outputs":[],"workers":[{"worker":"w1","state":"FAILED","error":"cannot load",)"
-      R"("device":"cpu","memory_mb":64,"last_used":null}]},)"
+      R"("device":"cpu","memory_mb":64,"last_used":null,"worker_state":"SESSION_ACTIVE"}]},)"
       R"({"name":"tinyspeech","kind":"speech","state":"unavailable","device":"auto",)"
       R"("sample_rate":24000,)"
       R"("inputs":[],"outputs":[],"workers":[]}]})");
