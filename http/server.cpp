@@ -208,22 +208,22 @@ struct shared_state {
   std::unordered_map<uint64_t, std::shared_ptr<ws_connection>> sockets;
 
   void remove(uint64_t id) {
-    std::shared_ptr<session> victim; // destroyed outside the lock
-    std::lock_guard<std::mutex> guard{sessions_mtx};
-    auto i = sessions.find(id);
-    if (i != sessions.end()) {
-      victim = std::move(i->second);
-      sessions.erase(i);
-    }
+    remove_from(sessions, id);
   }
 
   void remove_socket(uint64_t id) {
-    std::shared_ptr<ws_connection> victim; // destroyed outside the lock
+    remove_from(sockets, id);
+  }
+
+  template <class Conn>
+  void remove_from(std::unordered_map<uint64_t, std::shared_ptr<Conn>>& open,
+                   uint64_t id) {
+    std::shared_ptr<Conn> victim; // destroyed outside the lock
     std::lock_guard<std::mutex> guard{sessions_mtx};
-    auto i = sockets.find(id);
-    if (i != sockets.end()) {
+    auto i = open.find(id);
+    if (i != open.end()) {
       victim = std::move(i->second);
-      sockets.erase(i);
+      open.erase(i);
     }
   }
 };
