@@ -151,8 +151,6 @@ struct queue_state {
   bool flush_scheduled = false;
   /// Open sessions: session id -> the worker reserved for it.
   std::map<std::string, std::string> sessions;
-  /// Session opens waiting in the FIFO.
-  int64_t sessions_waiting = 0;
   /// Recent session length per model (EWMA, ms): the wait estimate.
   std::map<std::string, double> session_ms;
 };
@@ -243,8 +241,6 @@ worker_status status_of(const worker_entry& w) {
 void fail_unservable(queue_state& st) {
   for (auto p = st.interactive.begin(); p != st.interactive.end();) {
     if (!serves(st, p->model)) {
-      if (p->kind == pending_work::session)
-        --st.sessions_waiting;
       p->fail(make_error(errc::unavailable,
                          "no ready worker serves model '" + p->model + "'"));
       p = st.interactive.erase(p);
@@ -379,11 +375,11 @@ void send_infer_batch(queue_pointer self, worker_entry& w, std::vector<pending_w
           });
 }
 
-// Sends one streaming request (generation or synthesis) to `w` and
-// answers `rp` with its reply.
-template <class Reply, class Atom, class Request>
+// Sends one streaming request (generation or synthesis) to `w`, answers
+// `rp` with its reply, then calls `after()` (the worker's bookkeeping).
+template <class Reply, class Atom, class Request, class After>
 void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
-              caf::typed_response_promise<Reply> rp) {
+              caf::typed_response_promise<Reply> rp, After after) {
   auto probe = latency_probe(self, w, req.model);
   // No deadline: the run is bounded by the worker (workers.generate_timeout_ms)
   // and by its connection (a node that goes silent is dropped, failing this).
@@ -391,17 +387,17 @@ void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
                              [rp](const caf::error& err) mutable { rp.deliver(err); });
   self->request(w.streams, caf::infinite, atom, std::move(req))
       .then(
-          [self, wid = w.id, order = w.order, rp, probe, mine](Reply& out) mutable {
+          [rp, probe, mine, after](Reply& out) mutable {
             if (mine()) {
               probe();
               rp.deliver(std::move(out));
             }
-            answered(self, wid, order, false);
+            after();
           },
-          [self, wid = w.id, order = w.order, rp, mine](caf::error& err) mutable {
+          [rp, mine, after](caf::error& err) mutable {
             if (mine())
               rp.deliver(std::move(err));
-            answered(self, wid, order, false);
+            after();
           });
 }
 
@@ -409,10 +405,12 @@ void send_one(queue_pointer self, worker_entry& w, Atom atom, Request req,
 // covered the wait in the queue.
 void send_streaming(queue_pointer self, worker_entry& w, pending_work p) {
   w.busy = true;
+  auto after = [self, wid = w.id, order = w.order] { answered(self, wid, order, false); };
   if (p.kind == pending_work::generate)
-    send_one(self, w, generate_atom::value, std::move(p.generate_req), p.generate_rp);
+    send_one(self, w, generate_atom::value, std::move(p.generate_req), p.generate_rp,
+             after);
   else
-    send_one(self, w, speech_atom::value, std::move(p.speech_req), p.speech_rp);
+    send_one(self, w, speech_atom::value, std::move(p.speech_req), p.speech_rp, after);
 }
 
 inference::batch_policy policy_of(const queue_state& st, const std::string& model) {
@@ -519,6 +517,13 @@ void observe_latency(queue_state& st, const std::string& id, const std::string& 
 
 // -- sessions ------------------------------------------------------------------
 
+/// Session opens waiting in the FIFO.
+int64_t sessions_waiting(const queue_state& st) {
+  return std::count_if(
+      st.interactive.begin(), st.interactive.end(),
+      [](const pending_work& p) { return p.kind == pending_work::session; });
+}
+
 // Arms the timeout of `w`'s session for its current activity: the pause
 // timeout while paused, the idle timeout otherwise (none while a turn runs).
 void arm_session_timer(queue_pointer self, worker_entry& w) {
@@ -536,7 +541,6 @@ void arm_session_timer(queue_pointer self, worker_entry& w) {
 // step, so nothing else is given to it) and answers the open.
 void grant_session(queue_pointer self, worker_entry& w, pending_work p) {
   auto& st = self->state;
-  --st.sessions_waiting;
   auto& req = p.open_req;
   worker_entry::session_slot slot;
   slot.id = req.session_id;
@@ -556,6 +560,15 @@ void grant_session(queue_pointer self, worker_entry& w, pending_work p) {
   p.open_rp.deliver(session_grant{req.session_id, w.id, waited});
 }
 
+// Takes the session off `w` and forgets it (no longer watched).
+worker_entry::session_slot take_session(queue_pointer self, worker_entry& w) {
+  auto s = std::move(*w.session);
+  w.session.reset();
+  self->state.sessions.erase(s.id);
+  self->demonitor(s.events.address());
+  return s;
+}
+
 // Ends the session on `w`: tells its client why (unless it asked), frees
 // the worker (once a turn still running answers) and dispatches. Returns
 // the worker's phase before that dispatch (IDLE, or BUSY while the turn
@@ -563,10 +576,7 @@ void grant_session(queue_pointer self, worker_entry& w, pending_work p) {
 std::string end_session(queue_pointer self, worker_entry& w, const std::string& reason,
                         bool tell_client) {
   auto& st = self->state;
-  auto s = std::move(*w.session);
-  w.session.reset();
-  st.sessions.erase(s.id);
-  self->demonitor(s.events.address());
+  auto s = take_session(self, w);
   if (tell_client)
     self->send(s.events, session_atom::value,
                session_event{"session.end", 0, -1, reason});
@@ -593,7 +603,8 @@ std::string end_session(queue_pointer self, worker_entry& w, const std::string& 
 // its model ahead of it, and an estimate from recent sessions' length.
 void tell_positions(queue_pointer self) {
   auto& st = self->state;
-  if (st.sessions_waiting <= 0)
+  if (std::none_of(st.interactive.begin(), st.interactive.end(),
+                   [](auto& p) { return p.kind == pending_work::session; }))
     return;
   std::map<std::string, int64_t> ahead;
   for (auto& p : st.interactive) {
@@ -654,25 +665,10 @@ caf::result<Reply> session_turn(queue_pointer self, Atom atom, Request req) {
   ++s.activity;
   req.enqueued_ms = now_ms();
   auto rp = self->make_response_promise<Reply>();
-  auto probe = latency_probe(self, *w, req.model);
-  auto mine = track_inflight(self, *w, caf::actor_clock::time_point::max(),
-                             [rp](const caf::error& err) mutable { rp.deliver(err); });
-  self->request(w->streams, caf::infinite, atom, std::move(req))
-      .then(
-          [self, wid = w->id, order = w->order, sid = s.id, rp, probe,
-           mine](Reply& out) mutable {
-            if (mine()) {
-              probe();
-              rp.deliver(std::move(out));
-            }
-            turn_done(self, wid, order, sid);
-          },
-          [self, wid = w->id, order = w->order, sid = s.id, rp,
-           mine](caf::error& err) mutable {
-            if (mine())
-              rp.deliver(std::move(err));
-            turn_done(self, wid, order, sid);
-          });
+  send_one(self, *w, atom, std::move(req), rp,
+           [self, wid = w->id, order = w->order, sid = s.id] {
+             turn_done(self, wid, order, sid);
+           });
   return rp;
 }
 
@@ -761,8 +757,6 @@ void dispatch(queue_pointer self) {
   // Drop expired interactive requests first: their clients have given up.
   for (auto i = st.interactive.begin(); i != st.interactive.end();) {
     if (i->deadline <= now) {
-      if (i->kind == pending_work::session)
-        --st.sessions_waiting;
       i->fail(make_error(errc::timeout, "request waited past its deadline"));
       i = st.interactive.erase(i);
     } else {
@@ -807,8 +801,6 @@ void admit(queue_pointer self, pending_work p) {
   }
   p.arrived = self->clock().now();
   p.deadline = p.arrived + std::chrono::milliseconds(st.cfg.interactive_timeout_ms);
-  if (p.kind == pending_work::session)
-    ++st.sessions_waiting;
   st.interactive.push_back(std::move(p));
   dispatch(self);
 }
@@ -907,7 +899,6 @@ void session_client_down(queue_pointer self, const caf::actor_addr& who) {
     if (p->kind == pending_work::session && p->open_req.events.address() == who) {
       spdlog::info("queue: session {} left before it got a worker",
                    p->open_req.session_id);
-      --st.sessions_waiting;
       st.interactive.erase(p);
       tell_positions(self);
       return;
@@ -935,10 +926,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
     spdlog::warn("queue: worker {} went down: {}", i->id, caf::to_string(dm.reason));
     // Its session ends; the client hears why.
     if (i->session) {
-      auto s = std::move(*i->session);
-      i->session.reset();
-      st.sessions.erase(s.id);
-      self->demonitor(s.events.address());
+      auto s = take_session(self, *i);
       self->send(s.events, session_atom::value,
                  session_event{"session.end", 0, -1, "worker_lost"});
       spdlog::warn("queue: session {} ended with worker {}", s.id, i->id);
@@ -1313,7 +1301,7 @@ queue_actor::behavior_type queue_behavior(queue_pointer self, queue_config cfg,
         out.workers_total = static_cast<int32_t>(st.workers.size());
         out.interactive_waiting = static_cast<int64_t>(st.interactive.size());
         out.sessions_active = static_cast<int32_t>(st.sessions.size());
-        out.sessions_waiting = st.sessions_waiting;
+        out.sessions_waiting = sessions_waiting(st);
         out.ready_models.assign(ready.begin(), ready.end());
         return out;
       },
